@@ -1,0 +1,259 @@
+// Package eventstore defines the contract of SecurePay's event store: an append-only,
+// hash-chained global log of events, partitioned into streams, with atomic appends to one
+// or more streams under explicit expected versions.
+//
+// Backends live in sub-packages (embedded, postgres, kurrentdb) and all pass the one
+// conformance suite in eventstore/storetest.
+//
+// Numbering. Stream versions start at 1 for a stream's first event; version 0 means "no
+// event yet". Global positions start at 1, are gap-free and follow commit order. Every read
+// takes an exclusive lower bound ("after"), so 0 means "from the beginning".
+package eventstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrConflict is the one sentinel for an optimistic-concurrency failure, whatever the
+// backend said. Test it with errors.Is; the concrete error is a *ConflictError naming the
+// first stream whose expectation failed.
+var ErrConflict = errors.New("eventstore: wrong expected version")
+
+// ErrClosed is returned by every method of a store after Close.
+var ErrClosed = errors.New("eventstore: store is closed")
+
+// ErrInvalidAppend reports an append request that can never succeed (empty stream name,
+// no events, a stream named twice, an oversize event). It is a caller bug, not a conflict.
+var ErrInvalidAppend = errors.New("eventstore: invalid append")
+
+// ConflictError says which expectation failed. Actual is the stream's version at the time
+// of the check (0 when the stream does not exist).
+type ConflictError struct {
+	Stream   string
+	Expected ExpectedVersion
+	Actual   uint64
+}
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("append %s: expected %s, stream is at version %d: %v", e.Stream, e.Expected, e.Actual, ErrConflict)
+}
+
+// Is makes errors.Is(err, ErrConflict) true for every *ConflictError.
+func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
+
+type expectKind uint8
+
+const (
+	expectUnset expectKind = iota // the zero value: refused, so nobody appends without saying what they expect
+	expectNoStream
+	expectExact
+	expectAny
+)
+
+// ExpectedVersion is what an appender believes about a stream. The zero value is invalid on
+// purpose: callers must say NoStream, Exact or Any.
+type ExpectedVersion struct {
+	kind    expectKind
+	version uint64
+}
+
+// NoStream expects the stream to have no events.
+func NoStream() ExpectedVersion { return ExpectedVersion{kind: expectNoStream} }
+
+// Exact expects the stream's last event to have exactly this version (>= 1).
+// Exact(0) is the same as NoStream.
+func Exact(version uint64) ExpectedVersion {
+	if version == 0 {
+		return NoStream()
+	}
+	return ExpectedVersion{kind: expectExact, version: version}
+}
+
+// Any appends whatever the stream's version; it must be asked for explicitly.
+func Any() ExpectedVersion { return ExpectedVersion{kind: expectAny} }
+
+// IsNoStream, IsAny and Version let backends translate the expectation to their own terms.
+func (e ExpectedVersion) IsNoStream() bool { return e.kind == expectNoStream }
+func (e ExpectedVersion) IsAny() bool      { return e.kind == expectAny }
+func (e ExpectedVersion) IsSet() bool      { return e.kind != expectUnset }
+
+// Version is the exact version expected; 0 for NoStream; meaningless for Any.
+func (e ExpectedVersion) Version() uint64 { return e.version }
+
+// Allows reports whether a stream currently at version actual satisfies the expectation.
+func (e ExpectedVersion) Allows(actual uint64) bool {
+	switch e.kind {
+	case expectNoStream:
+		return actual == 0
+	case expectExact:
+		return actual == e.version
+	case expectAny:
+		return true
+	default:
+		return false
+	}
+}
+
+func (e ExpectedVersion) String() string {
+	switch e.kind {
+	case expectNoStream:
+		return "no stream"
+	case expectExact:
+		return fmt.Sprintf("version %d", e.version)
+	case expectAny:
+		return "any version"
+	default:
+		return "unset expectation"
+	}
+}
+
+// Metadata travels with every event: who asked, why, and the trace it belongs to. It is
+// part of the hashed record, so an auditor can trust it as much as the payload.
+type Metadata struct {
+	CorrelationID string // the business flow (e.g. the payment id or an inbound request id)
+	CausationID   string // the command or event that caused this one
+	Actor         string // the authenticated principal (SPIFFE ID or user) who asked
+	TraceParent   string // W3C traceparent of the request that caused the append, if any
+}
+
+// EventData is an event to append. The ID is chosen by the writer (a UUID or another
+// globally unique string) so a retried append can be recognised.
+type EventData struct {
+	ID       string
+	Type     string // e.g. "ledger.payment.captured.v1"
+	Data     []byte // the serialised payload (JSON, see domain's event codec)
+	Metadata Metadata
+}
+
+// StreamAppend is the part of an atomic append that targets one stream.
+type StreamAppend struct {
+	Stream   string
+	Expected ExpectedVersion
+	Events   []EventData
+}
+
+// RecordedEvent is an event as the store holds it.
+type RecordedEvent struct {
+	Position      uint64    // global log position, 1-based, gap-free, commit order
+	Stream        string    // stream name
+	StreamVersion uint64    // 1-based version within the stream
+	ID            string    // writer-chosen event id
+	Type          string    // versioned event name
+	RecordedAt    time.Time // assigned by the store, UTC, truncated to microseconds
+	Data          []byte
+	Metadata      Metadata
+	PrevHash      Hash // Hash of the event at Position-1 (zero for Position 1)
+	Hash          Hash // ChainHash(PrevHash, this event)
+}
+
+// AppendResult tells where an append landed.
+type AppendResult struct {
+	FirstPosition uint64            // position of the first appended event
+	LastPosition  uint64            // position of the last appended event
+	Versions      map[string]uint64 // each appended stream's version after the append
+}
+
+// Limits that every backend enforces, so a request accepted by one is accepted by all.
+const (
+	MaxStreamNameBytes = 200
+	MaxEventTypeBytes  = 200
+	MaxEventIDBytes    = 100
+	MaxEventDataBytes  = 64 << 10
+	MaxEventsPerAppend = 10_000
+	MaxReadLimit       = 10_000
+)
+
+// Store is the contract every backend fulfils.
+//
+// Append writes the events of all given streams in one atomic step: either every
+// expectation holds and every event is stored, or nothing is stored anywhere and the
+// error wraps ErrConflict (or another error). The events occupy consecutive global
+// positions in the order given. Append returns only once the events are durable.
+//
+// ReadStream returns up to limit events of stream with StreamVersion > afterVersion, in
+// version order. An unknown stream reads as empty.
+//
+// ReadAll returns up to limit events with Position > afterPosition, in position order, and
+// never returns an event unless every event before it is also visible.
+//
+// Subscribe delivers every event with Position > afterPosition, in order, exactly once,
+// first the history and then live events as they commit, in batches of at most
+// maxBatch events, by calling handle. It blocks until ctx ends (returning ctx.Err()),
+// handle returns an error (returned as is), or the store fails.
+//
+// Head returns the position of the last committed event (0 for an empty log).
+type Store interface {
+	Append(ctx context.Context, appends ...StreamAppend) (AppendResult, error)
+	ReadStream(ctx context.Context, stream string, afterVersion uint64, limit int) ([]RecordedEvent, error)
+	ReadAll(ctx context.Context, afterPosition uint64, limit int) ([]RecordedEvent, error)
+	Subscribe(ctx context.Context, afterPosition uint64, maxBatch int, handle func(context.Context, []RecordedEvent) error) error
+	Head(ctx context.Context) (uint64, error)
+	Close() error
+}
+
+// Snapshot is a derived, rebuildable copy of an aggregate's state at a stream version.
+// It is never a source of truth: losing every snapshot only costs replay time.
+type Snapshot struct {
+	Stream  string
+	Version uint64 // the stream version the state includes
+	Schema  string // the encoding's name and version; a reader ignores schemas it does not know
+	State   []byte
+}
+
+// SnapshotStore keeps at most one snapshot per stream (the newest one saved wins only if
+// its Version is higher). Backends that implement it may keep snapshots beside the log.
+type SnapshotStore interface {
+	LoadSnapshot(ctx context.Context, stream string) (Snapshot, bool, error)
+	SaveSnapshot(ctx context.Context, s Snapshot) error
+}
+
+// ValidateAppend checks the shape of an append request; backends call it first so that
+// every backend refuses the same requests with the same error.
+func ValidateAppend(appends []StreamAppend) error {
+	if len(appends) == 0 {
+		return fmt.Errorf("%w: no streams", ErrInvalidAppend)
+	}
+	seen := make(map[string]struct{}, len(appends))
+	total := 0
+	for _, a := range appends {
+		if a.Stream == "" || len(a.Stream) > MaxStreamNameBytes {
+			return fmt.Errorf("%w: stream name must be 1..%d bytes, got %d", ErrInvalidAppend, MaxStreamNameBytes, len(a.Stream))
+		}
+		if _, dup := seen[a.Stream]; dup {
+			return fmt.Errorf("%w: stream %q named twice", ErrInvalidAppend, a.Stream)
+		}
+		seen[a.Stream] = struct{}{}
+		if !a.Expected.IsSet() {
+			return fmt.Errorf("%w: stream %q: expected version not set (say NoStream, Exact or Any)", ErrInvalidAppend, a.Stream)
+		}
+		if len(a.Events) == 0 {
+			return fmt.Errorf("%w: stream %q: no events", ErrInvalidAppend, a.Stream)
+		}
+		total += len(a.Events)
+		for i, e := range a.Events {
+			switch {
+			case e.ID == "" || len(e.ID) > MaxEventIDBytes:
+				return fmt.Errorf("%w: stream %q event %d: id must be 1..%d bytes", ErrInvalidAppend, a.Stream, i, MaxEventIDBytes)
+			case e.Type == "" || len(e.Type) > MaxEventTypeBytes:
+				return fmt.Errorf("%w: stream %q event %d: type must be 1..%d bytes", ErrInvalidAppend, a.Stream, i, MaxEventTypeBytes)
+			case len(e.Data) > MaxEventDataBytes:
+				return fmt.Errorf("%w: stream %q event %d: data is %d bytes, limit %d", ErrInvalidAppend, a.Stream, i, len(e.Data), MaxEventDataBytes)
+			}
+		}
+	}
+	if total > MaxEventsPerAppend {
+		return fmt.Errorf("%w: %d events in one append, limit %d", ErrInvalidAppend, total, MaxEventsPerAppend)
+	}
+	return nil
+}
+
+// ClampLimit bounds a read limit to 1..MaxReadLimit.
+func ClampLimit(limit int) int {
+	if limit <= 0 || limit > MaxReadLimit {
+		return MaxReadLimit
+	}
+	return limit
+}
