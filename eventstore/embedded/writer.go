@@ -1,0 +1,369 @@
+package embedded
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/securepay/securepay/eventstore"
+)
+
+// request is one Append waiting for the writer. The writer fills res or err and then
+// signals done (capacity 1, so answering never blocks the writer).
+type request struct {
+	ctx     context.Context
+	appends []eventstore.StreamAppend
+	bytes   int // encoded size of all its records, to bound a group
+	res     eventstore.AppendResult
+	err     error
+	done    chan struct{}
+}
+
+// group is the appends taken together from the queue. The accepted ones are committed in
+// one pebble batch; the refused ones (conflicts) carry their error. All are answered in
+// commit order, after the fsync of this group and every earlier one, so a caller told
+// "conflict" then reads at least the version that beat it.
+type group struct {
+	batch *pebble.Batch // nil when nothing was accepted
+	reqs  []*request    // all of them, in queue order; err set on the refused ones
+	last  uint64        // last position written by the batch
+}
+
+// Append writes the events of all appends atomically and returns once they are durable.
+func (s *Store) Append(ctx context.Context, appends ...eventstore.StreamAppend) (eventstore.AppendResult, error) {
+	if err := eventstore.ValidateAppend(appends); err != nil {
+		return eventstore.AppendResult{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return eventstore.AppendResult{}, fmt.Errorf("append: %w", err)
+	}
+	if errp := s.failed.Load(); errp != nil {
+		return eventstore.AppendResult{}, *errp
+	}
+	req := s.requestPool.Get().(*request)
+	req.ctx = ctx
+	req.appends = appends
+	req.bytes = 0
+	for i := range appends {
+		a := &appends[i]
+		for j := range a.Events {
+			req.bytes += recordSize(&a.Events[j], a.Stream) + 2*len(a.Stream) + 32
+		}
+	}
+
+	release, err := s.use()
+	if err != nil {
+		s.recycle(req)
+		return eventstore.AppendResult{}, err
+	}
+	select {
+	case s.requests <- req:
+		release()
+	case <-ctx.Done():
+		release()
+		s.recycle(req)
+		return eventstore.AppendResult{}, fmt.Errorf("append: waiting for the writer queue: %w", ctx.Err())
+	}
+	select {
+	case <-req.done:
+		res, err := req.res, req.err
+		s.recycle(req)
+		return res, err
+	case <-ctx.Done():
+		// The writer still owns req (it may be committing it right now), so it is not
+		// recycled; the caller must treat the outcome as unknown and retry idempotently.
+		return eventstore.AppendResult{}, fmt.Errorf("append: outcome unknown, the append may still commit: %w", ctx.Err())
+	}
+}
+
+func (s *Store) recycle(r *request) {
+	*r = request{done: r.done}
+	s.requestPool.Put(r)
+}
+
+func answer(r *request, err error) {
+	r.err = err
+	r.done <- struct{}{}
+}
+
+// refuse marks r as refused; it is answered with the rest of its group.
+func refuse(r *request, err error) { r.err = err }
+
+// writer is the state only the writer goroutine touches.
+type writer struct {
+	s          *Store
+	next       uint64          // position of the next event
+	prev       eventstore.Hash // hash of the event at next-1
+	lastMicros int64           // record time of the event at next-1, so time never goes back
+	cache      *versionCache
+	pending    map[string]uint64 // versions written by the group being built
+	hasher     chainHasher
+	key        []byte
+}
+
+func newWriter(s *Store) *writer {
+	return &writer{
+		s:       s,
+		next:    1,
+		cache:   newVersionCache(s.opts.StreamCacheEntries),
+		pending: make(map[string]uint64),
+		hasher:  chainHasher{buf: make([]byte, 0, 1024)},
+		key:     make([]byte, 0, 16+eventstore.MaxStreamNameBytes),
+	}
+}
+
+// run is the writer goroutine: it builds and applies groups while the syncer goroutine
+// waits for their fsyncs and answers them, in order.
+func (w *writer) run() {
+	s := w.s
+	free := make(chan *group, syncPipelineDepth+1)
+	for range syncPipelineDepth + 1 {
+		free <- &group{reqs: make([]*request, 0, 64)}
+	}
+	syncing := make(chan *group, syncPipelineDepth)
+	syncerDone := make(chan struct{})
+	go func() {
+		defer close(syncerDone)
+		for g := range syncing {
+			w.finish(g)
+			free <- g
+		}
+	}()
+	defer func() {
+		close(syncing)
+		<-syncerDone
+		close(s.done)
+	}()
+
+	for {
+		var first *request
+		select {
+		case first = <-s.requests:
+		case <-s.quit:
+			// Close has made sure nobody is still sending, so this drains everything.
+			for {
+				select {
+				case r := <-s.requests:
+					answer(r, eventstore.ErrClosed)
+				default:
+					return
+				}
+			}
+		}
+		// Waiting here for a free group, while the syncer waits for an fsync, is what
+		// lets the queue fill up so that the next group is larger.
+		g := <-free
+		g.reqs = g.reqs[:0]
+		reqs := append(g.reqs, first)
+		size := first.bytes
+	gather:
+		for len(reqs) < maxGroupRequests && size < s.opts.MaxGroupBytes {
+			select {
+			case r := <-s.requests:
+				reqs = append(reqs, r)
+				size += r.bytes
+			default:
+				break gather
+			}
+		}
+		g.reqs = reqs
+		w.build(g)
+		syncing <- g
+	}
+}
+
+// build checks the group's requests in order, writes the accepted ones into one batch and
+// applies it without waiting for the fsync (g.batch stays nil if none was accepted). The
+// refused ones get their error set; finish answers everyone.
+func (w *writer) build(g *group) {
+	s := w.s
+	g.batch = nil
+	if errp := s.failed.Load(); errp != nil {
+		for _, r := range g.reqs {
+			refuse(r, *errp)
+		}
+		return
+	}
+	micros := eventstore.RecordTime(s.opts.Clock()).UnixMicro()
+	if micros < w.lastMicros {
+		micros = w.lastMicros
+	}
+	batch := s.db.NewBatch()
+	accepted := 0
+	clear(w.pending)
+	startNext, startPrev := w.next, w.prev
+	for _, r := range g.reqs {
+		if err := r.ctx.Err(); err != nil {
+			refuse(r, fmt.Errorf("append: %w", err))
+			continue
+		}
+		if err := w.check(r); err != nil {
+			refuse(r, err)
+			continue
+		}
+		if err := w.write(batch, r, micros); err != nil {
+			// Only a failure to read a stream version or to encode into the batch lands
+			// here; the batch may hold part of r, so none of it can be committed.
+			w.abandon(g, batch, startNext, startPrev, fmt.Errorf("embedded: build batch: %w", err))
+			return
+		}
+		accepted++
+	}
+	if accepted == 0 {
+		_ = batch.Close()
+		return
+	}
+	if err := s.db.ApplyNoSyncWait(batch, pebble.Sync); err != nil {
+		w.abandon(g, batch, startNext, startPrev, w.fail(fmt.Errorf("embedded: commit: %w", err)))
+		return
+	}
+	for stream, v := range w.pending {
+		w.cache.put(stream, v)
+	}
+	w.lastMicros = micros
+	g.batch = batch
+	g.last = w.next - 1
+}
+
+// abandon drops a batch that will not be committed: every request of the group not
+// already refused fails with err, and the writer's position and hash go back to where the
+// group started.
+func (w *writer) abandon(g *group, batch *pebble.Batch, next uint64, prev eventstore.Hash, err error) {
+	for _, r := range g.reqs {
+		if r.err == nil {
+			refuse(r, err)
+		}
+	}
+	w.next, w.prev = next, prev
+	clear(w.pending)
+	_ = batch.Close()
+}
+
+// fail makes err the store's permanent write error (the first one wins) and returns it.
+func (w *writer) fail(err error) error {
+	if w.s.failed.CompareAndSwap(nil, &err) {
+		return err
+	}
+	return *w.s.failed.Load()
+}
+
+// version is the stream's version as the writer sees it: this group's pending writes,
+// then the cache, then pebble (which already holds groups applied but not yet synced).
+func (w *writer) version(stream string) (uint64, error) {
+	if v, ok := w.pending[stream]; ok {
+		return v, nil
+	}
+	if v, ok := w.cache.get(stream); ok {
+		return v, nil
+	}
+	w.key = streamKey(w.key[:0], prefixVersion, stream)
+	val, closer, err := w.s.db.Get(w.key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, nil // unknown streams are not cached: a one-off read stays one-off
+	}
+	if err != nil {
+		return 0, fmt.Errorf("embedded: read version of %s: %w", stream, err)
+	}
+	defer closer.Close()
+	if len(val) != 8 {
+		return 0, fmt.Errorf("embedded: read version of %s: %w: value is %d bytes, want 8", stream, errCorrupt, len(val))
+	}
+	v := binary.BigEndian.Uint64(val)
+	w.cache.put(stream, v)
+	return v, nil
+}
+
+// check tests every expectation of r; the first failing one is the conflict.
+func (w *writer) check(r *request) error {
+	for i := range r.appends {
+		a := &r.appends[i]
+		v, err := w.version(a.Stream)
+		if err != nil {
+			return err
+		}
+		if !a.Expected.Allows(v) {
+			return &eventstore.ConflictError{Stream: a.Stream, Expected: a.Expected, Actual: v}
+		}
+	}
+	return nil
+}
+
+// write adds r's events to batch at the next positions and records r's result.
+func (w *writer) write(batch *pebble.Batch, r *request, micros int64) error {
+	versions := make(map[string]uint64, len(r.appends))
+	r.res.FirstPosition = w.next
+	for i := range r.appends {
+		a := &r.appends[i]
+		v, err := w.version(a.Stream)
+		if err != nil {
+			return err
+		}
+		for j := range a.Events {
+			e := &a.Events[j]
+			v++
+			pos := w.next
+			hash := w.hasher.sum(&w.prev, pos, v, micros, a.Stream, e)
+
+			op := batch.SetDeferred(9, recordSize(e, a.Stream))
+			logKey(op.Key[:0], pos)
+			encodeRecord(op.Value, a.Stream, v, micros, &w.prev, &hash, e)
+			if err := op.Finish(); err != nil {
+				return err
+			}
+			w.key = indexKey(w.key[:0], a.Stream, v)
+			op = batch.SetDeferred(len(w.key), 8)
+			copy(op.Key, w.key)
+			binary.BigEndian.PutUint64(op.Value, pos)
+			if err := op.Finish(); err != nil {
+				return err
+			}
+			w.prev = hash
+			w.next++
+		}
+		w.key = streamKey(w.key[:0], prefixVersion, a.Stream)
+		op := batch.SetDeferred(len(w.key), 8)
+		copy(op.Key, w.key)
+		binary.BigEndian.PutUint64(op.Value, v)
+		if err := op.Finish(); err != nil {
+			return err
+		}
+		w.pending[a.Stream] = v
+		versions[a.Stream] = v
+	}
+	r.res.LastPosition = w.next - 1
+	r.res.Versions = versions
+	return nil
+}
+
+// finish waits for g's fsync, publishes its events to readers and answers its appends.
+// It runs on the syncer goroutine, one group at a time in commit order.
+func (w *writer) finish(g *group) {
+	s := w.s
+	var err error
+	if g.batch != nil {
+		err = g.batch.SyncWait()
+		if err != nil {
+			err = w.fail(fmt.Errorf("embedded: sync: %w", err))
+		} else if errp := s.failed.Load(); errp != nil {
+			// An earlier group failed to sync: the log may have a hole before this one,
+			// so this group cannot be acknowledged either.
+			err = *errp
+		}
+		if err == nil {
+			s.durable.Store(g.last)
+			s.signal.Broadcast()
+		}
+		_ = g.batch.Close()
+		g.batch = nil
+	}
+	for _, r := range g.reqs {
+		if r.err == nil {
+			r.err = err
+		}
+		r.done <- struct{}{}
+	}
+	g.reqs = g.reqs[:0]
+}

@@ -1,0 +1,313 @@
+package ledger_test
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/securepay/securepay/domain"
+	"github.com/securepay/securepay/eventstore"
+	"github.com/securepay/securepay/services/ledger"
+)
+
+var simSeed = flag.Uint64("sim.seed", 0, "seed of the ledger simulation (0: a new one)")
+
+// modelAccount is the reference model's account: balances recomputed from the log by the
+// simplest possible rules, independently of domain.Evolve.
+type modelAccount struct {
+	asset   domain.Asset
+	kind    domain.AccountKind
+	limit   int64
+	posted  int64
+	held    int64
+	version uint64
+}
+
+type model struct {
+	accounts map[string]*modelAccount
+	// creations counts the events that create each payment, captures and refunds each
+	// operation id: each accepted one must appear exactly once.
+	creations map[domain.PaymentID]int
+	ops       map[string]int
+	events    uint64
+}
+
+// foldLog reads the whole log in pages and recomputes every balance, checking after each
+// event that no account that has a floor is below it.
+func foldLog(t testing.TB, store eventstore.Store) *model {
+	t.Helper()
+	m := &model{accounts: map[string]*modelAccount{}, creations: map[domain.PaymentID]int{}, ops: map[string]int{}}
+	var after uint64
+	for {
+		page, err := store.ReadAll(ctxT(t), after, 1000)
+		if err != nil {
+			t.Fatalf("read log after %d: %v", after, err)
+		}
+		for _, rec := range page {
+			ev, err := domain.DecodeEvent(rec.Type, rec.Data)
+			if err != nil {
+				t.Fatalf("decode position %d: %v", rec.Position, err)
+			}
+			m.apply(t, rec, ev)
+		}
+		if len(page) < 1000 {
+			return m
+		}
+		after = page[len(page)-1].Position
+	}
+}
+
+func (m *model) apply(t testing.TB, rec eventstore.RecordedEvent, ev domain.Event) {
+	t.Helper()
+	m.events++
+	acc := m.accounts[rec.Stream]
+	switch e := ev.(type) {
+	case domain.AccountOpened:
+		acc = &modelAccount{asset: e.Asset, kind: e.Kind, limit: e.CreditLimit}
+		m.accounts[rec.Stream] = acc
+	case domain.AccountDebited:
+		acc.posted -= e.Amount.Minor
+	case domain.AccountCredited:
+		acc.posted += e.Amount.Minor
+	case domain.HoldPlaced:
+		acc.held += e.Amount.Minor
+	case domain.HoldCaptured:
+		acc.posted -= e.Amount.Minor
+		acc.held -= e.Amount.Minor
+	case domain.HoldReleased:
+		acc.held -= e.Amount.Minor
+	case domain.PaymentTransferred, domain.PaymentBatchTransferred, domain.PaymentAuthorised:
+		m.creations[ev.(domain.PaymentEvent).Payment()]++
+	case domain.PaymentCaptured:
+		m.ops[string(e.PaymentID)+"/capture/"+string(e.CaptureID)]++
+	case domain.PaymentRefunded:
+		m.ops[string(e.PaymentID)+"/refund/"+string(e.RefundID)]++
+	}
+	if acc != nil {
+		acc.version = rec.StreamVersion
+		if acc.kind != domain.KindExternal && acc.posted-acc.held < -acc.limit {
+			t.Fatalf("position %d: %s is below its floor: posted %d held %d limit %d", rec.Position, rec.Stream, acc.posted, acc.held, acc.limit)
+		}
+		if acc.held < 0 {
+			t.Fatalf("position %d: %s holds a negative amount %d", rec.Position, rec.Stream, acc.held)
+		}
+	}
+}
+
+// TestSimulation runs seeded random command sequences from many goroutines against each
+// backend and checks the ledger's invariants against a reference model folded from the log:
+// balances per asset sum to zero, no account below its floor at any point of the log,
+// every accepted payment and operation recorded exactly once, refused ones not at all, the
+// processor's state equal to a replay, and the hash chain intact.
+func TestSimulation(t *testing.T) {
+	seed := *simSeed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	for _, b := range backends() {
+		t.Run(b.name, func(t *testing.T) {
+			defer func() {
+				if t.Failed() {
+					t.Logf("simulation seed %d: replay with go test ./services/ledger -run 'TestSimulation/%s' -sim.seed=%d", seed, b.name, seed)
+				}
+			}()
+			runSimulation(t, b, seed)
+		})
+	}
+}
+
+type simOutcome struct {
+	mu        sync.Mutex
+	accepted  map[domain.PaymentID]bool // payments created
+	ops       map[string]bool           // captures and refunds accepted
+	refusedAt map[domain.PaymentID]bool // payments refused at least once
+}
+
+func runSimulation(t *testing.T, b backend, seed uint64) {
+	store, reopen := b.open(t)
+	clock := &fixedClock{now: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)}
+	procs := []*ledger.Processor{newProcessor(t, store, ledger.Config{Clock: clock.Now, SharedStore: b.shared, MaxBatch: 64})}
+	if reopen != nil {
+		procs = append(procs, newProcessor(t, reopen(), ledger.Config{Clock: clock.Now, SharedStore: true, MaxBatch: 64}))
+	}
+	setup := procs[0]
+	assets := []domain.Asset{usd, jpy}
+	var ids []string
+	for _, a := range assets {
+		world := "world-" + a.Code
+		open(t, setup, world, a, domain.KindExternal, 0)
+		for i := range 6 {
+			id := fmt.Sprintf("%s-%d", a.Code, i)
+			ids = append(ids, id)
+			limit := int64(0)
+			if i == 0 {
+				limit = 5_000
+			}
+			kind := domain.KindCustomer
+			if i == 5 {
+				kind = domain.KindMerchant
+			}
+			open(t, setup, id, a, kind, limit)
+			exec(t, setup, domain.Transfer{PaymentID: domain.PaymentID("seed-" + id), Source: domain.AccountID(world),
+				Destination: domain.AccountID(id), Amount: money(20_000, a)})
+		}
+	}
+	out := &simOutcome{accepted: map[domain.PaymentID]bool{}, ops: map[string]bool{}, refusedAt: map[domain.PaymentID]bool{}}
+	const workers, steps = 12, 120
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(seed, uint64(w)))
+			p := procs[w%len(procs)]
+			simWorker(t, p, rng, w, steps, ids, clock, out)
+		}()
+	}
+	wg.Wait()
+
+	m := foldLog(t, store)
+	sums := map[domain.Asset]int64{}
+	for _, acc := range m.accounts {
+		sums[acc.asset] += acc.posted
+	}
+	for a, sum := range sums {
+		if sum != 0 {
+			t.Errorf("balances of %s sum to %d, want 0", a, sum)
+		}
+	}
+	for id := range out.accepted {
+		if n := m.creations[id]; n != 1 {
+			t.Errorf("accepted payment %s is recorded %d times, want exactly once", id, n)
+		}
+	}
+	for id, n := range m.creations {
+		if n != 1 {
+			t.Errorf("payment %s is recorded %d times", id, n)
+		}
+		if !out.accepted[id] && len(id) > 5 && id[:5] != "seed-" {
+			t.Errorf("payment %s is in the log but no caller was told it was accepted", id)
+		}
+	}
+	for op := range out.ops {
+		if m.ops[op] != 1 {
+			t.Errorf("accepted operation %s recorded %d times, want once", op, m.ops[op])
+		}
+	}
+	// The write side agrees with the replay, for every processor.
+	for i, p := range procs {
+		for stream, want := range m.accounts {
+			acc, _, _ := domain.ParseStream(stream)
+			got, err := p.Account(ctxT(t), acc)
+			if err != nil {
+				t.Fatalf("processor %d: account %s: %v", i, acc, err)
+			}
+			if b.shared && got.Version != want.version {
+				continue // another process wrote since this one last looked; the store is the truth
+			}
+			if got.Posted != want.posted || got.Held != want.held || got.Version != want.version {
+				t.Errorf("processor %d: %s: state posted=%d held=%d v%d, replay posted=%d held=%d v%d",
+					i, acc, got.Posted, got.Held, got.Version, want.posted, want.held, want.version)
+			}
+		}
+	}
+	if n, err := eventstore.VerifyChain(ctxT(t), store, 1000, nil); err != nil || n != m.events {
+		t.Errorf("hash chain: verified %d of %d events: %v", n, m.events, err)
+	}
+	t.Logf("seed %d: %d events, %d payments accepted, %d operations", seed, m.events, len(out.accepted), len(out.ops))
+}
+
+func simWorker(t *testing.T, p *ledger.Processor, rng *rand.Rand, w, steps int, ids []string, clock *fixedClock, out *simOutcome) {
+	var mine []domain.Command // this worker's accepted creations, for retries and follow-ups
+	pick := func() domain.AccountID { return domain.AccountID(ids[rng.IntN(len(ids))]) }
+	assetOf := func(id domain.AccountID) domain.Asset {
+		if id[:3] == "USD" {
+			return usd
+		}
+		return jpy
+	}
+	for step := range steps {
+		pid := domain.PaymentID(fmt.Sprintf("w%d-s%d", w, step))
+		var cmd domain.Command
+		switch r := rng.IntN(100); {
+		case r < 40:
+			src, dst := pick(), pick()
+			cmd = domain.Transfer{PaymentID: pid, Source: src, Destination: dst, Amount: money(1+rng.Int64N(8_000), assetOf(src))}
+		case r < 50:
+			legs := make([]domain.Leg, 1+rng.IntN(4))
+			for i := range legs {
+				src, dst := pick(), pick()
+				legs[i] = domain.Leg{Source: src, Destination: dst, Amount: money(1+rng.Int64N(3_000), assetOf(src))}
+			}
+			cmd = domain.BatchTransfer{PaymentID: pid, Legs: legs}
+		case r < 65:
+			src, dst := pick(), pick()
+			cmd = domain.Authorise{PaymentID: pid, Source: src, Destination: dst, Amount: money(1+rng.Int64N(6_000), assetOf(src)),
+				ExpiresAt: clock.Now().Add(time.Duration(1+rng.IntN(30)) * time.Minute)}
+		case r < 90 && len(mine) > 0:
+			prev := mine[rng.IntN(len(mine))]
+			switch prev := prev.(type) {
+			case domain.Authorise:
+				switch rng.IntN(4) {
+				case 0:
+					cmd = domain.Void{PaymentID: prev.PaymentID}
+				case 1:
+					cmd = domain.Expire{PaymentID: prev.PaymentID}
+				default:
+					cmd = domain.Capture{PaymentID: prev.PaymentID, CaptureID: domain.OperationID(fmt.Sprintf("c%d", step)),
+						Amount: money(1+rng.Int64N(prev.Amount.Minor), prev.Amount.Asset)}
+				}
+			case domain.Transfer:
+				if rng.IntN(2) == 0 {
+					cmd = prev // an exact retry
+				} else {
+					cmd = domain.Refund{PaymentID: prev.PaymentID, RefundID: domain.OperationID(fmt.Sprintf("r%d", step)),
+						Amount: money(1+rng.Int64N(prev.Amount.Minor), prev.Amount.Asset)}
+				}
+			default:
+				cmd = prev
+			}
+		case r < 95 && len(mine) > 0:
+			// Same id, different input.
+			if prev, ok := mine[rng.IntN(len(mine))].(domain.Transfer); ok {
+				prev.Amount.Minor++
+				cmd = prev
+			} else {
+				continue
+			}
+		default:
+			clock.Advance(time.Duration(rng.IntN(5)) * time.Minute)
+			continue
+		}
+		res, err := p.Execute(ctxT(t), ledger.Request{Command: cmd, Meta: eventstore.Metadata{Actor: fmt.Sprintf("worker-%d", w)}})
+		out.mu.Lock()
+		switch {
+		case err == nil:
+			switch c := cmd.(type) {
+			case domain.Transfer, domain.BatchTransfer, domain.Authorise:
+				id := c.Payments()[0]
+				if !res.Replayed {
+					if out.accepted[id] {
+						t.Errorf("payment %s accepted twice as new", id)
+					}
+					mine = append(mine, cmd)
+				}
+				out.accepted[id] = true
+			case domain.Capture:
+				out.ops[string(c.PaymentID)+"/capture/"+string(c.CaptureID)] = true
+			case domain.Refund:
+				out.ops[string(c.PaymentID)+"/refund/"+string(c.RefundID)] = true
+			}
+		case errors.Is(err, eventstore.ErrConflict):
+			// Allowed under contention between two processes; nothing was appended.
+		case domain.IsDomainError(err):
+		default:
+			t.Errorf("worker %d step %d %T: unexpected error %v", w, step, cmd, err)
+		}
+		out.mu.Unlock()
+	}
+}
