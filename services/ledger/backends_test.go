@@ -1,10 +1,18 @@
 package ledger_test
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/securepay/securepay/eventstore"
 	"github.com/securepay/securepay/eventstore/embedded"
+	"github.com/securepay/securepay/eventstore/postgres"
 )
 
 // backend opens stores of one kind for the processor's tests. Every test that is about
@@ -21,6 +29,7 @@ type backend struct {
 func backends() []backend {
 	return []backend{
 		{name: "embedded", open: openEmbedded},
+		{name: "postgres", shared: true, open: openPostgres},
 	}
 }
 
@@ -32,4 +41,43 @@ func openEmbedded(t testing.TB) (eventstore.Store, func() eventstore.Store) {
 	}
 	t.Cleanup(func() { s.Close() })
 	return s, nil
+}
+
+const pgEnv = "SECUREPAY_TEST_POSTGRES_DSN"
+
+func openPostgres(t testing.TB) (eventstore.Store, func() eventstore.Store) {
+	t.Helper()
+	dsn := os.Getenv(pgEnv)
+	if dsn == "" {
+		t.Fatalf("%s is not set: run infra/local/test.sh, which starts a throw-away PostgreSQL", pgEnv)
+	}
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	schema := "ledger_test_" + hex.EncodeToString(b[:])
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			t.Errorf("drop schema %s: %v", schema, err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+			t.Errorf("drop schema %s: %v", schema, err)
+		}
+	})
+	open := func() eventstore.Store {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		s, err := postgres.Open(ctx, postgres.Config{DSN: dsn, Schema: schema, Migrate: true, MaxConns: 24})
+		if err != nil {
+			t.Fatalf("open postgres store in schema %s: %v", schema, err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	return open(), open
 }

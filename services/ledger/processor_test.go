@@ -81,6 +81,7 @@ func TestProcessor(t *testing.T) {
 			t.Run("two phase", func(t *testing.T) { testTwoPhase(t, b) })
 			t.Run("hot account", func(t *testing.T) { testHotAccount(t, b) })
 			t.Run("snapshots", func(t *testing.T) { testSnapshots(t, b) })
+			t.Run("expirer", func(t *testing.T) { testExpirer(t, b) })
 			if b.shared {
 				t.Run("two processes never overdraw", func(t *testing.T) { testTwoProcesses(t, b) })
 			}
@@ -386,5 +387,51 @@ func testTwoProcesses(t *testing.T, b backend) {
 	}
 	if max := int64(accounts * (balance / 30)); accepted.Load() == 0 || accepted.Load() > max {
 		t.Fatalf("%d transfers accepted; the accounts could fund at most %d", accepted.Load(), max)
+	}
+}
+
+// The system expires authorisations past their deadline with a command of its own.
+func testExpirer(t *testing.T, b backend) {
+	store, _ := b.open(t)
+	clock := &fixedClock{now: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)}
+	p := newProcessor(t, store, ledger.Config{Clock: clock.Now, SharedStore: b.shared})
+	open(t, p, "world", usd, domain.KindExternal, 0)
+	open(t, p, "card", usd, domain.KindCustomer, 0)
+	open(t, p, "shop", usd, domain.KindMerchant, 0)
+	exec(t, p, domain.Transfer{PaymentID: "fund", Source: "world", Destination: "card", Amount: money(1_000, usd)})
+	exec(t, p, domain.Authorise{PaymentID: "open-past", Source: "card", Destination: "shop", Amount: money(100, usd), ExpiresAt: clock.Now().Add(time.Minute)})
+	exec(t, p, domain.Authorise{PaymentID: "captured", Source: "card", Destination: "shop", Amount: money(100, usd), ExpiresAt: clock.Now().Add(2 * time.Minute)})
+	exec(t, p, domain.Capture{PaymentID: "captured", CaptureID: "all", Full: true})
+	exec(t, p, domain.Authorise{PaymentID: "open-future", Source: "card", Destination: "shop", Amount: money(100, usd), ExpiresAt: clock.Now().Add(10 * time.Minute)})
+
+	ctx, cancel := context.WithCancel(ctxT(t))
+	x := &ledger.Expirer{Store: store, Processor: p, Clock: clock.Now, Interval: 10 * time.Millisecond}
+	stopped := make(chan error, 1)
+	go func() { stopped <- x.Run(ctx) }()
+	clock.Advance(5 * time.Minute)
+
+	deadline := time.Now().Add(10 * time.Second)
+	for x.Expired() < 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-stopped; !errors.Is(err, context.Canceled) {
+		t.Fatalf("expirer stopped with %v, want context.Canceled", err)
+	}
+	for id, want := range map[domain.PaymentID]domain.PaymentStatus{
+		"open-past": domain.PaymentStatusExpired, "captured": domain.PaymentStatusCaptured, "open-future": domain.PaymentStatusAuthorised,
+	} {
+		pay, err := p.Payment(ctxT(t), id)
+		if err != nil || pay.Status != want {
+			t.Fatalf("payment %s: want %s, got %s (err %v)", id, want, pay.Status, err)
+		}
+	}
+	card, _ := p.Account(ctxT(t), "card")
+	if card.Held != 100 || card.OpenHolds != 1 {
+		t.Fatalf("card: want only the future authorisation held (100, 1 hold), got held %d holds %d", card.Held, card.OpenHolds)
+	}
+	recs, err := store.ReadStream(ctxT(t), domain.PaymentStream("open-past"), 1, 10)
+	if err != nil || len(recs) != 1 || recs[0].Type != domain.NamePaymentExpired || recs[0].Metadata.Actor != ledger.ExpirerActor {
+		t.Fatalf("expiry event: want one %s by %s, got %d events (err %v): %+v", domain.NamePaymentExpired, ledger.ExpirerActor, len(recs), err, recs)
 	}
 }
