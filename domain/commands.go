@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"hash"
 	"time"
 )
 
@@ -144,27 +143,22 @@ func AccountsOf(p Payment) []AccountID {
 }
 
 // fingerprinter writes a canonical, length-prefixed encoding of a command's input, so that
-// "the same id with the same input" is decided on exact bytes, not on Go's %v.
-type fingerprinter struct{ h hash.Hash }
+// "the same id with the same input" is decided on exact bytes, not on Go's %v. The bytes
+// are gathered in one buffer and hashed once: this runs for every payment command.
+type fingerprinter struct{ buf []byte }
 
 func newFingerprinter(kind string) *fingerprinter {
-	f := &fingerprinter{h: sha256.New()}
+	f := &fingerprinter{buf: make([]byte, 0, 256)}
 	f.str(kind)
 	return f
 }
 
 func (f *fingerprinter) str(s string) {
-	var n [4]byte
-	binary.BigEndian.PutUint32(n[:], uint32(len(s)))
-	f.h.Write(n[:])
-	f.h.Write([]byte(s))
+	f.buf = binary.BigEndian.AppendUint32(f.buf, uint32(len(s)))
+	f.buf = append(f.buf, s...)
 }
 
-func (f *fingerprinter) num(v int64) {
-	var n [8]byte
-	binary.BigEndian.PutUint64(n[:], uint64(v))
-	f.h.Write(n[:])
-}
+func (f *fingerprinter) num(v int64) { f.buf = binary.BigEndian.AppendUint64(f.buf, uint64(v)) }
 
 func (f *fingerprinter) money(m Money) {
 	f.str(m.Asset.Code)
@@ -180,7 +174,10 @@ func (f *fingerprinter) meta(m Metadata) {
 	}
 }
 
-func (f *fingerprinter) sum() string { return hex.EncodeToString(f.h.Sum(nil)) }
+func (f *fingerprinter) sum() string {
+	h := sha256.Sum256(f.buf)
+	return hex.EncodeToString(h[:])
+}
 
 // Fingerprint is the SHA-256 of a command's canonical input (hex). Two commands with the
 // same id are the same request exactly when their fingerprints are equal.

@@ -770,7 +770,14 @@ func (p *Processor) stage(bs *batchState, c *call, events []domain.Event) error 
 		bs.appends[idx].Events = append(bs.appends[idx].Events, enc[i].data)
 		bs.refs[c] = append(bs.refs[c], eventRef{idx, len(bs.appends[idx].Events) - 1})
 
-		next := *bs.current(s)
+		// The batch owns its work copies and may update them in place; the base (the
+		// cache's state) is copied once, on the batch's first event for the stream.
+		next, owned := bs.work[s]
+		if !owned {
+			copied := *bs.current(s)
+			next = &copied
+			bs.work[s] = next
+		}
 		switch e.(type) {
 		case domain.AccountEvent:
 			next.account = domain.EvolveAccount(next.account, e)
@@ -778,7 +785,6 @@ func (p *Processor) stage(bs *batchState, c *call, events []domain.Event) error 
 			next.payment = domain.EvolvePayment(next.payment, e)
 		}
 		next.version++
-		bs.work[s] = &next
 	}
 	return nil
 }
