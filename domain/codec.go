@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -167,10 +168,10 @@ var decoders = map[string]func(w *wireEvent, raw []byte) (Event, error){
 	NamePaymentTransfer: func(w *wireEvent, _ []byte) (Event, error) {
 		amount, err := paymentMoney(w, w.Amount, "amount", w.Source != "" && w.Destination != "")
 		return PaymentTransferred{PaymentID: PaymentID(w.PaymentID), Source: AccountID(w.Source), Destination: AccountID(w.Destination),
-			Amount: amount, Reference: w.Reference, Metadata: w.Metadata, Fingerprint: w.Fingerprint}, err
+			Amount: amount, Reference: w.Reference, Metadata: metadataOrNil(w.Metadata), Fingerprint: w.Fingerprint}, err
 	},
 	NamePaymentBatch: func(w *wireEvent, _ []byte) (Event, error) {
-		e := PaymentBatchTransferred{PaymentID: PaymentID(w.PaymentID), Reference: w.Reference, Metadata: w.Metadata, Fingerprint: w.Fingerprint}
+		e := PaymentBatchTransferred{PaymentID: PaymentID(w.PaymentID), Reference: w.Reference, Metadata: metadataOrNil(w.Metadata), Fingerprint: w.Fingerprint}
 		if err := need(w.PaymentID != "" && len(w.Legs) > 0, "payment_id and legs"); err != nil {
 			return e, err
 		}
@@ -187,9 +188,9 @@ var decoders = map[string]func(w *wireEvent, raw []byte) (Event, error){
 		return e, nil
 	},
 	NamePaymentAuthorise: func(w *wireEvent, _ []byte) (Event, error) {
-		amount, err := paymentMoney(w, w.Amount, "amount", w.Source != "" && w.Destination != "" && w.ExpiresAt != nil)
+		amount, err := paymentMoney(w, w.Amount, "amount", w.Source != "" && w.Destination != "" && encodableTime(w.ExpiresAt))
 		return PaymentAuthorised{PaymentID: PaymentID(w.PaymentID), Source: AccountID(w.Source), Destination: AccountID(w.Destination),
-			Amount: amount, ExpiresAt: derefTime(w.ExpiresAt), Reference: w.Reference, Metadata: w.Metadata, Fingerprint: w.Fingerprint}, err
+			Amount: amount, ExpiresAt: derefTime(w.ExpiresAt), Reference: w.Reference, Metadata: metadataOrNil(w.Metadata), Fingerprint: w.Fingerprint}, err
 	},
 	NamePaymentCaptured: func(w *wireEvent, _ []byte) (Event, error) {
 		amount, err := paymentMoney(w, w.Amount, "amount", w.CaptureID != "")
@@ -228,9 +229,7 @@ func DecodeEvent(name string, data []byte) (Event, error) {
 	}
 	var w wireEvent
 	if name != NameAccountOpenedV1 { // v1 has a different shape; its decoder parses raw
-		d := json.NewDecoder(bytes.NewReader(data))
-		d.DisallowUnknownFields()
-		if err := d.Decode(&w); err != nil {
+		if err := decodeStrict(data, &w); err != nil {
 			return nil, fmt.Errorf("domain: decode %s: %w", name, err)
 		}
 	}
@@ -239,6 +238,123 @@ func DecodeEvent(name string, data []byte) (Event, error) {
 		return nil, fmt.Errorf("domain: decode %s: %w", name, err)
 	}
 	return e, nil
+}
+
+// decodeStrict decodes exactly one JSON object with no unknown fields and nothing after it.
+// A stored payload must have one reading, the same for us and for an auditor's jq: so
+// "{...}garbage" is refused rather than half-read, and so are duplicate keys and keys in
+// another case ("Payment_ID"), which encoding/json would otherwise accept (matching keys
+// case-insensitively, last one winning) while other JSON readers see something else.
+func decodeStrict(data []byte, v any) error {
+	if err := checkKeys(data); err != nil {
+		return err
+	}
+	d := json.NewDecoder(bytes.NewReader(data))
+	d.DisallowUnknownFields()
+	if err := d.Decode(v); err != nil {
+		return err
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return fmt.Errorf("unexpected data after the JSON object")
+	}
+	return nil
+}
+
+// checkKeys scans data and refuses an object key that is not written in the schema's
+// alphabet (lower-case letters, digits, "_", "." and "-": the field names, and the metadata
+// keys Decide accepts) or that appears twice in one object. Because a key may not contain
+// a backslash, no escape can disguise one key as another, and keys compare as raw bytes.
+// The scan is one pass over data without allocating per key (it runs on every event load);
+// it does not validate the JSON syntax, which the decoder that runs after it does.
+func checkKeys(data []byte) error {
+	type frame struct {
+		object, wantKey bool
+		start           int                 // this object's keys are keys[start:]
+		set             map[string]struct{} // all its keys, once there are many
+	}
+	const linearKeys = 32 // beyond this many keys in one object, find duplicates by map
+	// Event payloads nest three levels and have about twenty keys: these arrays keep the
+	// scan off the heap for all of them.
+	var stackBuf [8]frame
+	var keysBuf [48][]byte
+	stack, keys := stackBuf[:0], keysBuf[:0]
+	for i := 0; i < len(data); i++ {
+		switch data[i] {
+		case '{':
+			stack = append(stack, frame{object: true, wantKey: true, start: len(keys)})
+		case '[':
+			stack = append(stack, frame{start: len(keys)})
+		case '}', ']':
+			if len(stack) == 0 {
+				return fmt.Errorf("unbalanced %q at byte %d", data[i], i)
+			}
+			keys = keys[:stack[len(stack)-1].start]
+			stack = stack[:len(stack)-1]
+		case ',':
+			if n := len(stack); n > 0 && stack[n-1].object {
+				stack[n-1].wantKey = true
+			}
+		case '"':
+			j := i + 1
+			for j < len(data) && data[j] != '"' {
+				if data[j] == '\\' {
+					j++
+				}
+				j++
+			}
+			if j >= len(data) {
+				return fmt.Errorf("unterminated string at byte %d", i)
+			}
+			if n := len(stack); n > 0 && stack[n-1].object && stack[n-1].wantKey {
+				key := data[i+1 : j]
+				if err := checkKey(key); err != nil {
+					return err
+				}
+				top := &stack[n-1]
+				top.wantKey = false
+				if top.set == nil {
+					for _, k := range keys[top.start:] {
+						if bytes.Equal(k, key) {
+							return fmt.Errorf("key %q appears twice in one object", key)
+						}
+					}
+					keys = append(keys, key)
+					if len(keys)-top.start > linearKeys {
+						top.set = make(map[string]struct{}, 2*linearKeys)
+						for _, k := range keys[top.start:] {
+							top.set[string(k)] = struct{}{}
+						}
+						keys = keys[:top.start]
+					}
+				} else {
+					if _, dup := top.set[string(key)]; dup {
+						return fmt.Errorf("key %q appears twice in one object", key)
+					}
+					top.set[string(key)] = struct{}{}
+				}
+			}
+			i = j
+		}
+	}
+	return nil
+}
+
+func checkKey(key []byte) error {
+	for _, r := range key {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_' || r == '.' || r == '-') {
+			return fmt.Errorf("key %q: keys are lower-case letters, digits and _ . -", key)
+		}
+	}
+	return nil
+}
+
+// metadataOrNil reads an empty metadata object as no metadata, as Decide writes it, so that a
+// decoded event equals the event that was encoded.
+func metadataOrNil(m map[string]string) Metadata {
+	if len(m) == 0 {
+		return nil
+	}
+	return m
 }
 
 func need(ok bool, what string) error {
@@ -253,6 +369,16 @@ func deref(p *int64) int64 {
 		return 0
 	}
 	return *p
+}
+
+// encodableTime accepts a deadline whose UTC form has a four-digit year: an offset can move
+// "0000-01-01T00:00:00+01:00" into year -1, which JSON (RFC 3339) cannot write back.
+func encodableTime(p *time.Time) bool {
+	if p == nil {
+		return false
+	}
+	y := p.UTC().Year()
+	return y >= 0 && y <= 9999
 }
 
 func derefTime(p *time.Time) time.Time {
@@ -315,7 +441,7 @@ func decodeAccountOpened(w *wireEvent, _ []byte) (Event, error) {
 		return nil, err
 	}
 	return AccountOpened{AccountID: AccountID(w.AccountID), Asset: asset, Kind: kind, CreditLimit: w.CreditLimit,
-		Metadata: w.Metadata, Fingerprint: w.Fingerprint}, nil
+		Metadata: metadataOrNil(w.Metadata), Fingerprint: w.Fingerprint}, nil
 }
 
 // accountOpenedV1 is the first schema of ledger.account.opened: the asset was a bare
@@ -334,9 +460,7 @@ type accountOpenedV1 struct {
 // table of known assets, which is exactly what v1 readers assumed.
 func decodeAccountOpenedV1(_ *wireEvent, raw []byte) (Event, error) {
 	var v1 accountOpenedV1
-	d := json.NewDecoder(bytes.NewReader(raw))
-	d.DisallowUnknownFields()
-	if err := d.Decode(&v1); err != nil {
+	if err := decodeStrict(raw, &v1); err != nil {
 		return nil, err
 	}
 	if err := need(v1.AccountID != "", "account_id"); err != nil {
@@ -351,5 +475,5 @@ func decodeAccountOpenedV1(_ *wireEvent, raw []byte) (Event, error) {
 		return nil, err
 	}
 	return AccountOpened{AccountID: AccountID(v1.AccountID), Asset: asset, Kind: kind, CreditLimit: v1.CreditLimit,
-		Metadata: v1.Metadata, Fingerprint: v1.Fingerprint}, nil
+		Metadata: metadataOrNil(v1.Metadata), Fingerprint: v1.Fingerprint}, nil
 }

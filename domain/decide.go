@@ -164,12 +164,26 @@ func debit(a Account, amount int64) (Account, error) {
 	if err != nil {
 		return a, err
 	}
-	if floor, limited := a.Floor(); limited && posted-a.Held < floor {
+	if belowFloor(a, posted, a.Held) {
+		floor, _ := a.Floor()
 		return a, fmt.Errorf("%w: account %s has %s available, the payment needs %s", ErrInsufficientFunds, a.ID,
 			FormatMinor(a.Available()-floor, a.Asset), FormatMinor(amount, a.Asset))
 	}
 	a.Posted = posted
 	return a, nil
+}
+
+// belowFloor reports whether an available balance of posted minus held would be below a's
+// floor. The subtraction is checked: with a credit limit near the int64 range, posted-held
+// can fall below MinInt64, and a wrapped-around result would look like a large balance.
+// Such a result is below every floor (floors are >= -MaxInt64).
+func belowFloor(a Account, posted, held int64) bool {
+	floor, limited := a.Floor()
+	if !limited {
+		return false
+	}
+	available, err := subChecked(posted, held)
+	return err != nil || available < floor
 }
 
 func credit(a Account, amount int64) (Account, error) {
@@ -346,7 +360,8 @@ func decideAuthorise(s State, c Authorise, now time.Time) ([]Event, error) {
 	if err != nil {
 		return nil, err
 	}
-	if floor, limited := src.Floor(); limited && src.Posted-held < floor {
+	if belowFloor(src, src.Posted, held) {
+		floor, _ := src.Floor()
 		return nil, fmt.Errorf("%w: account %s has %s available, the authorisation needs %s", ErrInsufficientFunds, src.ID,
 			FormatMinor(src.Available()-floor, src.Asset), FormatMinor(c.Amount.Minor, src.Asset))
 	}
