@@ -30,7 +30,7 @@ func ParseHash(s string) (Hash, error) {
 
 // ChainHash computes an event's hash from the previous event's hash and the event's stored
 // fields. The encoding is fixed and documented so an auditor can recompute it without our
-// code (docs/AUDIT.md):
+// code (docs/EVENTS.md, section 3):
 //
 //	SHA-256( prev_hash (32 bytes)
 //	       || position (uint64 big-endian) || stream_version (uint64 BE)

@@ -102,7 +102,7 @@ func run(ctx context.Context, c config) error {
 	funding := make([]domain.Command, 0, c.accounts)
 	for i := range c.accounts {
 		funding = append(funding, domain.Transfer{PaymentID: domain.PaymentID("fund-" + strconv.Itoa(i)), Source: "world",
-			Destination: payer(i), Amount: domain.Money{Asset: usd, Minor: 1 << 50}})
+			Destination: payer(i), Amount: domain.Money{Asset: usd, Minor: 1 << 40}})
 	}
 	if err := runConcurrently(ctx, proc, funding, c.concurrency); err != nil {
 		return fmt.Errorf("fund payers: %w", err)

@@ -15,8 +15,10 @@ import (
 //
 //	'e' position(u64 BE)                         -> record (the global log)
 //	's' len(stream)(u8) stream version(u64 BE)   -> position(u64 BE) (per-stream index)
-//	'v' len(stream)(u8) stream                   -> version(u64 BE) (stream's current version)
 //	'n' len(stream)(u8) stream                   -> snapshot (never part of the chain)
+//
+// A stream's current version is its last index key, and the head of the log is its last
+// log key (recovered on Open), so no record is rewritten on every append.
 //
 // A stream name is at most eventstore.MaxStreamNameBytes (200) bytes, so its length fits
 // the one-byte prefix, and the prefix makes "a" and "a\x00..." distinct streams whose
@@ -24,7 +26,6 @@ import (
 const (
 	prefixLog      = 'e'
 	prefixIndex    = 's'
-	prefixVersion  = 'v'
 	prefixSnapshot = 'n'
 )
 

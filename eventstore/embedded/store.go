@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 
 	"github.com/securepay/securepay/eventstore"
 )
@@ -134,6 +135,8 @@ type Store struct {
 	// write or sync: pebble's state after that is unknown).
 	failed atomic.Pointer[error]
 	signal *eventstore.Signal
+	// cacheGen is the writer's version cache generation (see versionCache).
+	cacheGen atomic.Uint64
 
 	snapshotMu sync.Mutex // serialises snapshot read-compare-writes
 
@@ -157,7 +160,11 @@ func Open(dir string, opts Options) (*Store, error) {
 		MemTableSize:                opts.MemTableBytes,
 		MemTableStopWritesThreshold: 4,
 		Logger:                      opts.Logger,
+		FormatMajorVersion:          pebble.FormatNewest,
 	}
+	// Every append of a new stream (each payment is one) looks up a version that does not
+	// exist yet; without bloom filters that miss reads a block of every sstable.
+	popts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
 	db, err := pebble.Open(dir, popts)
 	if err != nil {
 		return nil, fmt.Errorf("embedded: open %s: %w", dir, err)

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -20,6 +21,12 @@ type request struct {
 	res     eventstore.AppendResult
 	err     error
 	done    chan struct{}
+
+	// absent[i] says the caller found appends[i].Stream absent from pebble while the
+	// version cache was at generation gen (see prefetch).
+	absent []bool
+	gen    uint64
+	key    []byte
 }
 
 // group is the appends taken together from the queue. The accepted ones are committed in
@@ -59,6 +66,11 @@ func (s *Store) Append(ctx context.Context, appends ...eventstore.StreamAppend) 
 		s.recycle(req)
 		return eventstore.AppendResult{}, err
 	}
+	if err := s.prefetch(req); err != nil {
+		release()
+		s.recycle(req)
+		return eventstore.AppendResult{}, err
+	}
 	select {
 	case s.requests <- req:
 		release()
@@ -80,8 +92,40 @@ func (s *Store) Append(ctx context.Context, appends ...eventstore.StreamAppend) 
 }
 
 func (s *Store) recycle(r *request) {
-	*r = request{done: r.done}
+	*r = request{done: r.done, absent: r.absent[:0], key: r.key[:0]}
 	s.requestPool.Put(r)
+}
+
+// prefetch does, on the caller's goroutine and so in parallel with the writer, the one
+// lookup the writer would otherwise do for most new streams: whether a stream expected
+// not to exist has an event. It only looks for NoStream expectations (a payment's own
+// stream), since other streams are usually in the writer's cache.
+//
+// The answer stays true for the writer as long as the cache generation has not moved:
+// every stream the writer commits to goes into the cache, and only a generation change
+// drops entries, so a stream absent at the lookup and committed since is in the cache,
+// which the writer reads first.
+func (s *Store) prefetch(r *request) error {
+	r.absent = r.absent[:0]
+	r.gen = s.cacheGen.Load() // before the lookups: a later change voids them
+	for i := range r.appends {
+		a := &r.appends[i]
+		absent := false
+		if a.Expected.IsNoStream() {
+			r.key = indexKey(r.key[:0], a.Stream, 1)
+			_, closer, err := s.db.Get(r.key)
+			switch {
+			case errors.Is(err, pebble.ErrNotFound):
+				absent = true
+			case err != nil:
+				return fmt.Errorf("embedded: append %s: read version: %w", a.Stream, err)
+			default:
+				_ = closer.Close()
+			}
+		}
+		r.absent = append(r.absent, absent)
+	}
+	return nil
 }
 
 func answer(r *request, err error) {
@@ -100,6 +144,7 @@ type writer struct {
 	lastMicros int64           // record time of the event at next-1, so time never goes back
 	cache      *versionCache
 	pending    map[string]uint64 // versions written by the group being built
+	versions   []uint64          // versions check found for the request being built
 	hasher     chainHasher
 	key        []byte
 }
@@ -108,7 +153,7 @@ func newWriter(s *Store) *writer {
 	return &writer{
 		s:       s,
 		next:    1,
-		cache:   newVersionCache(s.opts.StreamCacheEntries),
+		cache:   newVersionCache(s.opts.StreamCacheEntries, &s.cacheGen),
 		pending: make(map[string]uint64),
 		hasher:  chainHasher{buf: make([]byte, 0, 1024)},
 		key:     make([]byte, 0, 16+eventstore.MaxStreamNameBytes),
@@ -252,38 +297,69 @@ func (w *writer) fail(err error) error {
 
 // version is the stream's version as the writer sees it: this group's pending writes,
 // then the cache, then pebble (which already holds groups applied but not yet synced).
-func (w *writer) version(stream string) (uint64, error) {
+//
+// There is no "current version" key to read: a stream's version is its last index key.
+// Most misses are streams that do not exist yet (every payment is a new stream), and a
+// point lookup of version 1 answers those through the bloom filters without reading any
+// data block; only an existing, uncached stream pays for a seek to its last version.
+func (w *writer) version(stream string, absentHint bool) (uint64, error) {
 	if v, ok := w.pending[stream]; ok {
 		return v, nil
 	}
 	if v, ok := w.cache.get(stream); ok {
 		return v, nil
 	}
-	w.key = streamKey(w.key[:0], prefixVersion, stream)
-	val, closer, err := w.s.db.Get(w.key)
+	if absentHint {
+		return 0, nil
+	}
+	w.key = indexKey(w.key[:0], stream, 1)
+	_, closer, err := w.s.db.Get(w.key)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return 0, nil // unknown streams are not cached: a one-off read stays one-off
 	}
 	if err != nil {
 		return 0, fmt.Errorf("embedded: read version of %s: %w", stream, err)
 	}
-	defer closer.Close()
-	if len(val) != 8 {
-		return 0, fmt.Errorf("embedded: read version of %s: %w: value is %d bytes, want 8", stream, errCorrupt, len(val))
+	_ = closer.Close()
+	v, err := lastVersion(w.s.db, stream)
+	if err != nil {
+		return 0, err
 	}
-	v := binary.BigEndian.Uint64(val)
 	w.cache.put(stream, v)
 	return v, nil
 }
 
-// check tests every expectation of r; the first failing one is the conflict.
+// lastVersion seeks to the stream's last index key.
+func lastVersion(db *pebble.DB, stream string) (uint64, error) {
+	lo := indexKey(make([]byte, 0, 10+len(stream)), stream, 1)
+	hi := append(indexKey(make([]byte, 0, 11+len(stream)), stream, math.MaxUint64), 0)
+	iter, err := db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return 0, fmt.Errorf("embedded: read version of %s: %w", stream, err)
+	}
+	defer iter.Close()
+	if !iter.Last() {
+		if err := iter.Error(); err != nil {
+			return 0, fmt.Errorf("embedded: read version of %s: %w", stream, err)
+		}
+		return 0, fmt.Errorf("embedded: read version of %s: %w: version 1 is indexed but no last version found", stream, errCorrupt)
+	}
+	k := iter.Key()
+	return binary.BigEndian.Uint64(k[len(k)-8:]), nil
+}
+
+// check tests every expectation of r (the first failing one is the conflict) and leaves
+// the versions it found in w.versions for write.
 func (w *writer) check(r *request) error {
+	w.versions = w.versions[:0]
+	hintsValid := r.gen == w.cache.generation()
 	for i := range r.appends {
 		a := &r.appends[i]
-		v, err := w.version(a.Stream)
+		v, err := w.version(a.Stream, hintsValid && r.absent[i])
 		if err != nil {
 			return err
 		}
+		w.versions = append(w.versions, v)
 		if !a.Expected.Allows(v) {
 			return &eventstore.ConflictError{Stream: a.Stream, Expected: a.Expected, Actual: v}
 		}
@@ -291,16 +367,14 @@ func (w *writer) check(r *request) error {
 	return nil
 }
 
-// write adds r's events to batch at the next positions and records r's result.
+// write adds r's events to batch at the next positions and records r's result. It
+// follows check, whose versions it uses.
 func (w *writer) write(batch *pebble.Batch, r *request, micros int64) error {
 	versions := make(map[string]uint64, len(r.appends))
 	r.res.FirstPosition = w.next
 	for i := range r.appends {
 		a := &r.appends[i]
-		v, err := w.version(a.Stream)
-		if err != nil {
-			return err
-		}
+		v := w.versions[i]
 		for j := range a.Events {
 			e := &a.Events[j]
 			v++
@@ -322,13 +396,6 @@ func (w *writer) write(batch *pebble.Batch, r *request, micros int64) error {
 			}
 			w.prev = hash
 			w.next++
-		}
-		w.key = streamKey(w.key[:0], prefixVersion, a.Stream)
-		op := batch.SetDeferred(len(w.key), 8)
-		copy(op.Key, w.key)
-		binary.BigEndian.PutUint64(op.Value, v)
-		if err := op.Finish(); err != nil {
-			return err
 		}
 		w.pending[a.Stream] = v
 		versions[a.Stream] = v

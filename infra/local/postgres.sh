@@ -108,14 +108,17 @@ max_locks_per_transaction = 256
 log_min_messages = warning
 log_min_duration_statement = -1
 EOF
-	else
-		# Reusing a cluster: make sure the port is the one asked for this time.
-		sed -i -E "s/^port = [0-9]+$/port = $port/" "$data/postgresql.conf"
 	fi
 
 	if as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+		# Line 4 of postmaster.pid is the port the running server listens on.
+		local running
+		running=$(sed -n 4p "$data/postmaster.pid" 2>/dev/null || true)
+		[[ "$running" == "$port" ]] || die "a server already runs in $data on port $running, not $port; stop it first"
 		log "already running in $data"
 	else
+		# Reusing a stopped cluster: listen on the port asked for this time.
+		sed -i -E "s/^port = [0-9]+$/port = $port/" "$data/postgresql.conf"
 		log "starting on 127.0.0.1:$port (log: $logfile)"
 		# -w waits for startup; -t bounds that wait.
 		as_owner "$bin/pg_ctl" -D "$data" -l "$logfile" -w -t 60 start >&2 ||
