@@ -1,0 +1,201 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/securepay/securepay/eventstore"
+)
+
+// ReadStream implements eventstore.Store.
+func (s *Store) ReadStream(ctx context.Context, stream string, afterVersion uint64, limit int) ([]eventstore.RecordedEvent, error) {
+	if s.closed.Load() {
+		return nil, eventstore.ErrClosed
+	}
+	limit = eventstore.ClampLimit(limit)
+	if afterVersion > 1<<63-1 {
+		return nil, nil // no version is that high
+	}
+	rows, err := s.pool.Query(ctx, s.q.readStream, stream, int64(afterVersion), limit)
+	if err != nil {
+		return nil, fmt.Errorf("read stream %s after %d: %w", stream, afterVersion, err)
+	}
+	evs, err := scanEvents(rows, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read stream %s after %d: %w", stream, afterVersion, err)
+	}
+	return evs, nil
+}
+
+// ReadAll implements eventstore.Store. Because appends commit in position order under the
+// append lock, a committed position is never visible before its predecessors.
+func (s *Store) ReadAll(ctx context.Context, afterPosition uint64, limit int) ([]eventstore.RecordedEvent, error) {
+	if s.closed.Load() {
+		return nil, eventstore.ErrClosed
+	}
+	limit = eventstore.ClampLimit(limit)
+	if afterPosition > 1<<63-1 {
+		return nil, nil
+	}
+	rows, err := s.pool.Query(ctx, s.q.readAll, int64(afterPosition), limit)
+	if err != nil {
+		return nil, fmt.Errorf("read all after %d: %w", afterPosition, err)
+	}
+	evs, err := scanEvents(rows, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read all after %d: %w", afterPosition, err)
+	}
+	return evs, nil
+}
+
+// Head implements eventstore.Store.
+func (s *Store) Head(ctx context.Context) (uint64, error) {
+	if s.closed.Load() {
+		return 0, eventstore.ErrClosed
+	}
+	var head int64
+	if err := s.pool.QueryRow(ctx, s.q.headPos).Scan(&head); err != nil {
+		return 0, fmt.Errorf("read head: %w", err)
+	}
+	return uint64(head), nil
+}
+
+// scanEvents reads at most limit rows of the events table's columns, in the order of cols.
+func scanEvents(rows pgx.Rows, limit int) ([]eventstore.RecordedEvent, error) {
+	defer rows.Close()
+	var out []eventstore.RecordedEvent
+	var (
+		position, version int64
+		recordedAt        time.Time
+		prevHash, hash    []byte
+	)
+	for rows.Next() {
+		if len(out) == limit {
+			return nil, fmt.Errorf("query returned more than its limit of %d rows", limit)
+		}
+		if out == nil {
+			out = make([]eventstore.RecordedEvent, 0, min(limit, 256))
+		}
+		out = append(out, eventstore.RecordedEvent{})
+		e := &out[len(out)-1]
+		err := rows.Scan(&position, &e.Stream, &version, &e.ID, &e.Type, &recordedAt, &e.Data,
+			&e.Metadata.CorrelationID, &e.Metadata.CausationID, &e.Metadata.Actor, &e.Metadata.TraceParent,
+			&prevHash, &hash)
+		if err != nil {
+			return nil, fmt.Errorf("scan event: %w", err)
+		}
+		if len(prevHash) != len(e.PrevHash) || len(hash) != len(e.Hash) {
+			return nil, fmt.Errorf("event at position %d has hashes of %d and %d bytes, want %d", position, len(prevHash), len(hash), len(e.Hash))
+		}
+		e.Position, e.StreamVersion, e.RecordedAt = uint64(position), uint64(version), recordedAt.UTC()
+		copy(e.PrevHash[:], prevHash)
+		copy(e.Hash[:], hash)
+		if e.Data == nil {
+			e.Data = []byte{}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Subscribe implements eventstore.Store: eventstore.PollSubscription over ReadAll, woken by
+// this process's own commits and by NOTIFY from every process's commits, with polling as
+// the safety net. Close ends it with ErrClosed.
+func (s *Store) Subscribe(ctx context.Context, afterPosition uint64, maxBatch int, handle func(context.Context, []eventstore.RecordedEvent) error) error {
+	if s.closed.Load() {
+		return eventstore.ErrClosed
+	}
+	s.startListener()
+	subCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(s.closeCtx, cancel)
+	defer stop()
+	sub := eventstore.PollSubscription{ReadAll: s.ReadAll, Signal: s.signal, PollInterval: s.cfg.PollInterval}
+	err := sub.Run(subCtx, afterPosition, maxBatch, handle)
+	if ctx.Err() == nil && s.closed.Load() && (errors.Is(err, context.Canceled) || errors.Is(err, eventstore.ErrClosed)) {
+		return eventstore.ErrClosed
+	}
+	return err
+}
+
+// LoadSnapshot implements eventstore.SnapshotStore.
+func (s *Store) LoadSnapshot(ctx context.Context, stream string) (eventstore.Snapshot, bool, error) {
+	if s.closed.Load() {
+		return eventstore.Snapshot{}, false, eventstore.ErrClosed
+	}
+	snap := eventstore.Snapshot{Stream: stream}
+	var version int64
+	err := s.pool.QueryRow(ctx, s.q.loadSnapshot, stream).Scan(&version, &snap.Schema, &snap.State)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return eventstore.Snapshot{}, false, nil
+	case err != nil:
+		return eventstore.Snapshot{}, false, fmt.Errorf("load snapshot %s: %w", stream, err)
+	}
+	snap.Version = uint64(version)
+	return snap, true, nil
+}
+
+// MaxSnapshotBytes bounds one snapshot's state; an aggregate bigger than this is a design
+// problem to fix, not to store.
+const MaxSnapshotBytes = 16 << 20
+
+// SaveSnapshot implements eventstore.SnapshotStore: the saved snapshot replaces the stored
+// one only if its Version is higher. It runs as the app role in one round trip.
+func (s *Store) SaveSnapshot(ctx context.Context, snap eventstore.Snapshot) error {
+	if s.closed.Load() {
+		return eventstore.ErrClosed
+	}
+	switch {
+	case snap.Stream == "" || len(snap.Stream) > eventstore.MaxStreamNameBytes:
+		return fmt.Errorf("save snapshot: stream name must be 1..%d bytes, got %d", eventstore.MaxStreamNameBytes, len(snap.Stream))
+	case snap.Version == 0 || snap.Version > 1<<63-1:
+		return fmt.Errorf("save snapshot %s: version must be 1..2^63-1, got %d", snap.Stream, snap.Version)
+	case len(snap.State) > MaxSnapshotBytes:
+		return fmt.Errorf("save snapshot %s: state is %d bytes, limit %d", snap.Stream, len(snap.State), MaxSnapshotBytes)
+	}
+	state := snap.State
+	if state == nil {
+		state = []byte{}
+	}
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("save snapshot %s: acquire connection: %w", snap.Stream, err)
+	}
+	defer conn.Release()
+	b := &pgx.Batch{}
+	b.Queue(s.q.begin)
+	b.Queue(`SELECT set_config('role', $1, true)`, s.cfg.AppRole)
+	b.Queue(s.q.saveSnapshot, snap.Stream, int64(snap.Version), snap.Schema, state)
+	b.Queue(s.q.commit)
+	br := conn.SendBatch(ctx, b)
+	err = func() error {
+		for i := range 3 {
+			if _, err := br.Exec(); err != nil {
+				return fmt.Errorf("statement %d: %w", i+1, err)
+			}
+		}
+		tag, err := br.Exec()
+		if err != nil {
+			return fmt.Errorf("commit: %w", err)
+		}
+		if tag.String() != "COMMIT" {
+			return fmt.Errorf("commit answered %q", tag.String())
+		}
+		return nil
+	}()
+	if cerr := br.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		s.abort(conn.Conn())
+		return fmt.Errorf("save snapshot %s: %w", snap.Stream, err)
+	}
+	return nil
+}
