@@ -14,7 +14,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // ErrConflict is the one sentinel for an optimistic-concurrency failure, whatever the
@@ -222,6 +224,9 @@ func ValidateAppend(appends []StreamAppend) error {
 		if a.Stream == "" || len(a.Stream) > MaxStreamNameBytes {
 			return fmt.Errorf("%w: stream name must be 1..%d bytes, got %d", ErrInvalidAppend, MaxStreamNameBytes, len(a.Stream))
 		}
+		if !storableText(a.Stream) {
+			return fmt.Errorf("%w: stream name %q must be valid UTF-8 without NUL bytes", ErrInvalidAppend, a.Stream)
+		}
 		if _, dup := seen[a.Stream]; dup {
 			return fmt.Errorf("%w: stream %q named twice", ErrInvalidAppend, a.Stream)
 		}
@@ -241,6 +246,11 @@ func ValidateAppend(appends []StreamAppend) error {
 				return fmt.Errorf("%w: stream %q event %d: type must be 1..%d bytes", ErrInvalidAppend, a.Stream, i, MaxEventTypeBytes)
 			case len(e.Data) > MaxEventDataBytes:
 				return fmt.Errorf("%w: stream %q event %d: data is %d bytes, limit %d", ErrInvalidAppend, a.Stream, i, len(e.Data), MaxEventDataBytes)
+			case !storableText(e.ID) || !storableText(e.Type) || !storableText(e.Metadata.CorrelationID) ||
+				!storableText(e.Metadata.CausationID) || !storableText(e.Metadata.Actor) || !storableText(e.Metadata.TraceParent):
+				// Every backend must store text byte for byte (PostgreSQL text cannot hold
+				// NUL, KurrentDB metadata is JSON), so all of them refuse the same inputs.
+				return fmt.Errorf("%w: stream %q event %d: id, type and metadata must be valid UTF-8 without NUL bytes", ErrInvalidAppend, a.Stream, i)
 			}
 		}
 	}
@@ -248,6 +258,10 @@ func ValidateAppend(appends []StreamAppend) error {
 		return fmt.Errorf("%w: %d events in one append, limit %d", ErrInvalidAppend, total, MaxEventsPerAppend)
 	}
 	return nil
+}
+
+func storableText(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsRune(s, 0)
 }
 
 // ClampLimit bounds a read limit to 1..MaxReadLimit.
