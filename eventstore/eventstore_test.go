@@ -88,7 +88,10 @@ func TestChainVerifier(t *testing.T) {
 		{"intact", func(e []RecordedEvent) []RecordedEvent { return e }, 0},
 		{"data edited", func(e []RecordedEvent) []RecordedEvent { e[4].Data = []byte("x"); return e }, 5},
 		{"actor edited", func(e []RecordedEvent) []RecordedEvent { e[2].Metadata.Actor = "mallory"; return e }, 3},
-		{"time edited", func(e []RecordedEvent) []RecordedEvent { e[6].RecordedAt = e[6].RecordedAt.Add(time.Microsecond); return e }, 7},
+		{"time edited", func(e []RecordedEvent) []RecordedEvent {
+			e[6].RecordedAt = e[6].RecordedAt.Add(time.Microsecond)
+			return e
+		}, 7},
 		{"event deleted", func(e []RecordedEvent) []RecordedEvent { return append(e[:3], e[4:]...) }, 4},
 		{"event re-hashed after edit", func(e []RecordedEvent) []RecordedEvent {
 			e[1].Data = []byte("x")

@@ -41,6 +41,12 @@ func (c *versionCache) get(stream string) (uint64, bool) {
 	return 0, false
 }
 
+// remove forgets a stream.
+func (c *versionCache) remove(stream string) {
+	delete(c.young, stream)
+	delete(c.old, stream)
+}
+
 // put records a stream's version. The key is cloned when new, so the cache never pins a
 // caller's (possibly much larger) backing string.
 func (c *versionCache) put(stream string, version uint64) {

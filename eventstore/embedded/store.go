@@ -32,9 +32,11 @@ type Options struct {
 	// backwards along the log, whatever the clock does.
 	Clock func() time.Time
 
-	// CacheBytes is pebble's block cache; default 64 MiB.
+	// CacheBytes is pebble's block cache; default 192 MiB. Pebble reserves the memtables'
+	// memory out of it, so it must be well above what they take (up to 4 memtables), or
+	// no block stays cached and every lookup reads the disk.
 	CacheBytes int64
-	// MemTableBytes is the size of one pebble memtable; default 32 MiB (at most 4 exist
+	// MemTableBytes is the size of one pebble memtable; default 16 MiB (at most 4 exist
 	// at once before writes stall).
 	MemTableBytes uint64
 	// StreamCacheEntries bounds the in-memory cache of stream versions; default 262,144.
@@ -53,8 +55,8 @@ type Options struct {
 }
 
 const (
-	defaultCacheBytes         = 64 << 20
-	defaultMemTableBytes      = 32 << 20
+	defaultCacheBytes         = 192 << 20
+	defaultMemTableBytes      = 16 << 20
 	defaultStreamCacheEntries = 1 << 18
 	defaultQueueLength        = 4096
 	defaultMaxGroupBytes      = 8 << 20
@@ -75,6 +77,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("embedded: CacheBytes %d is negative", o.CacheBytes)
 	case o.MemTableBytes > 1<<30:
 		return fmt.Errorf("embedded: MemTableBytes %d is above 1 GiB", o.MemTableBytes)
+	case o.CacheBytes != 0 && o.CacheBytes < 2*int64(max(o.MemTableBytes, defaultMemTableBytes)):
+		return fmt.Errorf("embedded: CacheBytes %d is less than two memtables (%d each), which pebble reserves out of it", o.CacheBytes, max(o.MemTableBytes, defaultMemTableBytes))
 	case o.StreamCacheEntries < 0:
 		return fmt.Errorf("embedded: StreamCacheEntries %d is negative", o.StreamCacheEntries)
 	case o.QueueLength < 0:

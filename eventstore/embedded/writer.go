@@ -142,21 +142,28 @@ type writer struct {
 	next       uint64          // position of the next event
 	prev       eventstore.Hash // hash of the event at next-1
 	lastMicros int64           // record time of the event at next-1, so time never goes back
-	cache      *versionCache
-	pending    map[string]uint64 // versions written by the group being built
-	versions   []uint64          // versions check found for the request being built
-	hasher     chainHasher
-	key        []byte
+	// cache holds the versions of streams in use; created holds streams just created
+	// (most are payments that will not be appended to again soon), kept apart so a flood
+	// of new streams does not push the accounts out of cache. A stream is in at most one
+	// of them with a current version (putCache removes it from created).
+	cache, created *versionCache
+	pending        map[string]uint64   // versions written by the group being built
+	newInGroup     map[string]struct{} // streams of pending that the group creates
+	versions       []uint64            // versions check found for the request being built
+	hasher         chainHasher
+	key            []byte
 }
 
 func newWriter(s *Store) *writer {
 	return &writer{
-		s:       s,
-		next:    1,
-		cache:   newVersionCache(s.opts.StreamCacheEntries, &s.cacheGen),
-		pending: make(map[string]uint64),
-		hasher:  chainHasher{buf: make([]byte, 0, 1024)},
-		key:     make([]byte, 0, 16+eventstore.MaxStreamNameBytes),
+		s:          s,
+		next:       1,
+		cache:      newVersionCache(s.opts.StreamCacheEntries, &s.cacheGen),
+		created:    newVersionCache(max(1024, s.opts.StreamCacheEntries/8), &s.cacheGen),
+		pending:    make(map[string]uint64),
+		newInGroup: make(map[string]struct{}),
+		hasher:     chainHasher{buf: make([]byte, 0, 1024)},
+		key:        make([]byte, 0, 16+eventstore.MaxStreamNameBytes),
 	}
 }
 
@@ -239,6 +246,7 @@ func (w *writer) build(g *group) {
 	batch := s.db.NewBatch()
 	accepted := 0
 	clear(w.pending)
+	clear(w.newInGroup)
 	startNext, startPrev := w.next, w.prev
 	for _, r := range g.reqs {
 		if err := r.ctx.Err(); err != nil {
@@ -266,7 +274,11 @@ func (w *writer) build(g *group) {
 		return
 	}
 	for stream, v := range w.pending {
-		w.cache.put(stream, v)
+		if _, isNew := w.newInGroup[stream]; isNew {
+			w.created.put(stream, v)
+		} else {
+			w.putCache(stream, v)
+		}
 	}
 	w.lastMicros = micros
 	g.batch = batch
@@ -284,6 +296,7 @@ func (w *writer) abandon(g *group, batch *pebble.Batch, next uint64, prev events
 	}
 	w.next, w.prev = next, prev
 	clear(w.pending)
+	clear(w.newInGroup)
 	_ = batch.Close()
 }
 
@@ -309,6 +322,9 @@ func (w *writer) version(stream string, absentHint bool) (uint64, error) {
 	if v, ok := w.cache.get(stream); ok {
 		return v, nil
 	}
+	if v, ok := w.created.get(stream); ok {
+		return v, nil
+	}
 	if absentHint {
 		return 0, nil
 	}
@@ -325,8 +341,14 @@ func (w *writer) version(stream string, absentHint bool) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	w.cache.put(stream, v)
+	w.putCache(stream, v)
 	return v, nil
+}
+
+// putCache records a stream in use, dropping any older entry created holds for it.
+func (w *writer) putCache(stream string, v uint64) {
+	w.created.remove(stream)
+	w.cache.put(stream, v)
 }
 
 // lastVersion seeks to the stream's last index key.
@@ -396,6 +418,9 @@ func (w *writer) write(batch *pebble.Batch, r *request, micros int64) error {
 			}
 			w.prev = hash
 			w.next++
+		}
+		if w.versions[i] == 0 {
+			w.newInGroup[a.Stream] = struct{}{}
 		}
 		w.pending[a.Stream] = v
 		versions[a.Stream] = v

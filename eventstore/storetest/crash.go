@@ -14,8 +14,7 @@ import (
 	"github.com/securepay/securepay/eventstore"
 )
 
-// crashEnv carries the store location to a re-executed test binary and marks it as the
-// crash child.
+// The crash child is the test binary re-executed with crashEnv set to the store location.
 const (
 	crashEnv           = "SECUREPAY_STORETEST_CRASH_CHILD_LOCATION"
 	crashFirstBatchEnv = "SECUREPAY_STORETEST_CRASH_CHILD_FIRST_BATCH" // batch ids start after it
@@ -50,6 +49,8 @@ func crashChild(loc string, open func(string) (eventstore.Store, error)) int {
 		fmt.Fprintf(os.Stderr, "crash child: open %s: %v\n", loc, err)
 		return 2
 	}
+	// Only reached when the child stops on its own (its time limit, or the parent gone).
+	defer func() { _ = s.Close() }()
 	ctx, cancel := context.WithTimeout(context.Background(), crashMaxDuration)
 	defer cancel()
 	// The parent holds our stdin open; EOF means it died, so stop rather than linger.

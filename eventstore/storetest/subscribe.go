@@ -182,7 +182,9 @@ func testSubscribeEnds(t *testing.T, h Harness) {
 	// Idle at the head: cancel must end it.
 	idleCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- s.Subscribe(idleCtx, 5, 10, func(context.Context, []eventstore.RecordedEvent) error { return nil }) }()
+	go func() {
+		done <- s.Subscribe(idleCtx, 5, 10, func(context.Context, []eventstore.RecordedEvent) error { return nil })
+	}()
 	time.Sleep(20 * time.Millisecond)
 	cancel()
 	select {
