@@ -12,6 +12,7 @@ import (
 
 	"github.com/securepay/securepay/eventstore"
 	"github.com/securepay/securepay/eventstore/embedded"
+	"github.com/securepay/securepay/eventstore/kurrentdb"
 	"github.com/securepay/securepay/eventstore/postgres"
 )
 
@@ -27,10 +28,40 @@ type backend struct {
 }
 
 func backends() []backend {
-	return []backend{
+	bs := []backend{
 		{name: "embedded", open: openEmbedded},
 		{name: "postgres", shared: true, open: openPostgres},
 	}
+	// No KurrentDB server can be installed on our machines; where one is given, the
+	// ledger's tests run against it too.
+	if url := os.Getenv(kurrentEnv); url != "" {
+		bs = append(bs, backend{name: "kurrentdb", shared: true, open: func(t testing.TB) (eventstore.Store, func() eventstore.Store) {
+			return openKurrent(t, url)
+		}})
+	}
+	return bs
+}
+
+const kurrentEnv = "SECUREPAY_KURRENTDB_URL"
+
+func openKurrent(t testing.TB, url string) (eventstore.Store, func() eventstore.Store) {
+	t.Helper()
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	namespace := "ledger-test-" + hex.EncodeToString(b[:]) + "-"
+	open := func() eventstore.Store {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		s, err := kurrentdb.Open(ctx, kurrentdb.Config{URL: url, Namespace: namespace})
+		if err != nil {
+			t.Fatalf("open kurrentdb store at %s: %v", url, err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	return open(), open
 }
 
 func openEmbedded(t testing.TB) (eventstore.Store, func() eventstore.Store) {
