@@ -821,24 +821,18 @@ func (p *Processor) replayResult(bs *batchState, c *call, state domain.State, ac
 	case domain.Refund:
 		op, _ = state.Payments[cmd.PaymentID].FindOp(domain.OpRefund, cmd.RefundID)
 		c.replayStream = domain.PaymentStream(cmd.PaymentID)
-	case domain.Void:
-		op.Version = state.Payments[cmd.PaymentID].Version
-		c.replayStream = domain.PaymentStream(cmd.PaymentID)
-	case domain.Expire:
-		op.Version = state.Payments[cmd.PaymentID].Version
-		c.replayStream = domain.PaymentStream(cmd.PaymentID)
+	case domain.Void, domain.Expire:
+		// Nothing to do: the answer is the payment as it stands.
+		id := cmd.Payments()[0]
+		op.Version = state.Payments[id].Version
+		c.replayStream = domain.PaymentStream(id)
 	case domain.OpenAccount:
 		op.Version = 1
 		c.replayStream = domain.AccountStream(cmd.AccountID)
-	case domain.FreezeAccount:
-		op.Version = state.Accounts[cmd.AccountID].Version
-		c.replayStream = domain.AccountStream(cmd.AccountID)
-	case domain.UnfreezeAccount:
-		op.Version = state.Accounts[cmd.AccountID].Version
-		c.replayStream = domain.AccountStream(cmd.AccountID)
-	case domain.CloseAccount:
-		op.Version = state.Accounts[cmd.AccountID].Version
-		c.replayStream = domain.AccountStream(cmd.AccountID)
+	case domain.FreezeAccount, domain.UnfreezeAccount, domain.CloseAccount:
+		id := cmd.Accounts()[0]
+		op.Version = state.Accounts[id].Version
+		c.replayStream = domain.AccountStream(id)
 	}
 	c.replayVersion = op.Version
 }
