@@ -1,0 +1,357 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/securepay/securepay/eventstore"
+)
+
+// Projector maintains one view from the global log. Its name carries its version
+// ("accounts.v1"): a new version of the fold is a new name, and its view is rebuilt.
+//
+// Apply receives events with consecutive positions starting right after the checkpoint.
+// It must make the view's writes and the new checkpoint durable together (one database
+// transaction, one Redis MULTI, one critical section in memory), so a crash at any point
+// leaves the view at a checkpoint it fully includes: nothing counted twice, nothing lost.
+// If an event cannot be applied, Apply commits the events before it and returns an
+// *ApplyError (errors.Is(err, ErrPoison)) naming it. ErrCheckpointMoved means someone else
+// (a rebuild's swap) moved the checkpoint: the runtime re-reads it and resubscribes.
+type Projector interface {
+	Name() string
+	Checkpoint(ctx context.Context) (uint64, error)
+	Apply(ctx context.Context, batch []eventstore.RecordedEvent) error
+}
+
+// FailureRecorder is implemented by projectors whose view can remember why the projector
+// stopped, so that `securepay projections status` in another process can say it.
+type FailureRecorder interface {
+	RecordFailure(ctx context.Context, failure *ApplyError) error
+}
+
+// ErrCheckpointMoved is returned by Apply when the stored checkpoint is not the one the
+// batch follows (a rebuild swapped the view in).
+var ErrCheckpointMoved = errors.New("projections: checkpoint moved under the projector")
+
+// State is where a projector is in its life.
+type State string
+
+const (
+	StateStarting   State = "starting"
+	StateRunning    State = "running"
+	StateRetrying   State = "retrying"         // a transient error; retried with backoff, bounded
+	StateStopped    State = "stopped-on-error" // an event it cannot apply, or retries exhausted
+	StateRebuilding State = "rebuilding"       // a shadow copy is being built (status from the view)
+	StateIdle       State = "not-running"      // the view has no checkpoint for it yet
+	StateStalled    State = "stalled"          // behind the head, checkpoint unchanged for StallAfter
+)
+
+// Status describes one projector.
+type Status struct {
+	Name          string
+	State         State
+	Checkpoint    uint64
+	Head          uint64
+	LagEvents     uint64
+	LagSeconds    float64 // age of the oldest event not yet applied; 0 when caught up
+	Error         string
+	ErrorPosition uint64
+	// Rebuild progress, when State is StateRebuilding.
+	RebuildCheckpoint uint64
+}
+
+// RunnerConfig configures a Runner.
+type RunnerConfig struct {
+	Store      eventstore.Store
+	Projectors []Projector
+	// MaxBatch bounds the events handed to one Apply (one transaction); default 5,000.
+	MaxBatch int
+	// MaxRetries bounds consecutive transient failures of one projector before it stops;
+	// default 20. Backoff doubles from RetryBackoff (default 100ms) up to 5s.
+	MaxRetries   int
+	RetryBackoff time.Duration
+	Logger       *slog.Logger
+	Clock        func() time.Time
+}
+
+// Validate reports the first problem with c.
+func (c RunnerConfig) Validate() error {
+	if c.Store == nil {
+		return errors.New("projections runner: Store is required")
+	}
+	if len(c.Projectors) == 0 {
+		return errors.New("projections runner: no projectors")
+	}
+	names := map[string]bool{}
+	for _, p := range c.Projectors {
+		if p == nil || p.Name() == "" {
+			return errors.New("projections runner: a projector has no name")
+		}
+		if names[p.Name()] {
+			return fmt.Errorf("projections runner: projector %s given twice", p.Name())
+		}
+		names[p.Name()] = true
+	}
+	if c.MaxBatch < 0 || c.MaxBatch > eventstore.MaxReadLimit {
+		return fmt.Errorf("projections runner: MaxBatch %d out of 0..%d", c.MaxBatch, eventstore.MaxReadLimit)
+	}
+	if c.MaxRetries < 0 || c.RetryBackoff < 0 {
+		return errors.New("projections runner: MaxRetries and RetryBackoff must not be negative")
+	}
+	return nil
+}
+
+// Runner runs projectors, one goroutine each, and tracks their status.
+type Runner struct {
+	cfg  RunnerConfig
+	runs map[string]*run
+}
+
+type run struct {
+	p      Projector
+	signal *eventstore.Signal // broadcast after every applied batch
+
+	mu         sync.Mutex
+	state      State
+	checkpoint uint64
+	err        string
+	errPos     uint64
+}
+
+func (r *run) set(f func(*run)) {
+	r.mu.Lock()
+	f(r)
+	r.mu.Unlock()
+}
+
+// NewRunner checks cfg and returns a Runner ready to Run.
+func NewRunner(cfg RunnerConfig) (*Runner, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.MaxBatch == 0 {
+		cfg.MaxBatch = 5000
+	}
+	if cfg.MaxRetries == 0 {
+		cfg.MaxRetries = 20
+	}
+	if cfg.RetryBackoff == 0 {
+		cfg.RetryBackoff = 100 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	r := &Runner{cfg: cfg, runs: make(map[string]*run, len(cfg.Projectors))}
+	for _, p := range cfg.Projectors {
+		r.runs[p.Name()] = &run{p: p, signal: eventstore.NewSignal(), state: StateStarting}
+	}
+	return r, nil
+}
+
+// Run runs every projector until ctx ends and returns ctx's error. A projector that stops
+// on an error does not stop the others; its status says why.
+func (r *Runner) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, rn := range r.runs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.runOne(ctx, rn)
+		}()
+	}
+	wg.Wait()
+	return ctx.Err()
+}
+
+func (r *Runner) runOne(ctx context.Context, rn *run) {
+	log := r.cfg.Logger.With("projector", rn.p.Name())
+	failures := 0
+	backoff := r.cfg.RetryBackoff
+	for ctx.Err() == nil {
+		before, _ := r.Checkpoint(rn.p.Name())
+		err := r.follow(ctx, rn)
+		if ctx.Err() != nil {
+			return
+		}
+		if after, _ := r.Checkpoint(rn.p.Name()); after > before {
+			failures, backoff = 0, r.cfg.RetryBackoff // the limit is on consecutive failures
+		}
+		var poison *ApplyError
+		switch {
+		case errors.As(err, &poison):
+			log.Error("projector stopped: event cannot be applied", "position", poison.Position, "error", poison.Err)
+			if rec, ok := rn.p.(FailureRecorder); ok {
+				if rerr := rec.RecordFailure(context.WithoutCancel(ctx), poison); rerr != nil {
+					log.Error("record projector failure", "error", rerr)
+				}
+			}
+			rn.set(func(rn *run) {
+				rn.state, rn.err, rn.errPos, rn.checkpoint = StateStopped, poison.Error(), poison.Position, poison.Position-1
+			})
+			rn.signal.Broadcast()
+			return
+		}
+		failures++
+		if errors.Is(err, ErrCheckpointMoved) && failures == 1 {
+			log.Info("checkpoint moved (view swapped by a rebuild); resubscribing")
+			continue
+		}
+		if failures > r.cfg.MaxRetries {
+			rn.set(func(rn *run) {
+				rn.state, rn.err = StateStopped, fmt.Sprintf("gave up after %d consecutive failures: %v", failures-1, err)
+			})
+			rn.signal.Broadcast()
+			log.Error("projector stopped after retries", "error", err)
+			return
+		}
+		rn.set(func(rn *run) { rn.state, rn.err = StateRetrying, err.Error() })
+		log.Warn("projector failed; retrying", "error", err, "attempt", failures, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// follow subscribes from the projector's checkpoint and applies batches until an error.
+//
+// The subscription runs one batch ahead of the apply: while the projector's goroutine
+// writes batch N, the subscription reads and hands over batch N+1 (a channel of one), so
+// reading the log and writing the view overlap instead of alternating. Memory stays
+// bounded at two batches. This relies on the store handing each batch in a slice it does
+// not reuse after handle returns (both backends allocate one per read).
+func (r *Runner) follow(ctx context.Context, rn *run) error {
+	cp, err := rn.p.Checkpoint(ctx)
+	if err != nil {
+		return fmt.Errorf("read checkpoint: %w", err)
+	}
+	rn.set(func(rn *run) { rn.checkpoint, rn.state = cp, StateRunning })
+	rn.signal.Broadcast()
+	subCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	batches := make(chan []eventstore.RecordedEvent, 1)
+	subDone := make(chan error, 1)
+	go func() {
+		subDone <- r.cfg.Store.Subscribe(subCtx, cp, r.cfg.MaxBatch, func(ctx context.Context, batch []eventstore.RecordedEvent) error {
+			select {
+			case batches <- batch:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}()
+	stop := func(err error) error {
+		cancel()
+		<-subDone
+		return err
+	}
+	for {
+		var batch []eventstore.RecordedEvent
+		select {
+		case batch = <-batches:
+		case err := <-subDone:
+			// Apply what was handed over before the subscription ended, then report why.
+			select {
+			case batch = <-batches:
+				subDone <- err
+			default:
+				return err
+			}
+		}
+		// The pair of the store's promise: batches continue exactly where the checkpoint is.
+		if batch[0].Position != cp+1 {
+			return stop(fmt.Errorf("subscription delivered position %d after checkpoint %d", batch[0].Position, cp))
+		}
+		if err := rn.p.Apply(ctx, batch); err != nil {
+			return stop(err)
+		}
+		cp = batch[len(batch)-1].Position
+		rn.set(func(rn *run) { rn.checkpoint, rn.state, rn.err = cp, StateRunning, "" })
+		rn.signal.Broadcast()
+	}
+}
+
+// Checkpoint returns the in-process checkpoint of a projector run by r.
+func (r *Runner) Checkpoint(name string) (uint64, bool) {
+	rn, ok := r.runs[name]
+	if !ok {
+		return 0, false
+	}
+	rn.mu.Lock()
+	defer rn.mu.Unlock()
+	return rn.checkpoint, true
+}
+
+// Wait blocks until projector name has applied position, ctx ends (ErrNotCaughtUp), or the
+// projector stops on an error.
+func (r *Runner) Wait(ctx context.Context, name string, position uint64) error {
+	rn, ok := r.runs[name]
+	if !ok {
+		return fmt.Errorf("projections: no projector %s in this process", name)
+	}
+	for {
+		wake := rn.signal.C()
+		rn.mu.Lock()
+		cp, state, msg := rn.checkpoint, rn.state, rn.err
+		rn.mu.Unlock()
+		if cp >= position {
+			return nil
+		}
+		if state == StateStopped {
+			return fmt.Errorf("%w: projector %s stopped at %d: %s", ErrNotCaughtUp, name, cp, msg)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: projector %s is at %d, asked for %d: %v", ErrNotCaughtUp, name, cp, position, ctx.Err())
+		case <-wake:
+		}
+	}
+}
+
+// Status reports every projector run by r, with the log's head and the lag.
+func (r *Runner) Status(ctx context.Context) ([]Status, error) {
+	head, err := r.cfg.Store.Head(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("projections status: head: %w", err)
+	}
+	out := make([]Status, 0, len(r.runs))
+	for _, p := range r.cfg.Projectors {
+		rn := r.runs[p.Name()]
+		rn.mu.Lock()
+		st := Status{Name: p.Name(), State: rn.state, Checkpoint: rn.checkpoint, Head: head, Error: rn.err, ErrorPosition: rn.errPos}
+		rn.mu.Unlock()
+		if err := fillLag(ctx, r.cfg.Store, r.cfg.Clock(), &st); err != nil {
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// fillLag sets the lag fields from Checkpoint and Head: the lag in seconds is the age of the
+// oldest event the projector has not applied.
+func fillLag(ctx context.Context, s eventstore.Store, now time.Time, st *Status) error {
+	st.LagEvents, st.LagSeconds = 0, 0
+	if st.Head <= st.Checkpoint {
+		return nil
+	}
+	st.LagEvents = st.Head - st.Checkpoint
+	next, err := s.ReadAll(ctx, st.Checkpoint, 1)
+	if err != nil {
+		return fmt.Errorf("projections status: read after %d: %w", st.Checkpoint, err)
+	}
+	if len(next) == 1 {
+		st.LagSeconds = max(0, now.Sub(next[0].RecordedAt).Seconds())
+	}
+	return nil
+}
