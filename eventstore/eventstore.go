@@ -183,7 +183,8 @@ const (
 //
 // Subscribe delivers every event with Position > afterPosition, in order, exactly once,
 // first the history and then live events as they commit, in batches of at most
-// maxBatch events, by calling handle. It blocks until ctx ends (returning ctx.Err()),
+// maxBatch events, by calling handle. Each batch is a new slice that handle may keep: the
+// store never reuses it. It blocks until ctx ends (returning ctx.Err()),
 // handle returns an error (returned as is), or the store fails.
 //
 // Head returns the position of the last committed event (0 for an empty log).
