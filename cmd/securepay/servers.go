@@ -1,0 +1,407 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/securepay/securepay/eventstore/embedded"
+	"github.com/securepay/securepay/eventstore/postgres"
+	"github.com/securepay/securepay/projections"
+	"github.com/securepay/securepay/services"
+	"github.com/securepay/securepay/services/ledger"
+)
+
+// devConfig is `securepay dev`.
+type devConfig struct {
+	Dir         string // "" means a temporary directory removed on exit
+	Listen      string
+	CORSOrigins []string
+	LogLevel    slog.Level
+	// HistoryCap bounds the in-memory history lines kept per account.
+	HistoryCap int
+	// MemoryLimitBytes is the Go runtime's soft memory limit (0: leave it alone).
+	MemoryLimitBytes int64
+}
+
+func runDev(ctx context.Context, e env, args []string) error {
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	var cfg devConfig
+	fs.StringVar(&cfg.Dir, "dir", envOr(e, "SECUREPAY_DEV_DIR", ""), "keep the ledger in this directory (default: a temporary one, deleted on exit) [$SECUREPAY_DEV_DIR]")
+	fs.StringVar(&cfg.Listen, "listen", envOr(e, "SECUREPAY_LISTEN", "127.0.0.1:8080"), "address to listen on; port 0 picks a free one [$SECUREPAY_LISTEN]")
+	cors := fs.String("cors-origins", envOr(e, "SECUREPAY_CORS_ORIGINS", "*"), "comma-separated browser origins allowed to call [$SECUREPAY_CORS_ORIGINS]")
+	verbose := fs.Bool("v", false, "log every internal error and store message")
+	fs.IntVar(&cfg.HistoryCap, "history-cap", 200, "history lines kept in memory per account (older pages answer HISTORY_TRIMMED)")
+	memLimit := fs.Int("memory-limit-mb", 300, "soft memory limit of the process in MiB, so the dev server stays small on a laptop (0: none; GOMEMLIMIT wins)")
+	if _, err := parseInterleaved(fs, args, 0); err != nil {
+		return err
+	}
+	cfg.CORSOrigins = splitList(*cors)
+	if *memLimit < 0 || cfg.HistoryCap < 1 {
+		return usagef("dev: --memory-limit-mb must be >= 0 and --history-cap >= 1")
+	}
+	if e.getenv("GOMEMLIMIT") == "" {
+		cfg.MemoryLimitBytes = int64(*memLimit) << 20
+	}
+	cfg.LogLevel = slog.LevelWarn
+	if *verbose {
+		cfg.LogLevel = slog.LevelDebug
+	}
+	return dev(ctx, e, cfg)
+}
+
+func dev(ctx context.Context, e env, cfg devConfig) error {
+	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	if cfg.MemoryLimitBytes > 0 {
+		// A soft limit: the collector works harder near it instead of letting the heap
+		// double; it never fails an allocation.
+		prev := debug.SetMemoryLimit(cfg.MemoryLimitBytes)
+		defer debug.SetMemoryLimit(prev)
+	}
+	dir := cfg.Dir
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "securepay-dev-")
+		if err != nil {
+			return fmt.Errorf("dev: temporary directory: %w", err)
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("dev: listen on %s: %w (is another securepay running? try --listen 127.0.0.1:0)", cfg.Listen, err)
+	}
+	// A development ledger is small: a modest block cache keeps the process small too
+	// (pebble needs at least two memtables' worth of it).
+	store, err := embedded.Open(dir, embedded.Options{CacheBytes: 64 << 20, Logger: quietPebble{log}})
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dev: open the embedded store in %s: %w", dir, err)
+	}
+	defer store.Close()
+	// 20,000 cached aggregates are plenty for a development ledger and keep it small;
+	// the rest are read from the store (and its snapshots) when needed.
+	proc, err := ledger.New(store, ledger.Config{Snapshots: store, CacheSize: 20_000, Logger: log})
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dev: start the ledger: %w", err)
+	}
+	defer proc.Close()
+	views := projections.NewMemoryViews(cfg.HistoryCap)
+	runner, err := projections.NewRunner(projections.RunnerConfig{Store: store, Projectors: views.Projectors(), Logger: log})
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dev: projections: %w", err)
+	}
+	srv, err := services.NewServer(services.Config{
+		Commands:    proc,
+		Reader:      views.Reader(),
+		Store:       store,
+		Idempotency: services.NewMemoryIdempotencyStore(0, nil),
+		AllowH2C:    true,
+		CORSOrigins: cfg.CORSOrigins,
+		Logger:      log,
+	})
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dev: %w", err)
+	}
+
+	url := "http://" + ln.Addr().String()
+	fmt.Fprintf(e.stdout, "SecurePay dev is listening on %s\n", url)
+	fmt.Fprintf(e.stdout, "  protocols: Connect, gRPC and gRPC-web on one port (cleartext HTTP/2 and HTTP/1.1)\n")
+	fmt.Fprintf(e.stdout, "  ledger:    embedded store in %s%s\n", dir, map[bool]string{true: " (deleted on exit)", false: ""}[cfg.Dir == ""])
+	fmt.Fprintf(e.stdout, "  views:     in memory, rebuilt from the log at every start\n\n")
+	fmt.Fprintf(e.stdout, "Make a first transfer (in another terminal):\n\n")
+	fmt.Fprintf(e.stdout, "  export SECUREPAY_SERVER=%s\n", url)
+	fmt.Fprintf(e.stdout, "  securepay account open world --asset USD --kind external && \\\n")
+	fmt.Fprintf(e.stdout, "  securepay account open alice --asset USD && \\\n")
+	fmt.Fprintf(e.stdout, "  securepay transfer --from world --to alice --amount 100.00 --asset USD && \\\n")
+	fmt.Fprintf(e.stdout, "  securepay balance alice\n\n")
+	fmt.Fprintf(e.stdout, "Stop with Ctrl-C: in-flight requests finish first.\n")
+
+	g, gctx := errgroup.WithContext(ctx)
+	viewsCtx, stopViews := context.WithCancel(context.Background())
+	defer stopViews()
+	// The background work ends before the processor and the store close (deferred).
+	var bg sync.WaitGroup
+	bg.Go(func() { _ = runner.Run(viewsCtx) })
+	// Authorisations past their deadline are released by Expire commands in the log.
+	expirer := &ledger.Expirer{Store: store, Processor: proc, Logger: log}
+	bg.Go(func() { _ = expirer.Run(viewsCtx) })
+	g.Go(func() error { return srv.Serve(gctx, ln) })
+	err = g.Wait()
+	stopViews()
+	bg.Wait()
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("dev: %w", err)
+	}
+	fmt.Fprintln(e.stdout, "SecurePay dev stopped.")
+	return nil
+}
+
+// quietPebble sends the embedded store's chatter to the debug log.
+type quietPebble struct{ log *slog.Logger }
+
+func (q quietPebble) Infof(format string, args ...any) {
+	q.log.Debug(strings.TrimSpace(fmt.Sprintf(format, args...)), "component", "pebble")
+}
+
+func (q quietPebble) Errorf(format string, args ...any) {
+	q.log.Error(strings.TrimSpace(fmt.Sprintf(format, args...)), "component", "pebble")
+}
+
+func (q quietPebble) Fatalf(format string, args ...any) {
+	q.log.Error(strings.TrimSpace(fmt.Sprintf(format, args...)), "component", "pebble")
+	os.Exit(1) // pebble's contract: Fatalf does not return
+}
+
+// serveConfig is `securepay serve`, from flags and environment.
+type serveConfig struct {
+	Listen      string
+	PostgresDSN string
+	EventSchema string
+	ViewSchema  string
+	RedisAddr   string
+	RedisDB     int
+	TLSCert     string
+	TLSKey      string
+	CORSOrigins []string
+	IdemTTL     time.Duration
+	Shutdown    time.Duration
+	MaxStreams  int
+	MaxReqBytes int
+	ReqTimeout  time.Duration
+	LogLevel    slog.Level
+	tlsCertPair *tls.Certificate
+}
+
+// Validate names every problem at once, with the flag and variable that fix it, and
+// loads the TLS files (so a wrong path fails at start, not at the first handshake).
+func (c *serveConfig) Validate() error {
+	var errs []error
+	if c.PostgresDSN == "" {
+		errs = append(errs, errors.New("the PostgreSQL DSN is missing: set --postgres-dsn or SECUREPAY_POSTGRES_DSN (e.g. postgres://securepay@db:5432/securepay)"))
+	} else if _, err := pgxpool.ParseConfig(c.PostgresDSN); err != nil {
+		errs = append(errs, fmt.Errorf("the PostgreSQL DSN does not parse: %v", redactDSNError(err)))
+	}
+	if c.RedisAddr == "" {
+		errs = append(errs, errors.New("the Redis address is missing: set --redis-addr or SECUREPAY_REDIS_ADDR (host:port)"))
+	} else if _, _, err := net.SplitHostPort(c.RedisAddr); err != nil {
+		errs = append(errs, fmt.Errorf("the Redis address %q is not host:port: %v", c.RedisAddr, err))
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("the listen address %q is not host:port: %v", c.Listen, err))
+	}
+	switch {
+	case c.TLSCert == "" || c.TLSKey == "":
+		errs = append(errs, errors.New("TLS is required: set --tls-cert and --tls-key (SECUREPAY_TLS_CERT, SECUREPAY_TLS_KEY) to PEM files; for a local cleartext server use `securepay dev`"))
+	default:
+		pair, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("the TLS certificate %s and key %s do not load as a pair: %v", c.TLSCert, c.TLSKey, err))
+		} else {
+			c.tlsCertPair = &pair
+		}
+	}
+	if c.IdemTTL <= 0 {
+		errs = append(errs, fmt.Errorf("--idempotency-ttl must be positive, got %s", c.IdemTTL))
+	}
+	if c.MaxStreams <= 0 || c.MaxReqBytes <= 0 || c.ReqTimeout <= 0 || c.Shutdown <= 0 {
+		errs = append(errs, errors.New("--max-streams, --max-request-bytes, --request-timeout and --shutdown-timeout must be positive"))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("serve: configuration is not usable:\n  - %w", joinLines(errs))
+	}
+	return nil
+}
+
+// redactDSNError keeps a password that a parse error may quote out of logs.
+func redactDSNError(err error) string {
+	s := err.Error()
+	if i := strings.Index(s, "://"); i >= 0 {
+		if j := strings.Index(s[i:], "@"); j >= 0 {
+			return s[:i+3] + "***" + s[i+j:]
+		}
+	}
+	return s
+}
+
+type lines []error
+
+func (l lines) Error() string {
+	parts := make([]string, len(l))
+	for i, e := range l {
+		parts[i] = e.Error()
+	}
+	return strings.Join(parts, "\n  - ")
+}
+
+func (l lines) Unwrap() []error { return l }
+
+func joinLines(errs []error) error { return lines(errs) }
+
+func runServe(ctx context.Context, e env, args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	var cfg serveConfig
+	fs.StringVar(&cfg.Listen, "listen", envOr(e, "SECUREPAY_LISTEN", ":8443"), "address to listen on [$SECUREPAY_LISTEN]")
+	fs.StringVar(&cfg.PostgresDSN, "postgres-dsn", envOr(e, "SECUREPAY_POSTGRES_DSN", ""), "PostgreSQL DSN of the event store and views [$SECUREPAY_POSTGRES_DSN]")
+	fs.StringVar(&cfg.EventSchema, "event-schema", envOr(e, "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema), "schema of the event store [$SECUREPAY_EVENT_SCHEMA]")
+	fs.StringVar(&cfg.ViewSchema, "view-schema", envOr(e, "SECUREPAY_VIEW_SCHEMA", projections.DefaultViewSchema), "schema of the views [$SECUREPAY_VIEW_SCHEMA]")
+	fs.StringVar(&cfg.RedisAddr, "redis-addr", envOr(e, "SECUREPAY_REDIS_ADDR", ""), "Redis host:port for idempotency keys and the balance cache [$SECUREPAY_REDIS_ADDR]")
+	fs.IntVar(&cfg.RedisDB, "redis-db", 0, "Redis logical database")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", envOr(e, "SECUREPAY_TLS_CERT", ""), "PEM certificate chain [$SECUREPAY_TLS_CERT]")
+	fs.StringVar(&cfg.TLSKey, "tls-key", envOr(e, "SECUREPAY_TLS_KEY", ""), "PEM private key [$SECUREPAY_TLS_KEY]")
+	cors := fs.String("cors-origins", envOr(e, "SECUREPAY_CORS_ORIGINS", ""), "comma-separated browser origins allowed to call [$SECUREPAY_CORS_ORIGINS]")
+	fs.DurationVar(&cfg.IdemTTL, "idempotency-ttl", 24*time.Hour, "how long a response is kept for Idempotency-Key replays")
+	fs.DurationVar(&cfg.Shutdown, "shutdown-timeout", 30*time.Second, "how long in-flight requests get at shutdown")
+	fs.IntVar(&cfg.MaxStreams, "max-streams", 256, "concurrent server streams (watch, log)")
+	fs.IntVar(&cfg.MaxReqBytes, "max-request-bytes", 1<<20, "largest request message")
+	fs.DurationVar(&cfg.ReqTimeout, "request-timeout", 30*time.Second, "deadline of one unary request")
+	if _, err := parseInterleaved(fs, args, 0); err != nil {
+		return err
+	}
+	cfg.CORSOrigins = splitList(*cors)
+	cfg.LogLevel = slog.LevelInfo
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	return serve(ctx, e, cfg)
+}
+
+// lateWaiter lets the views wake read-your-writes waits from the runner, which is built
+// after them (the runner needs the views' projectors).
+type lateWaiter struct{ r *projections.Runner }
+
+func (w *lateWaiter) Wait(ctx context.Context, projector string, position uint64) error {
+	return w.r.Wait(ctx, projector, position)
+}
+
+func serve(ctx context.Context, e env, cfg serveConfig) error {
+	log := slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	store, err := postgres.Open(ctx, postgres.Config{DSN: cfg.PostgresDSN, Schema: cfg.EventSchema})
+	if errors.Is(err, postgres.ErrSchemaNotMigrated) {
+		return fmt.Errorf("serve: %w: run `securepay migrate` first", err)
+	}
+	if err != nil {
+		return fmt.Errorf("serve: open the event store: %w", err)
+	}
+	defer store.Close()
+	waiter := &lateWaiter{}
+	pgViews, err := projections.OpenPG(ctx, projections.PGConfig{Pool: store.Pool(), Schema: cfg.ViewSchema, Waiter: waiter})
+	if err != nil {
+		return fmt.Errorf("serve: open the views: %w (run `securepay migrate` first?)", err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr, DB: cfg.RedisDB})
+	defer rdb.Close()
+	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err = rdb.Ping(pingCtx).Err()
+	cancel()
+	if err != nil {
+		return fmt.Errorf("serve: Redis at %s does not answer: %w", cfg.RedisAddr, err)
+	}
+	redisViews, err := projections.NewRedisViews(projections.RedisConfig{Client: rdb})
+	if err != nil {
+		return fmt.Errorf("serve: redis views: %w", err)
+	}
+	runner, err := projections.NewRunner(projections.RunnerConfig{
+		Store:      store,
+		Projectors: append(pgViews.Projectors(), redisViews.Projectors()...),
+		Logger:     log,
+	})
+	if err != nil {
+		return fmt.Errorf("serve: projections: %w", err)
+	}
+	waiter.r = runner
+	// Other instances append to the same store: refusals made on cached state are
+	// re-checked against it.
+	proc, err := ledger.New(store, ledger.Config{SharedStore: true, Snapshots: store, Logger: log})
+	if err != nil {
+		return fmt.Errorf("serve: start the ledger: %w", err)
+	}
+	defer proc.Close()
+	srv, err := services.NewServer(services.Config{
+		Commands:        proc,
+		Reader:          redisViews.CachedReader(pgViews.Reader()),
+		Store:           store,
+		Idempotency:     services.NewRedisIdempotencyStore(rdb, ""),
+		IdempotencyTTL:  cfg.IdemTTL,
+		TLS:             &tls.Config{Certificates: []tls.Certificate{*cfg.tlsCertPair}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
+		CORSOrigins:     cfg.CORSOrigins,
+		MaxRequestBytes: cfg.MaxReqBytes,
+		RequestTimeout:  cfg.ReqTimeout,
+		ShutdownTimeout: cfg.Shutdown,
+		MaxStreams:      cfg.MaxStreams,
+		Logger:          log,
+	})
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("serve: listen on %s: %w", cfg.Listen, err)
+	}
+	log.Info("securepay serving", "addr", ln.Addr().String(), "event_schema", cfg.EventSchema, "view_schema", cfg.ViewSchema, "redis", cfg.RedisAddr)
+
+	viewsCtx, stopViews := context.WithCancel(context.Background())
+	defer stopViews()
+	var bg sync.WaitGroup
+	bg.Go(func() { _ = runner.Run(viewsCtx) })
+	bg.Go(func() { _ = redisViews.RunSweeper(viewsCtx, 30*time.Second) })
+	// Every instance runs an expirer: Expire is idempotent, so several are safe together.
+	expirer := &ledger.Expirer{Store: store, Processor: proc, Logger: log}
+	bg.Go(func() { _ = expirer.Run(viewsCtx) })
+	err = srv.Serve(ctx, ln)
+	stopViews()
+	bg.Wait()
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	log.Info("securepay stopped")
+	return nil
+}
+
+func runMigrate(ctx context.Context, e env, args []string) error {
+	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	dsn := fs.String("postgres-dsn", envOr(e, "SECUREPAY_POSTGRES_DSN", ""), "PostgreSQL DSN (a role that may CREATE in the database) [$SECUREPAY_POSTGRES_DSN]")
+	eventSchema := fs.String("event-schema", envOr(e, "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema), "schema of the event store [$SECUREPAY_EVENT_SCHEMA]")
+	viewSchema := fs.String("view-schema", envOr(e, "SECUREPAY_VIEW_SCHEMA", projections.DefaultViewSchema), "schema of the views [$SECUREPAY_VIEW_SCHEMA]")
+	appRole := fs.String("app-role", envOr(e, "SECUREPAY_APP_ROLE", postgres.DefaultAppRole), "role the event store writes as [$SECUREPAY_APP_ROLE]")
+	if _, err := parseInterleaved(fs, args, 0); err != nil {
+		return err
+	}
+	if *dsn == "" {
+		return usagef("migrate: the PostgreSQL DSN is missing: set --postgres-dsn or SECUREPAY_POSTGRES_DSN")
+	}
+	pool, err := pgxpool.New(ctx, *dsn)
+	if err != nil {
+		return fmt.Errorf("migrate: connect: %v", redactDSNError(err))
+	}
+	defer pool.Close()
+	applied, err := postgres.Migrate(ctx, pool, *eventSchema, *appRole)
+	if err != nil {
+		return fmt.Errorf("migrate: event store schema %s: %w", *eventSchema, err)
+	}
+	fmt.Fprintf(e.stdout, "event store schema %s: %d migration(s) applied %v\n", *eventSchema, len(applied), applied)
+	if _, err := projections.OpenPG(ctx, projections.PGConfig{Pool: pool, Schema: *viewSchema, Migrate: true}); err != nil {
+		return fmt.Errorf("migrate: views schema %s: %w", *viewSchema, err)
+	}
+	fmt.Fprintf(e.stdout, "views schema %s: up to date\n", *viewSchema)
+	return nil
+}

@@ -1,0 +1,445 @@
+package services
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	connectcors "connectrpc.com/cors"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+	"connectrpc.com/validate"
+	"github.com/rs/cors"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
+	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
+	"github.com/securepay/securepay/eventstore"
+	"github.com/securepay/securepay/projections"
+)
+
+// Config wires a Server. Commands, Reader, Store and Idempotency are required; every
+// other field has a default.
+type Config struct {
+	Commands    Commands           // the write side (*ledger.Processor)
+	Reader      projections.Reader // the read models
+	Store       eventstore.Store   // the log, for audit and watch streams
+	Idempotency IdempotencyStore   // Redis in production, memory in dev
+	// IdempotencyTTL keeps stored responses; default 24h.
+	IdempotencyTTL time.Duration
+	Caller         CallerFunc // default AnonymousCaller
+	Logger         *slog.Logger
+
+	// TLS serves HTTP/2 over TLS. Without it the server speaks cleartext HTTP/2 (h2c) and
+	// HTTP/1.1, which is only allowed with AllowH2C (local development).
+	TLS      *tls.Config
+	AllowH2C bool
+	// CORSOrigins lists the browser origins allowed to call (gRPC-web, Connect); empty
+	// means browsers from other origins are refused. "*" allows any origin.
+	CORSOrigins []string
+
+	MaxRequestBytes   int           // one request message; default 1 MiB
+	RequestTimeout    time.Duration // unary handler deadline; default 30s
+	ReadWait          time.Duration // read-your-writes wait bound; default 5s
+	ReadHeaderTimeout time.Duration // default 5s
+	ReadTimeout       time.Duration // whole request read (not streams); default 30s
+	WriteTimeout      time.Duration // whole response write (not streams); default 60s
+	IdleTimeout       time.Duration // keep-alive; default 120s
+	ShutdownTimeout   time.Duration // in-flight requests get this long to finish; default 30s
+	MaxStreams        int           // concurrent server streams (watch, log); default 256
+}
+
+// Validate reports the first problem with c.
+func (c Config) Validate() error {
+	switch {
+	case c.Commands == nil:
+		return errors.New("server config: Commands (the ledger processor) is required")
+	case c.Reader == nil:
+		return errors.New("server config: Reader (the projections) is required")
+	case c.Store == nil:
+		return errors.New("server config: Store (the event store) is required")
+	case c.Idempotency == nil:
+		return errors.New("server config: Idempotency store is required")
+	case c.TLS == nil && !c.AllowH2C:
+		return errors.New("server config: TLS is required (cleartext h2c only with AllowH2C, for local development)")
+	case c.MaxRequestBytes < 0, c.RequestTimeout < 0, c.ReadWait < 0, c.ReadHeaderTimeout < 0,
+		c.ReadTimeout < 0, c.WriteTimeout < 0, c.IdleTimeout < 0, c.ShutdownTimeout < 0, c.MaxStreams < 0:
+		return errors.New("server config: sizes and timeouts must not be negative")
+	}
+	return nil
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	if c.MaxRequestBytes == 0 {
+		c.MaxRequestBytes = 1 << 20
+	}
+	def(&c.RequestTimeout, 30*time.Second)
+	def(&c.ReadWait, 5*time.Second)
+	def(&c.ReadHeaderTimeout, 5*time.Second)
+	def(&c.ReadTimeout, 30*time.Second)
+	def(&c.WriteTimeout, 60*time.Second)
+	def(&c.IdleTimeout, 120*time.Second)
+	def(&c.ShutdownTimeout, 30*time.Second)
+	if c.MaxStreams == 0 {
+		c.MaxStreams = 256
+	}
+	if c.Caller == nil {
+		c.Caller = AnonymousCaller
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// compressMinBytes: responses smaller than this are sent uncompressed.
+const compressMinBytes = 4 << 10
+
+// Server serves the API on one port: Connect, gRPC and gRPC-web, health and reflection.
+type Server struct {
+	cfg     Config
+	handler http.Handler
+	streams *streamLimiter
+	health  *grpchealth.StaticChecker
+}
+
+// ServiceNames are the API's services, as health and reflection name them.
+var serviceNames = []string{
+	ledgerv1connect.AccountServiceName,
+	ledgerv1connect.PaymentServiceName,
+	ledgerv1connect.BalanceServiceName,
+	ledgerv1connect.AuditServiceName,
+}
+
+func serviceDescriptors() []protoreflect.ServiceDescriptor {
+	files := []protoreflect.FileDescriptor{
+		ledgerv1.File_securepay_ledger_v1_accounts_proto,
+		ledgerv1.File_securepay_ledger_v1_payments_proto,
+		ledgerv1.File_securepay_ledger_v1_balances_proto,
+		ledgerv1.File_securepay_ledger_v1_audit_proto,
+	}
+	var out []protoreflect.ServiceDescriptor
+	for _, f := range files {
+		for i := 0; i < f.Services().Len(); i++ {
+			out = append(out, f.Services().Get(i))
+		}
+	}
+	return out
+}
+
+// writeReplayers lists the response type of every write RPC (see replayer).
+func writeReplayers() map[protoreflect.FullName]replayer {
+	m := map[protoreflect.FullName]replayer{}
+	add := func(name protoreflect.FullName, r replayer) { m[name] = r }
+	add(replayerOf[ledgerv1.OpenAccountResponse]())
+	add(replayerOf[ledgerv1.FreezeAccountResponse]())
+	add(replayerOf[ledgerv1.UnfreezeAccountResponse]())
+	add(replayerOf[ledgerv1.CloseAccountResponse]())
+	add(replayerOf[ledgerv1.TransferResponse]())
+	add(replayerOf[ledgerv1.BatchTransferResponse]())
+	add(replayerOf[ledgerv1.AuthoriseResponse]())
+	add(replayerOf[ledgerv1.CaptureResponse]())
+	add(replayerOf[ledgerv1.VoidResponse]())
+	add(replayerOf[ledgerv1.RefundResponse]())
+	return m
+}
+
+// NewServer builds the handlers. It does not listen; see Serve.
+func NewServer(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	idem, err := newIdempotencyInterceptor(idempotencyConfig{
+		Store:  cfg.Idempotency,
+		TTL:    cfg.IdempotencyTTL,
+		Caller: cfg.Caller,
+		Logger: cfg.Logger,
+		// A claim must outlive the longest request it guards.
+		InFlightTTL: cfg.RequestTimeout + cfg.WriteTimeout,
+	}, serviceDescriptors(), writeReplayers())
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:     cfg,
+		streams: newStreamLimiter(cfg.MaxStreams),
+		health:  grpchealth.NewStaticChecker(serviceNames...),
+	}
+	meta := newMetaFunc(cfg.Caller)
+	// Interceptors run outermost first: reasons are added to validation refusals last,
+	// validation happens before the idempotency store is touched, and idempotency sees the
+	// final Connect codes that errorInterceptor produced.
+	opts := []connect.HandlerOption{
+		connect.WithCodec(deterministicCodec{}),
+		connect.WithReadMaxBytes(cfg.MaxRequestBytes),
+		// Our answers are a few hundred bytes: gzip would cost more CPU than it saves.
+		connect.WithCompressMinBytes(compressMinBytes),
+		connect.WithInterceptors(
+			validationReasonInterceptor{},
+			timeoutInterceptor{timeout: cfg.RequestTimeout},
+			validate.NewInterceptor(),
+			idem,
+			errorInterceptor{log: cfg.Logger},
+		),
+	}
+	mux := http.NewServeMux()
+	mux.Handle(ledgerv1connect.NewAccountServiceHandler(&accountService{cmds: cfg.Commands, meta: meta}, opts...))
+	mux.Handle(ledgerv1connect.NewPaymentServiceHandler(&paymentService{cmds: cfg.Commands, reader: cfg.Reader, meta: meta, readWait: cfg.ReadWait}, opts...))
+	mux.Handle(ledgerv1connect.NewBalanceServiceHandler(&balanceService{reader: cfg.Reader, store: cfg.Store, readWait: cfg.ReadWait, streams: s.streams}, opts...))
+	mux.Handle(ledgerv1connect.NewAuditServiceHandler(&auditService{store: cfg.Store, streams: s.streams}, opts...))
+	mux.Handle(grpchealth.NewHandler(s.health))
+	reflector := grpcreflect.NewStaticReflector(append([]string{grpchealth.HealthV1ServiceName}, serviceNames...)...)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector))
+	// grpcurl and many tools still speak only the v1alpha reflection protocol.
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+
+	var h http.Handler = mux
+	h = streamDeadlines(h, streamingPaths())
+	// The envelope and headers of one message stay well under this; bodies beyond it are
+	// cut off before they are read into memory.
+	h = http.MaxBytesHandler(h, int64(cfg.MaxRequestBytes)+64<<10)
+	if len(cfg.CORSOrigins) > 0 {
+		h = cors.New(cors.Options{
+			AllowedOrigins: cfg.CORSOrigins,
+			AllowedMethods: connectcors.AllowedMethods(),
+			AllowedHeaders: append(connectcors.AllowedHeaders(), IdempotencyKeyHeader, "Authorization"),
+			ExposedHeaders: append(connectcors.ExposedHeaders(), ReplayedHeader),
+			MaxAge:         7200,
+		}).Handler(h)
+	}
+	s.handler = h
+	return s, nil
+}
+
+// Handler is the server's whole HTTP handler, for tests and for embedding.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Serve serves on ln until ctx ends, then shuts down gracefully: the health check turns to
+// NOT_SERVING, server streams are ended with UNAVAILABLE (clients reconnect elsewhere),
+// in-flight unary requests finish (bounded by ShutdownTimeout), then connections close.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	if s.cfg.TLS != nil {
+		protocols.SetHTTP2(true)
+	} else {
+		protocols.SetUnencryptedHTTP2(true)
+	}
+	srv := &http.Server{
+		Handler:           s.handler,
+		Protocols:         &protocols,
+		TLSConfig:         s.cfg.TLS,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		ReadTimeout:       s.cfg.ReadTimeout,
+		WriteTimeout:      s.cfg.WriteTimeout,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(s.cfg.Logger.Handler(), slog.LevelWarn),
+		// Requests must not be canceled by the caller's ctx ending: shutdown is graceful.
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	errc := make(chan error, 1)
+	go func() {
+		if s.cfg.TLS != nil {
+			errc <- srv.ServeTLS(ln, "", "")
+		} else {
+			errc <- srv.Serve(ln)
+		}
+	}()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	s.health.SetStatus("", grpchealth.StatusNotServing)
+	s.streams.drain()
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		_ = srv.Close()
+		return fmt.Errorf("graceful shutdown of %s: %w", ln.Addr(), err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve %s: %w", ln.Addr(), err)
+	}
+	return nil
+}
+
+// streamingPaths are the URL paths of server-streaming methods.
+func streamingPaths() map[string]bool {
+	out := map[string]bool{}
+	for _, svc := range serviceDescriptors() {
+		for i := 0; i < svc.Methods().Len(); i++ {
+			m := svc.Methods().Get(i)
+			if m.IsStreamingServer() || m.IsStreamingClient() {
+				out["/"+string(svc.FullName())+"/"+string(m.Name())] = true
+			}
+		}
+	}
+	return out
+}
+
+// streamDeadlines lifts the server's read and write timeouts for long-lived streams
+// (watch, log following), which would otherwise be cut after WriteTimeout; their lifetime
+// is bounded by the client, MaxStreams and shutdown instead.
+func streamDeadlines(next http.Handler, paths map[string]bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if paths[r.URL.Path] {
+			rc := http.NewResponseController(w)
+			_ = rc.SetWriteDeadline(time.Time{}) // not supported by every writer; then the server's timeout stays
+			_ = rc.SetReadDeadline(time.Time{})
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// timeoutInterceptor bounds every unary handler, whatever deadline the client sent.
+type timeoutInterceptor struct{ timeout time.Duration }
+
+func (t timeoutInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		ctx, cancel := context.WithTimeout(ctx, t.timeout)
+		defer cancel()
+		return next(ctx, req)
+	}
+}
+
+func (t timeoutInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (t timeoutInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
+
+// metaFunc builds the metadata recorded with a command's events.
+type metaFunc func(ctx context.Context, req connect.AnyRequest, correlationID string) eventstore.Metadata
+
+const maxMetaBytes = 256
+
+func newMetaFunc(caller CallerFunc) metaFunc {
+	return func(ctx context.Context, req connect.AnyRequest, correlationID string) eventstore.Metadata {
+		h := req.Header()
+		m := eventstore.Metadata{CorrelationID: correlationID, Actor: bounded(caller(ctx, h))}
+		// W3C traceparent is 55 characters; anything else is not one.
+		if tp := h.Get("traceparent"); len(tp) == 55 {
+			m.TraceParent = tp
+		}
+		if key, err := parseIdempotencyKey(h.Get(IdempotencyKeyHeader)); err == nil {
+			m.CausationID = key
+		}
+		return m
+	}
+}
+
+func bounded(s string) string {
+	if len(s) > maxMetaBytes {
+		return s[:maxMetaBytes]
+	}
+	return s
+}
+
+// streamLimiter bounds concurrent server streams and ends them at shutdown.
+type streamLimiter struct {
+	slots    chan struct{}
+	draining chan struct{}
+	once     sync.Once
+}
+
+func newStreamLimiter(n int) *streamLimiter {
+	return &streamLimiter{slots: make(chan struct{}, n), draining: make(chan struct{})}
+}
+
+func (l *streamLimiter) acquire() (release func(), err error) {
+	select {
+	case <-l.draining:
+		return nil, newError(connect.CodeUnavailable, ReasonUnavailable, "the server is shutting down; reconnect")
+	default:
+	}
+	select {
+	case l.slots <- struct{}{}:
+		return func() { <-l.slots }, nil
+	default:
+		return nil, newError(connect.CodeResourceExhausted, ReasonTooManyStreams,
+			fmt.Sprintf("the server already serves %d streams; retry later", cap(l.slots)))
+	}
+}
+
+// bind returns a context that also ends when the server starts draining.
+func (l *streamLimiter) bind(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-l.draining:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+func (l *streamLimiter) drain() { l.once.Do(func() { close(l.draining) }) }
+
+// endErr turns the end of a stream into what the client sees: a stream ended by shutdown
+// says so, so the client reconnects.
+func (l *streamLimiter) endErr(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	select {
+	case <-l.draining:
+		if ctx.Err() != nil {
+			return newError(connect.CodeUnavailable, ReasonUnavailable, "the server is shutting down; reconnect")
+		}
+	default:
+	}
+	return err
+}
+
+// deterministicCodec is Connect's binary protobuf codec with deterministic marshalling, so
+// that a replayed response (Idempotency-Key) is byte-identical to the first: Go randomises
+// map order otherwise, and responses carry metadata maps.
+type deterministicCodec struct{}
+
+func (deterministicCodec) Name() string { return "proto" }
+
+func (deterministicCodec) Marshal(v any) ([]byte, error) {
+	return deterministicCodec{}.MarshalAppend(nil, v)
+}
+
+func (deterministicCodec) MarshalAppend(dst []byte, v any) ([]byte, error) {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("marshal %T: not a protobuf message", v)
+	}
+	return proto.MarshalOptions{Deterministic: true}.MarshalAppend(dst, m)
+}
+
+func (deterministicCodec) MarshalStable(v any) ([]byte, error) {
+	return deterministicCodec{}.MarshalAppend(nil, v)
+}
+
+func (deterministicCodec) Unmarshal(b []byte, v any) error {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return fmt.Errorf("unmarshal into %T: not a protobuf message", v)
+	}
+	if err := proto.Unmarshal(b, m); err != nil {
+		return fmt.Errorf("unmarshal into %T: %w", v, err)
+	}
+	return nil
+}
+
+func (deterministicCodec) IsBinary() bool { return true }
