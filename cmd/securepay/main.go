@@ -60,21 +60,23 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"dev":       {"run everything in one process on the embedded store (no external service)", runDev},
-		"serve":     {"run the production server (PostgreSQL, Redis, TLS)", runServe},
-		"migrate":   {"create or upgrade the PostgreSQL schemas of the event store and the views", runMigrate},
-		"account":   {"open | get | freeze | unfreeze | close an account", runAccount},
-		"transfer":  {"move money from one account to another", runTransfer},
-		"batch":     {"apply several transfers together, all or none (--leg FROM:TO:AMOUNT ...)", runBatch},
-		"authorise": {"hold money on an account for a later capture", runAuthorise},
-		"capture":   {"capture part or all of an authorisation", runCapture},
-		"void":      {"release what an authorisation still holds", runVoid},
-		"refund":    {"return captured money to the payer", runRefund},
-		"payment":   {"show a payment", runPayment},
-		"balance":   {"show an account's balance, now or in the past", runBalance},
-		"history":   {"show an account's history, page by page", runHistory},
-		"verify":    {"verify the hash chain of the whole log on the server", runVerify},
-		"watch":     {"print an account's balance live, a line per change", runWatch},
+		"dev":         {"run everything in one process on the embedded store (no external service)", runDev},
+		"serve":       {"run the production server (PostgreSQL, Redis, TLS)", runServe},
+		"migrate":     {"create or upgrade the PostgreSQL schemas of the event store and the views", runMigrate},
+		"account":     {"open | get | freeze | unfreeze | close an account", runAccount},
+		"transfer":    {"move money from one account to another", runTransfer},
+		"batch":       {"apply several transfers together, all or none (--leg FROM:TO:AMOUNT ...)", runBatch},
+		"authorise":   {"hold money on an account for a later capture", runAuthorise},
+		"capture":     {"capture part or all of an authorisation", runCapture},
+		"void":        {"release what an authorisation still holds", runVoid},
+		"refund":      {"return captured money to the payer", runRefund},
+		"payment":     {"show a payment", runPayment},
+		"balance":     {"show an account's balance, now or in the past", runBalance},
+		"history":     {"show an account's history, page by page", runHistory},
+		"verify":      {"verify the hash chain of the whole log on the server", runVerify},
+		"watch":       {"print an account's balance live, a line per change", runWatch},
+		"projections": {"operators: list | status | rebuild NAME of the PostgreSQL/Redis views", runProjections},
+		"audit":       {"auditors: export | verify | balances | replay STREAM, reading the log directly", runAudit},
 	}
 }
 

@@ -203,4 +203,40 @@ func TestServeWithPostgresRedisTLS(t *testing.T) {
 	case <-time.After(40 * time.Second):
 		t.Fatal("securepay serve did not stop within 40s of the signal")
 	}
+
+	// The operator's and the auditor's commands on the same database.
+	op := func(args ...string) string {
+		t.Helper()
+		var out, errOut strings.Builder
+		if err := run(context.Background(), append(args, "--postgres-dsn", dsn), &out, &errOut, noEnv); err != nil {
+			t.Fatalf("securepay %s: %v\n%s%s", strings.Join(args, " "), err, out.String(), errOut.String())
+		}
+		return out.String()
+	}
+	if l := op("projections", "list"); !strings.Contains(l, "accounts.v1") || !strings.Contains(l, "payments.v1") {
+		t.Fatalf("projections list: want both PostgreSQL projectors, got:\n%s", l)
+	}
+	if st := op("projections", "status"); !strings.Contains(st, "accounts.v1") {
+		t.Fatalf("projections status: got:\n%s", st)
+	}
+	if rb := op("projections", "rebuild", "accounts.v1", "--plain"); !strings.Contains(rb, "rebuilt accounts.v1") {
+		t.Fatalf("projections rebuild: got:\n%s", rb)
+	}
+	if v := op("audit", "verify"); !strings.Contains(v, "hash chain intact") {
+		t.Fatalf("audit verify: got:\n%s", v)
+	}
+	if b := op("audit", "balances"); !strings.Contains(b, "alice") {
+		t.Fatalf("audit balances: want alice's recomputed balance, got:\n%s", b)
+	}
+	export := op("audit", "export")
+	if lines := strings.Count(export, "\n"); lines < 5 || !strings.Contains(export, `"hash"`) {
+		t.Fatalf("audit export: want one JSON line per event with its hash, got %d lines:\n%s", lines, export)
+	}
+	if r := op("audit", "replay", "account-alice"); !strings.Contains(r, "ledger.account.credited.v1") {
+		t.Fatalf("audit replay: want alice's credit with the state after it, got:\n%s", r)
+	}
+	var errOut strings.Builder
+	if err := run(context.Background(), []string{"projections", "rebuild", "no-such.v1", "--postgres-dsn", dsn}, io.Discard, &errOut, noEnv); err == nil {
+		t.Fatal("projections rebuild of an unknown projector: want an error")
+	}
 }
