@@ -126,7 +126,7 @@ type Processor struct {
 	cache    *lru
 	stale    map[string]bool // cached streams to catch up from the store before use
 	mustRead map[string]bool // payment streams that may not be assumed absent
-	poisoned bool            // a batch failed while later ones were in flight
+	poisoned bool            // a batch failed while later ones were in flight: drain them first
 }
 
 // New starts a processor on store. Close stops it.
@@ -299,7 +299,12 @@ func (p *Processor) loop() {
 			p.drain()
 			return
 		}
-		room := len(inflight) < depth && closing != nil
+		// After a failed append, no batch starts until those in flight are answered: their
+		// state is gone from the cache, and a batch decided on the store's state meanwhile
+		// could reuse a version number an in-flight batch is about to write with other
+		// content — the one way an expected version could match a state that was never
+		// decided on.
+		room := len(inflight) < depth && closing != nil && !p.poisoned
 		if room && len(retry) > 0 {
 			batch := p.fill(retry)
 			retry = nil
