@@ -355,6 +355,7 @@ func (s *Store) appendOn(ctx context.Context, conn *pgx.Conn, group []*appendReq
 	var (
 		headPos  int64
 		headHash []byte
+		headTime time.Time
 		versions = make([]int64, 0, len(names))
 	)
 	err := func() error {
@@ -364,7 +365,7 @@ func (s *Store) appendOn(ctx context.Context, conn *pgx.Conn, group []*appendReq
 		if _, err := br.Exec(); err != nil {
 			return fmt.Errorf("append: take append lock as %s: %w", s.cfg.AppRole, err)
 		}
-		if err := br.QueryRow().Scan(&headPos, &headHash); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		if err := br.QueryRow().Scan(&headPos, &headHash, &headTime); err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("append: read head: %w", err)
 		}
 		rows, err := br.Query()
@@ -402,7 +403,12 @@ func (s *Store) appendOn(ctx context.Context, conn *pgx.Conn, group []*appendReq
 	}
 
 	// Under the lock: decide each request in order, then number, stamp and chain.
+	// Record times never go backwards along the log, whatever the clock does (an NTP step,
+	// another instance's clock): auditors select "as of a time" by scanning the log in order.
 	recordedAt := eventstore.RecordTime(s.cfg.Clock())
+	if last := eventstore.RecordTime(headTime); headPos > 0 && recordedAt.Before(last) {
+		recordedAt = last
+	}
 	outs := make([]appendOutcome, len(group))
 	total := 0
 	for _, r := range group {

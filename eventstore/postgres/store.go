@@ -102,7 +102,7 @@ func newQueries(schema string) queries {
 		// the lock. set_config(..., true) is SET LOCAL.
 		setup: `SELECT set_config('role', $1, true), set_config('idle_in_transaction_session_timeout', $2, true),
 			pg_advisory_xact_lock($3)`,
-		head: `SELECT position, hash FROM ` + s + `.events ORDER BY position DESC LIMIT 1`,
+		head: `SELECT position, hash, recorded_at FROM ` + s + `.events ORDER BY position DESC LIMIT 1`,
 		// Input order is kept (ordinality) so results pair with the request by index. Each
 		// lookup is one backward step on the (stream, stream_version) index.
 		versions: `SELECT COALESCE((SELECT e.stream_version FROM ` + s + `.events e

@@ -819,3 +819,34 @@ func waitForAdvisoryWait(t *testing.T, ctx context.Context, admin *pgxpool.Pool,
 	}
 	t.Fatal("no session waited for the append lock within 2s")
 }
+
+// A clock stepping backwards (NTP, or another instance's clock) never makes the log's
+// record times go backwards: "as of a time" is answered by scanning the log in order.
+func TestRecordedAtNeverGoesBackwards(t *testing.T) {
+	ctx := testContext(t)
+	var mu sync.Mutex
+	now := time.Date(2031, 7, 1, 12, 0, 0, 0, time.UTC)
+	s := openStore(t, freshSchema(t), func(c *Config) {
+		c.Clock = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	})
+	step := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	for i, d := range []time.Duration{0, -time.Hour, time.Minute, -time.Second} {
+		step(d)
+		if _, err := s.Append(ctx, eventstore.StreamAppend{Stream: fmt.Sprintf("s-%d", i), Expected: eventstore.NoStream(), Events: []eventstore.EventData{event("e")}}); err != nil {
+			t.Fatalf("append %d: %v", i, err)
+		}
+	}
+	evs, err := s.ReadAll(ctx, 0, 10)
+	if err != nil || len(evs) != 4 {
+		t.Fatalf("read: %d events, %v", len(evs), err)
+	}
+	want := []time.Time{
+		time.Date(2031, 7, 1, 12, 0, 0, 0, time.UTC), time.Date(2031, 7, 1, 12, 0, 0, 0, time.UTC),
+		time.Date(2031, 7, 1, 12, 0, 0, 0, time.UTC), time.Date(2031, 7, 1, 12, 0, 0, 0, time.UTC),
+	}
+	for i, e := range evs {
+		if !e.RecordedAt.Equal(want[i]) {
+			t.Fatalf("event %d recorded at %v, want %v (never before the event ahead of it)", i+1, e.RecordedAt, want[i])
+		}
+	}
+}
