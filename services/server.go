@@ -310,6 +310,11 @@ type timeoutInterceptor struct{ timeout time.Duration }
 
 func (t timeoutInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		// A client deadline sooner than ours already bounds the handler (Connect derived it
+		// from the request's timeout header): a second timer would only cost a timer.
+		if d, ok := ctx.Deadline(); ok && time.Until(d) <= t.timeout {
+			return next(ctx, req)
+		}
 		ctx, cancel := context.WithTimeout(ctx, t.timeout)
 		defer cancel()
 		return next(ctx, req)
@@ -337,8 +342,11 @@ func newMetaFunc(caller CallerFunc) metaFunc {
 		if tp := h.Get("traceparent"); len(tp) == 55 {
 			m.TraceParent = tp
 		}
-		if key, err := parseIdempotencyKey(h.Get(IdempotencyKeyHeader)); err == nil {
-			m.CausationID = key
+		// Most writes carry no key: checking first spares building the parse error.
+		if raw := h.Get(IdempotencyKeyHeader); raw != "" {
+			if key, err := parseIdempotencyKey(raw); err == nil {
+				m.CausationID = key
+			}
 		}
 		return m
 	}

@@ -222,6 +222,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"capture", "p1"}, "exactly one of --amount and --full"},
 		{[]string{"account", "open"}, "missing ACCOUNT_ID"},
 		{[]string{"balance", "a", "--server", "ftp://x"}, "--server must start with http:// or https://"},
+		{[]string{"dev", "--gc-percent", "0"}, "--gc-percent in 1..10000"},
+		{[]string{"dev", "--memory-limit-mb", "-1"}, "--memory-limit-mb must be >= 0"},
 	} {
 		err := run(context.Background(), tc.args, io.Discard, io.Discard, noEnv)
 		var u usageError
