@@ -213,3 +213,63 @@ func BenchmarkAppendTransferLog(b *testing.B) {
 	b.ReportMetric(float64(cpu.Nanoseconds())/1e3/events, "cpu-µs/event")
 	b.ReportMetric(float64(ru.Maxrss)/1024, "peak-RSS-MiB")
 }
+
+// BenchmarkReadAll reads a 300,000-event log (flushed and compacted, as a log that has
+// grown is) from start to end in pages of 1,000, the way subscriptions, projections and
+// the auditor tools do. One op is one full read.
+func BenchmarkReadAll(b *testing.B) {
+	const transfers, perAppend = 100_000, 100
+	s, err := Open(b.TempDir(), Options{Logger: quietLogger{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	appends := make([]eventstore.StreamAppend, 0, 2*perAppend+1)
+	credits := make([]eventstore.EventData, perAppend)
+	for n := range transfers / perAppend {
+		appends = appends[:0]
+		for k := range perAppend {
+			id := fmt.Sprintf("n%d-t%d", n, k)
+			appends = append(appends,
+				eventstore.StreamAppend{Stream: "payment-" + id, Expected: eventstore.NoStream(), Events: []eventstore.EventData{benchEvent(id)}},
+				eventstore.StreamAppend{Stream: fmt.Sprintf("payer-%d", (n*perAppend+k)%10_000), Expected: eventstore.Any(), Events: []eventstore.EventData{benchEvent(id + "-d")}})
+			credits[k] = benchEvent(id + "-c")
+		}
+		appends = append(appends, eventstore.StreamAppend{Stream: fmt.Sprintf("merchant-%d", n%10), Expected: eventstore.Any(), Events: credits})
+		if _, err := s.Append(ctx, appends...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := s.db.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	if err := s.db.Compact(ctx, []byte{0}, []byte{0xff}, true); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := processCPU(b)
+	start := time.Now()
+	for range b.N {
+		var after uint64
+		for {
+			page, err := s.ReadAll(ctx, after, 1000)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(page) == 0 {
+				break
+			}
+			after = page[len(page)-1].Position
+		}
+		if after != 3*transfers {
+			b.Fatalf("read up to position %d, want %d", after, 3*transfers)
+		}
+	}
+	elapsed := time.Since(start)
+	cpu := processCPU(b) - cpu0
+	events := float64(b.N * 3 * transfers)
+	b.ReportMetric(events/elapsed.Seconds(), "events/s")
+	b.ReportMetric(float64(cpu.Nanoseconds())/1e3/events, "cpu-µs/event")
+}

@@ -65,6 +65,10 @@ const (
 	// maxGroupRequests bounds the appends in one group, so answers are not held back
 	// behind an arbitrarily long queue.
 	maxGroupRequests = 2048
+	// minSeparatedValueBytes is the smallest value pebble stores in a blob file: the log
+	// records of the events every payment writes (113 bytes of header, then ids, type and
+	// JSON: about 400 bytes), never the 8-byte index values.
+	minSeparatedValueBytes = 192
 	// syncPipelineDepth is how many applied groups may wait for their fsync while the
 	// writer prepares the next one. Two keep the disk busy; more only add latency.
 	syncPipelineDepth = 2
@@ -169,6 +173,27 @@ func Open(dir string, opts Options) (*Store, error) {
 	// Every append of a new stream (each payment is one) looks up a version that does not
 	// exist yet; without bloom filters that miss reads a block of every sstable.
 	popts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
+	// The log is written once and never changed, and its records (~400 bytes each) are
+	// most of the bytes, while the index keys, which arrive in random order, are what
+	// compactions must sort. With value separation a flush writes each record once into a
+	// blob file, and compactions move only keys and small references to it; without it,
+	// every compaction that merged index keys around a run of records copied the records
+	// again. Reads of a record pay one more block lookup (the blob file's).
+	//
+	// Blob files are never rewritten to reclaim garbage (TargetGarbageRatio 1): log records
+	// are never overwritten or deleted, so the only garbage is superseded snapshots, whose
+	// total is a tiny fraction of the log (the ledger saves one per thousand events of an
+	// account). Compactions still copy values into new blob files when an sstable would
+	// otherwise reference more than MaxBlobReferenceDepth of them, which keeps reads local.
+	popts.Experimental.ValueSeparationPolicy = func() pebble.ValueSeparationPolicy {
+		return pebble.ValueSeparationPolicy{
+			Enabled:               true,
+			MinimumSize:           minSeparatedValueBytes,
+			MaxBlobReferenceDepth: 10,
+			RewriteMinimumAge:     5 * time.Minute,
+			TargetGarbageRatio:    1,
+		}
+	}
 	db, err := pebble.Open(dir, popts)
 	if err != nil {
 		return nil, fmt.Errorf("embedded: open %s: %w", dir, err)

@@ -1,6 +1,7 @@
 package embedded
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -108,20 +109,32 @@ func (s *Store) recycle(r *request) {
 func (s *Store) prefetch(r *request) error {
 	r.absent = r.absent[:0]
 	r.gen = s.cacheGen.Load() // before the lookups: a later change voids them
+	// One iterator serves all lookups of the request: a batch of transfers creates
+	// hundreds of payment streams, and a point Get builds (and drops) a fresh iterator
+	// stack over every memtable and level each time. SeekPrefixGE consults the same bloom
+	// filters as Get, so a stream that does not exist still costs no data block read.
+	var iter *pebble.Iterator
+	defer func() {
+		if iter != nil {
+			_ = iter.Close()
+		}
+	}()
 	for i := range r.appends {
 		a := &r.appends[i]
 		absent := false
 		if a.Expected.IsNoStream() {
-			r.key = indexKey(r.key[:0], a.Stream, 1)
-			_, closer, err := s.db.Get(r.key)
-			switch {
-			case errors.Is(err, pebble.ErrNotFound):
-				absent = true
-			case err != nil:
-				return fmt.Errorf("embedded: append %s: read version: %w", a.Stream, err)
-			default:
-				_ = closer.Close()
+			if iter == nil {
+				var err error
+				if iter, err = s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixIndex}, UpperBound: []byte{prefixIndex + 1}}); err != nil {
+					return fmt.Errorf("embedded: append %s: read version: %w", a.Stream, err)
+				}
 			}
+			r.key = indexKey(r.key[:0], a.Stream, 1)
+			found := iter.SeekPrefixGE(r.key) && bytes.Equal(iter.Key(), r.key)
+			if err := iter.Error(); err != nil {
+				return fmt.Errorf("embedded: append %s: read version: %w", a.Stream, err)
+			}
+			absent = !found
 		}
 		r.absent = append(r.absent, absent)
 	}
@@ -150,8 +163,16 @@ type writer struct {
 	pending        map[string]uint64   // versions written by the group being built
 	newInGroup     map[string]struct{} // streams of pending that the group creates
 	versions       []uint64            // versions check found for the request being built
-	hasher         chainHasher
-	key            []byte
+	// index holds the group's index entries (key, then the 8-byte position), indexEnds
+	// where each ends. They go into the batch after all log records: pebble inserts a
+	// batch's keys into the memtable's skiplist in batch order, reusing the previous
+	// insert's place as a hint, so a run of ascending log keys lands at the end of the
+	// list without a search. Interleaved with the (random) index keys, every log insert
+	// searched from the top. Bounded by MaxGroupBytes, like the group.
+	index     []byte
+	indexEnds []int
+	hasher    chainHasher
+	key       []byte
 }
 
 func newWriter(s *Store) *writer {
@@ -248,6 +269,7 @@ func (w *writer) build(g *group) {
 	clear(w.pending)
 	clear(w.newInGroup)
 	startNext, startPrev := w.next, w.prev
+	w.index, w.indexEnds = w.index[:0], w.indexEnds[:0]
 	for _, r := range g.reqs {
 		if err := r.ctx.Err(); err != nil {
 			refuse(r, fmt.Errorf("append: %w", err))
@@ -269,6 +291,10 @@ func (w *writer) build(g *group) {
 		_ = batch.Close()
 		return
 	}
+	if err := w.writeIndex(batch); err != nil {
+		w.abandon(g, batch, startNext, startPrev, fmt.Errorf("embedded: build batch: %w", err))
+		return
+	}
 	if err := s.db.ApplyNoSyncWait(batch, pebble.Sync); err != nil {
 		w.abandon(g, batch, startNext, startPrev, w.fail(fmt.Errorf("embedded: commit: %w", err)))
 		return
@@ -283,6 +309,27 @@ func (w *writer) build(g *group) {
 	w.lastMicros = micros
 	g.batch = batch
 	g.last = w.next - 1
+}
+
+// writeIndex adds the index entries that write collected to batch.
+func (w *writer) writeIndex(batch *pebble.Batch) error {
+	start := 0
+	for _, end := range w.indexEnds {
+		entry := w.index[start:end]
+		key := entry[:len(entry)-8]
+		op := batch.SetDeferred(len(key), 8)
+		copy(op.Key, key)
+		copy(op.Value, entry[len(key):])
+		if err := op.Finish(); err != nil {
+			return err
+		}
+		start = end
+	}
+	// Keep the buffers of an unusually large group only while they stay modest.
+	if cap(w.index) > 4<<20 {
+		w.index, w.indexEnds = nil, nil
+	}
+	return nil
 }
 
 // abandon drops a batch that will not be committed: every request of the group not
@@ -409,13 +456,9 @@ func (w *writer) write(batch *pebble.Batch, r *request, micros int64) error {
 			if err := op.Finish(); err != nil {
 				return err
 			}
-			w.key = indexKey(w.key[:0], a.Stream, v)
-			op = batch.SetDeferred(len(w.key), 8)
-			copy(op.Key, w.key)
-			binary.BigEndian.PutUint64(op.Value, pos)
-			if err := op.Finish(); err != nil {
-				return err
-			}
+			w.index = indexKey(w.index, a.Stream, v)
+			w.index = binary.BigEndian.AppendUint64(w.index, pos)
+			w.indexEnds = append(w.indexEnds, len(w.index))
 			w.prev = hash
 			w.next++
 		}
