@@ -8,6 +8,7 @@ package domain
 import (
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 )
 
@@ -203,7 +204,11 @@ func FormatMinor(minor int64, a Asset) string {
 	} else {
 		u = uint64(minor)
 	}
-	digits := fmt.Sprintf("%0*d", int(a.Scale)+1, u)
+	// strconv and a zero pad rather than fmt: this runs for every posting the API returns.
+	digits := strconv.FormatUint(u, 10)
+	if pad := int(a.Scale) + 1 - len(digits); pad > 0 {
+		digits = strings.Repeat("0", pad) + digits
+	}
 	out := digits
 	if a.Scale > 0 {
 		cut := len(digits) - int(a.Scale)
