@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,6 +40,9 @@ type node struct {
 	exec  *countingCommands
 	srv   *services.Server
 	stop  func() error // graceful shutdown; returns Serve's error
+	// shutdown stops the server, the processor and the views and closes the store, as a
+	// process exiting would; safe to call twice.
+	shutdown func()
 }
 
 // countingCommands counts the commands that reach the ledger, so tests can tell how many
@@ -63,6 +67,9 @@ func (c *countingCommands) Execute(ctx context.Context, r ledger.Request) (ledge
 }
 
 type nodeOptions struct {
+	// dir keeps the embedded store there, so a second node on the same dir is the same
+	// ledger after a restart; empty: a new temporary directory.
+	dir         string
 	idem        services.IdempotencyStore
 	delay       time.Duration
 	readWait    time.Duration
@@ -74,7 +81,10 @@ type nodeOptions struct {
 
 func startNode(t testing.TB, o nodeOptions) *node {
 	t.Helper()
-	store, err := embedded.Open(t.TempDir(), embedded.Options{Logger: quietPebble{}})
+	if o.dir == "" {
+		o.dir = t.TempDir()
+	}
+	store, err := embedded.Open(o.dir, embedded.Options{Logger: quietPebble{}})
 	if err != nil {
 		t.Fatalf("open embedded store: %v", err)
 	}
@@ -133,15 +143,19 @@ func startNode(t testing.TB, o nodeOptions) *node {
 		}
 		return serveErr
 	}
-	t.Cleanup(func() {
-		if err := n.stop(); err != nil {
-			t.Errorf("server shutdown: %v", err)
-		}
-		cancel()
-		<-runnerDone
-		_ = proc.Close()
-		_ = store.Close()
-	})
+	var once sync.Once
+	n.shutdown = func() {
+		once.Do(func() {
+			if err := n.stop(); err != nil {
+				t.Errorf("server shutdown: %v", err)
+			}
+			cancel()
+			<-runnerDone
+			_ = proc.Close()
+			_ = store.Close()
+		})
+	}
+	t.Cleanup(n.shutdown)
 	return n
 }
 

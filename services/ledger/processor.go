@@ -129,6 +129,7 @@ type Processor struct {
 	snapDone  chan struct{}
 
 	// Owned by the loop goroutine.
+	inflight []*flight // decided batches the store has not answered yet, oldest first
 	cache    *lru
 	stale    map[string]bool // cached streams to catch up from the store before use
 	mustRead map[string]bool // payment streams that may not be assumed absent
@@ -293,11 +294,10 @@ func (p *Processor) loop() {
 	go p.committer(toStore, fromStore)
 	defer close(toStore)
 
-	var inflight []*flight
 	var retry []*call
 	closing := p.closing
 	for {
-		if closing == nil && len(inflight) == 0 {
+		if closing == nil && len(p.inflight) == 0 {
 			for _, c := range retry {
 				c.err = ErrClosed
 				close(c.done)
@@ -310,11 +310,11 @@ func (p *Processor) loop() {
 		// could reuse a version number an in-flight batch is about to write with other
 		// content — the one way an expected version could match a state that was never
 		// decided on.
-		room := len(inflight) < depth && closing != nil && !p.poisoned
+		room := len(p.inflight) < depth && closing != nil && !p.poisoned
 		if room && len(retry) > 0 {
 			batch := p.fill(retry)
 			retry = nil
-			inflight = p.start(batch, inflight, toStore)
+			p.start(batch, toStore)
 			continue
 		}
 		var queue <-chan *call
@@ -323,10 +323,10 @@ func (p *Processor) loop() {
 		}
 		select {
 		case c := <-queue:
-			inflight = p.start(p.fill([]*call{c}), inflight, toStore)
+			p.start(p.fill([]*call{c}), toStore)
 		case f := <-fromStore:
-			inflight = inflight[1:]
-			retry = p.complete(f, inflight, retry)
+			p.inflight = p.inflight[1:]
+			retry = p.complete(f, p.inflight, retry)
 		case <-closing:
 			closing = nil
 		}
@@ -401,7 +401,17 @@ type batchState struct {
 type eventRef struct{ stream, event int }
 
 // start decides a batch and hands it to the committer.
-func (p *Processor) start(batch []*call, inflight []*flight, toStore chan<- *flight) []*flight {
+//
+// A refusal is only returned once it is known to rest on the real state of every payment
+// stream the command names. A payment id missing from the cache is assumed new without a
+// read (the append's NoStream expectation checks that for free); but a refusal appends
+// nothing, so nothing would check the assumption, and a retry of a payment that was
+// applied before a restart or an eviction would be decided anew against today's balances
+// and refused — telling a client "refused" for money that moved. So a refusal made on an
+// assumed stream sends the batch round again with that stream read from the store.
+// Each such round reads at least one stream that the previous round assumed, so the
+// rounds end; they cost one read per refused new payment, none for accepted ones.
+func (p *Processor) start(batch []*call, toStore chan<- *flight) {
 	live := make([]*call, 0, len(batch))
 	readAll := false
 	for _, c := range batch {
@@ -414,17 +424,25 @@ func (p *Processor) start(batch []*call, inflight []*flight, toStore chan<- *fli
 		live = append(live, c)
 	}
 	if len(live) == 0 {
-		return inflight
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.BatchTimeout)
 	defer cancel()
+	confirm := map[string]bool{} // payment streams this batch must read, not assume absent
 	for attempt := 1; ; attempt++ {
-		bs, err := p.prepare(ctx, live, readAll)
+		bs, err := p.prepare(ctx, live, readAll, confirm)
 		if err != nil {
 			p.failAll(live, err)
-			return inflight
+			return
 		}
-		recheck := p.decideAll(bs, live)
+		assumed, recheck := p.decideAll(bs, live)
+		if len(assumed) > 0 {
+			for _, s := range assumed {
+				confirm[s] = true
+			}
+			p.resetResults(live)
+			continue
+		}
 		if len(recheck) > 0 && attempt < p.cfg.MaxAttempts {
 			// Shared store: refusals made on cached state are confirmed on fresh state.
 			for _, s := range recheck {
@@ -440,7 +458,8 @@ func (p *Processor) start(batch []*call, inflight []*flight, toStore chan<- *fli
 		}
 		f := &flight{calls: live, bs: bs, appends: bs.ordered()}
 		toStore <- f // never blocks: the channel holds as many flights as may be in flight
-		return append(inflight, f)
+		p.inflight = append(p.inflight, f)
+		return
 	}
 }
 
@@ -520,7 +539,7 @@ func (p *Processor) failAll(calls []*call, err error) {
 
 // prepare makes sure every aggregate the batch touches is in the cache and up to date,
 // reading from the store in parallel what is missing or stale.
-func (p *Processor) prepare(ctx context.Context, calls []*call, readAll bool) (*batchState, error) {
+func (p *Processor) prepare(ctx context.Context, calls []*call, readAll bool, confirm map[string]bool) (*batchState, error) {
 	bs := &batchState{
 		base: map[string]*aggregate{}, work: map[string]*aggregate{}, assumed: map[string]bool{}, fresh: map[string]bool{},
 		index: map[string]int{}, refs: map[*call][]eventRef{}, now: p.cfg.Clock(),
@@ -537,7 +556,14 @@ func (p *Processor) prepare(ctx context.Context, calls []*call, readAll bool) (*
 			}
 			return
 		}
-		if optimistic && !readAll && !p.mustRead[stream] {
+		if agg := p.inflightState(stream); agg != nil {
+			// Evicted from the cache while a batch in flight writes it: the store does not
+			// have that state yet, the flight does.
+			bs.base[stream] = agg
+			p.cache.put(agg)
+			return
+		}
+		if optimistic && !readAll && !p.mustRead[stream] && !confirm[stream] {
 			// A new payment id: assume the stream is absent. The append's NoStream
 			// expectation checks it atomically; a retry of an old payment that fell out of
 			// the cache costs one conflict and one read.
@@ -589,6 +615,18 @@ func (p *Processor) prepare(ctx context.Context, calls []*call, readAll bool) (*
 		return nil, err
 	}
 	return bs, nil
+}
+
+// inflightState returns the newest state of stream that a batch in flight will write, or
+// nil. With speculation the cache holds that state, but a cache smaller than the working
+// set may have evicted it.
+func (p *Processor) inflightState(stream string) *aggregate {
+	for i := len(p.inflight) - 1; i >= 0; i-- {
+		if agg, ok := p.inflight[i].bs.work[stream]; ok {
+			return agg
+		}
+	}
+	return nil
 }
 
 // loadJob reads one stream: from scratch, or catching up from a cached state.
@@ -672,9 +710,10 @@ func (bs *batchState) current(stream string) *aggregate {
 }
 
 // decideAll decides every call in order on the batch's working state and collects the
-// events to append. It returns the streams whose cached state a refusal relied on, when
-// those refusals must be confirmed against the store (shared store only).
-func (p *Processor) decideAll(bs *batchState, calls []*call) (recheck []string) {
+// events to append. It returns the payment streams a refusal assumed absent without a
+// read (always to be confirmed), and the streams whose cached state a refusal relied on
+// when those must be confirmed against the store (shared store only).
+func (p *Processor) decideAll(bs *batchState, calls []*call) (assumed, recheck []string) {
 	for _, c := range calls {
 		switch c.kind {
 		case callReadAccount:
@@ -718,6 +757,11 @@ func (p *Processor) decideAll(bs *batchState, calls []*call) (recheck []string) 
 		}
 		if err != nil {
 			c.err = err
+			for _, id := range cmd.Payments() {
+				if s := domain.PaymentStream(id); bs.assumed[s] {
+					assumed = append(assumed, s)
+				}
+			}
 			if p.cfg.SharedStore && domain.IsDomainError(err) {
 				recheck = append(recheck, p.unconfirmed(bs, touched)...)
 			}
@@ -733,7 +777,7 @@ func (p *Processor) decideAll(bs *batchState, calls []*call) (recheck []string) 
 		}
 		p.result(bs, c, accounts)
 	}
-	return recheck
+	return assumed, recheck
 }
 
 // unconfirmed lists the touched streams whose state came from the cache rather than from a
@@ -741,7 +785,7 @@ func (p *Processor) decideAll(bs *batchState, calls []*call) (recheck []string) 
 func (p *Processor) unconfirmed(bs *batchState, streams []string) []string {
 	var out []string
 	for _, s := range streams {
-		if !bs.fresh[s] {
+		if !bs.fresh[s] && !bs.assumed[s] {
 			out = append(out, s)
 		}
 	}

@@ -125,16 +125,57 @@ type simOutcome struct {
 	accepted  map[domain.PaymentID]bool // payments created
 	ops       map[string]bool           // captures and refunds accepted
 	refusedAt map[domain.PaymentID]bool // payments refused at least once
+	retries   int                       // exact retries of applied commands
 }
+
+// simProcessors holds the processors workers call; the restarter replaces them while
+// commands are in flight, so a command may be retried on a processor that has never seen it.
+type simProcessors struct {
+	mu       sync.Mutex
+	procs    []*ledger.Processor
+	restarts int
+}
+
+func (s *simProcessors) get(w int) *ledger.Processor {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.procs[w%len(s.procs)]
+}
+
+func (s *simProcessors) all() []*ledger.Processor {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*ledger.Processor(nil), s.procs...)
+}
+
+// restart closes processor i and puts a new one, with an empty cache, in its place.
+func (s *simProcessors) restart(t *testing.T, i int, open func() *ledger.Processor) {
+	s.mu.Lock()
+	old := s.procs[i]
+	s.procs[i] = open()
+	s.restarts++
+	s.mu.Unlock()
+	if err := old.Close(); err != nil {
+		t.Errorf("close processor %d: %v", i, err)
+	}
+}
+
+// simRestartEvery is how many finished commands pass between two processor restarts.
+const simRestartEvery = 150
 
 func runSimulation(t *testing.T, b backend, seed uint64) {
 	store, reopen := b.open(t)
 	clock := &fixedClock{now: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)}
-	procs := []*ledger.Processor{newProcessor(t, store, ledger.Config{Clock: clock.Now, SharedStore: b.shared, MaxBatch: 64})}
+	// A cache much smaller than the working set: payments are evicted between a call and
+	// its retry as they would be by a restart.
+	cfg := ledger.Config{Clock: clock.Now, SharedStore: b.shared, MaxBatch: 64, CacheSize: 24}
+	procs := &simProcessors{procs: []*ledger.Processor{newProcessor(t, store, cfg)}}
 	if reopen != nil {
-		procs = append(procs, newProcessor(t, reopen(), ledger.Config{Clock: clock.Now, SharedStore: true, MaxBatch: 64}))
+		shared := cfg
+		shared.SharedStore = true
+		procs.procs = append(procs.procs, newProcessor(t, reopen(), shared))
 	}
-	setup := procs[0]
+	setup := procs.get(0)
 	assets := []domain.Asset{usd, jpy}
 	var ids []string
 	for _, a := range assets {
@@ -158,17 +199,40 @@ func runSimulation(t *testing.T, b backend, seed uint64) {
 	}
 	out := &simOutcome{accepted: map[domain.PaymentID]bool{}, ops: map[string]bool{}, refusedAt: map[domain.PaymentID]bool{}}
 	const workers, steps = 12, 120
+	finished := make(chan struct{}, workers*steps)
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(seed, uint64(w)))
-			p := procs[w%len(procs)]
-			simWorker(t, p, rng, w, steps, ids, clock, out)
+			simWorker(t, procs, rng, w, steps, ids, clock, out, finished)
 		}()
 	}
+	// The restarter: processor 0 is replaced every simRestartEvery commands, counted as
+	// they finish, so restarts land among calls and their retries on every run.
+	stopRestarts := make(chan struct{})
+	restarted := make(chan struct{})
+	go func() {
+		defer close(restarted)
+		n := 0
+		for {
+			select {
+			case <-finished:
+				if n++; n%simRestartEvery == 0 {
+					procs.restart(t, 0, func() *ledger.Processor { return newProcessor(t, store, cfg) })
+				}
+			case <-stopRestarts:
+				return
+			}
+		}
+	}()
 	wg.Wait()
+	close(stopRestarts)
+	<-restarted
+	if procs.restarts == 0 {
+		t.Errorf("the simulation restarted no processor: it did not test retries after restarts")
+	}
 
 	m := foldLog(t, store)
 	sums := map[domain.Asset]int64{}
@@ -199,7 +263,7 @@ func runSimulation(t *testing.T, b backend, seed uint64) {
 		}
 	}
 	// The write side agrees with the replay, for every processor.
-	for i, p := range procs {
+	for i, p := range procs.all() {
 		for stream, want := range m.accounts {
 			acc, _, _ := domain.ParseStream(stream)
 			got, err := p.Account(ctxT(t), acc)
@@ -218,10 +282,11 @@ func runSimulation(t *testing.T, b backend, seed uint64) {
 	if n, err := eventstore.VerifyChain(ctxT(t), store, 1000, nil); err != nil || n != m.events {
 		t.Errorf("hash chain: verified %d of %d events: %v", n, m.events, err)
 	}
-	t.Logf("seed %d: %d events, %d payments accepted, %d operations", seed, m.events, len(out.accepted), len(out.ops))
+	t.Logf("seed %d: %d events, %d payments accepted, %d operations, %d retries of applied commands, %d processor restarts",
+		seed, m.events, len(out.accepted), len(out.ops), out.retries, procs.restarts)
 }
 
-func simWorker(t *testing.T, p *ledger.Processor, rng *rand.Rand, w, steps int, ids []string, clock *fixedClock, out *simOutcome) {
+func simWorker(t *testing.T, procs *simProcessors, rng *rand.Rand, w, steps int, ids []string, clock *fixedClock, out *simOutcome, finished chan<- struct{}) {
 	var mine []domain.Command // this worker's accepted creations, for retries and follow-ups
 	pick := func() domain.AccountID { return domain.AccountID(ids[rng.IntN(len(ids))]) }
 	assetOf := func(id domain.AccountID) domain.Asset {
@@ -233,6 +298,9 @@ func simWorker(t *testing.T, p *ledger.Processor, rng *rand.Rand, w, steps int, 
 	for step := range steps {
 		pid := domain.PaymentID(fmt.Sprintf("w%d-s%d", w, step))
 		var cmd domain.Command
+		// What the reference model expects of this step: a retry of an applied command is
+		// answered with its original outcome; the same id with other input is a duplicate.
+		retry, altered := false, false
 		switch r := rng.IntN(100); {
 		case r < 40:
 			src, dst := pick(), pick()
@@ -263,19 +331,19 @@ func simWorker(t *testing.T, p *ledger.Processor, rng *rand.Rand, w, steps int, 
 				}
 			case domain.Transfer:
 				if rng.IntN(2) == 0 {
-					cmd = prev // an exact retry
+					cmd, retry = prev, true // an exact retry
 				} else {
 					cmd = domain.Refund{PaymentID: prev.PaymentID, RefundID: domain.OperationID(fmt.Sprintf("r%d", step)),
 						Amount: money(1+rng.Int64N(prev.Amount.Minor), prev.Amount.Asset)}
 				}
 			default:
-				cmd = prev
+				cmd, retry = prev, true
 			}
 		case r < 95 && len(mine) > 0:
 			// Same id, different input.
 			if prev, ok := mine[rng.IntN(len(mine))].(domain.Transfer); ok {
 				prev.Amount.Minor++
-				cmd = prev
+				cmd, altered = prev, true
 			} else {
 				continue
 			}
@@ -283,8 +351,30 @@ func simWorker(t *testing.T, p *ledger.Processor, rng *rand.Rand, w, steps int, 
 			clock.Advance(time.Duration(rng.IntN(5)) * time.Minute)
 			continue
 		}
-		res, err := p.Execute(ctxT(t), ledger.Request{Command: cmd, Meta: eventstore.Metadata{Actor: fmt.Sprintf("worker-%d", w)}})
+		// A processor closed by a restart refuses with ErrClosed; the client retries the same
+		// command on its replacement, as a client retries after a server restart.
+		var res ledger.Result
+		var err error
+		for range 5 {
+			res, err = procs.get(w).Execute(ctxT(t), ledger.Request{Command: cmd, Meta: eventstore.Metadata{Actor: fmt.Sprintf("worker-%d", w)}})
+			if !errors.Is(err, ledger.ErrClosed) {
+				break
+			}
+		}
+		finished <- struct{}{}
 		out.mu.Lock()
+		switch {
+		case errors.Is(err, eventstore.ErrConflict):
+			// Allowed under contention between two processes; nothing was appended.
+		case retry && (err != nil || !res.Replayed):
+			t.Errorf("worker %d step %d: retry of applied %T %v: want its original outcome (replayed), got replayed=%v err=%v",
+				w, step, cmd, cmd.Payments(), res.Replayed, err)
+		case altered && !errors.Is(err, domain.ErrDuplicateID):
+			t.Errorf("worker %d step %d: %T %v reused with other input: want %v, got %v", w, step, cmd, cmd.Payments(), domain.ErrDuplicateID, err)
+		}
+		if retry {
+			out.retries++
+		}
 		switch {
 		case err == nil:
 			switch c := cmd.(type) {
