@@ -57,5 +57,3 @@ func (c *lru) remove(stream string) {
 		delete(c.index, stream)
 	}
 }
-
-func (c *lru) len() int { return c.order.Len() }

@@ -2,7 +2,6 @@ package ledger
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 
 	"github.com/securepay/securepay/domain"
@@ -11,46 +10,6 @@ import (
 
 // loadPage bounds one read while folding a stream.
 const loadPage = 1000
-
-// accountSnapshotSchema names the snapshot encoding below; a reader ignores other schemas,
-// so changing the encoding only needs a new name (old snapshots are then rebuilt).
-const accountSnapshotSchema = "securepay.account-snapshot.v1"
-
-type accountSnapshot struct {
-	ID          string            `json:"id"`
-	AssetCode   string            `json:"asset_code"`
-	AssetScale  uint8             `json:"asset_scale"`
-	Kind        uint8             `json:"kind"`
-	CreditLimit int64             `json:"credit_limit"`
-	Metadata    map[string]string `json:"metadata,omitempty"`
-	Status      uint8             `json:"status"`
-	Posted      int64             `json:"posted"`
-	Held        int64             `json:"held"`
-	OpenHolds   int               `json:"open_holds"`
-	Version     uint64            `json:"version"`
-	Fingerprint string            `json:"fingerprint"`
-}
-
-func encodeAccountSnapshot(a domain.Account) ([]byte, error) {
-	return json.Marshal(accountSnapshot{
-		ID: string(a.ID), AssetCode: a.Asset.Code, AssetScale: a.Asset.Scale, Kind: uint8(a.Kind),
-		CreditLimit: a.CreditLimit, Metadata: a.Metadata, Status: uint8(a.Status), Posted: a.Posted,
-		Held: a.Held, OpenHolds: a.OpenHolds, Version: a.Version, Fingerprint: a.Fingerprint,
-	})
-}
-
-func decodeAccountSnapshot(b []byte) (domain.Account, error) {
-	var s accountSnapshot
-	if err := json.Unmarshal(b, &s); err != nil {
-		return domain.Account{}, err
-	}
-	return domain.Account{
-		ID: domain.AccountID(s.ID), Asset: domain.Asset{Code: s.AssetCode, Scale: s.AssetScale},
-		Kind: domain.AccountKind(s.Kind), CreditLimit: s.CreditLimit, Metadata: s.Metadata,
-		Status: domain.AccountStatus(s.Status), Posted: s.Posted, Held: s.Held, OpenHolds: s.OpenHolds,
-		Version: s.Version, Fingerprint: s.Fingerprint,
-	}, nil
-}
 
 // loadStream folds a stream into an aggregate, starting from base (a cached or snapshot
 // state at base.version) and reading only the events after it. A million-event merchant is
