@@ -309,10 +309,14 @@ func (r *cachedReader) Balance(ctx context.Context, id domain.AccountID, asOf As
 }
 
 // lookup returns a cached balance that is at least as new as minPosition. The cache is
-// as new as its projector's checkpoint, so read-your-writes asks for that.
+// as new as its projector's checkpoint, so read-your-writes asks for that: the checkpoint
+// as Redis holds it, never the runner's count in memory, so a Redis that restarted with
+// less (or nothing) answers a miss and the read goes to PostgreSQL. MULTI puts the
+// checkpoint and the entry in one atomic step, in the same round trip: nothing (a flush
+// and a fill from a lagging view) can come between them.
 func (r *cachedReader) lookup(ctx context.Context, id domain.AccountID, minPosition uint64) (Balance, bool) {
 	v := r.v
-	pipe := v.rdb.Pipeline()
+	pipe := v.rdb.TxPipeline()
 	cpCmd := pipe.Get(ctx, v.CheckpointKey(BalanceCacheProjector))
 	hCmd := pipe.HGetAll(ctx, v.BalanceKey(id))
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {

@@ -34,8 +34,22 @@ type FailureRecorder interface {
 }
 
 // ErrCheckpointMoved is returned by Apply when the stored checkpoint is not the one the
-// batch follows (a rebuild swapped the view in).
+// batch follows (a rebuild swapped the view in, or a database crash lost the last commits).
 var ErrCheckpointMoved = errors.New("projections: checkpoint moved under the projector")
+
+// Rechecker is implemented by projectors whose view can end up holding less than the
+// projector applied: PostgreSQL views commit asynchronously, so a database crash can lose
+// the last batches after Apply returned (the log keeps their events). A reader that finds
+// the view's checkpoint below a position the runner reported applied sends on the channel;
+// the runner then stops answering Wait from its checkpoint, re-reads it from the view and
+// re-applies from there, whether or not new events arrive. The channel must be buffered:
+// senders never block, and one pending request stands for any number.
+type Rechecker interface {
+	Recheck() <-chan struct{}
+}
+
+// errRecheck ends a follow because a reader found the view behind the runner's checkpoint.
+var errRecheck = errors.New("projections: a reader found the view behind the checkpoint")
 
 // State is where a projector is in its life.
 type State string
@@ -106,18 +120,30 @@ func (c RunnerConfig) Validate() error {
 }
 
 // Runner runs projectors, one goroutine each, and tracks their status.
+//
+// Wait answers read-your-writes waits from each projector's checkpoint held in memory, and
+// only while that checkpoint is confirmed: read from the view, or advanced since by Apply
+// calls that returned nil (Apply checks the stored checkpoint under a lock before it writes,
+// so a success also proves that the view held everything before the batch). Anything that
+// may mean the view lost commits withdraws the confirmation until the checkpoint has been
+// read from the view again: an error of the projector's Apply or of its subscription (a
+// database crash fails both, and may leave the view behind), ErrCheckpointMoved, and a
+// Rechecker's request. While a projector retries, waits for positions it had applied
+// therefore block too, for at most its backoff.
 type Runner struct {
 	cfg  RunnerConfig
 	runs map[string]*run
 }
 
 type run struct {
-	p      Projector
-	signal *eventstore.Signal // broadcast after every applied batch
+	p       Projector
+	signal  *eventstore.Signal // broadcast after every change of checkpoint, confirmed or state
+	recheck <-chan struct{}    // from a Rechecker; nil (never ready) for other projectors
 
 	mu         sync.Mutex
 	state      State
 	checkpoint uint64
+	confirmed  bool // see Runner: Wait may answer from checkpoint
 	err        string
 	errPos     uint64
 }
@@ -150,7 +176,11 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	}
 	r := &Runner{cfg: cfg, runs: make(map[string]*run, len(cfg.Projectors))}
 	for _, p := range cfg.Projectors {
-		r.runs[p.Name()] = &run{p: p, signal: eventstore.NewSignal(), state: StateStarting}
+		rn := &run{p: p, signal: eventstore.NewSignal(), state: StateStarting}
+		if rc, ok := p.(Rechecker); ok {
+			rn.recheck = rc.Recheck()
+		}
+		r.runs[p.Name()] = rn
 	}
 	return r, nil
 }
@@ -192,11 +222,23 @@ func (r *Runner) runOne(ctx context.Context, rn *run) {
 					log.Error("record projector failure", "error", rerr)
 				}
 			}
+			// Apply committed the events before the poison: that checkpoint is confirmed.
 			rn.set(func(rn *run) {
-				rn.state, rn.err, rn.errPos, rn.checkpoint = StateStopped, poison.Error(), poison.Position, poison.Position-1
+				rn.state, rn.err, rn.errPos, rn.checkpoint, rn.confirmed = StateStopped, poison.Error(), poison.Position, poison.Position-1, true
 			})
 			rn.signal.Broadcast()
 			return
+		}
+		// The view may have lost commits (a database crash fails both the subscription and
+		// Apply): no Wait answers until follow has read the checkpoint from the view again.
+		rn.set(func(rn *run) { rn.confirmed = false })
+		rn.signal.Broadcast()
+		if errors.Is(err, errRecheck) {
+			// Not a failure of the projector, and bounded: a request is only sent by a
+			// reader that found the view behind, and the next follow's re-read makes the
+			// runner agree with the view.
+			log.Warn("a reader found the view behind the projector's checkpoint; re-reading it from the view")
+			continue
 		}
 		failures++
 		if errors.Is(err, ErrCheckpointMoved) && failures == 1 {
@@ -230,11 +272,13 @@ func (r *Runner) runOne(ctx context.Context, rn *run) {
 // bounded at two batches. This relies on the store handing each batch in a slice it does
 // not reuse after handle returns (both backends allocate one per read).
 func (r *Runner) follow(ctx context.Context, rn *run) error {
+	// Requests sent before this read are answered by it.
+	drain(rn.recheck)
 	cp, err := rn.p.Checkpoint(ctx)
 	if err != nil {
 		return fmt.Errorf("read checkpoint: %w", err)
 	}
-	rn.set(func(rn *run) { rn.checkpoint, rn.state = cp, StateRunning })
+	rn.set(func(rn *run) { rn.checkpoint, rn.confirmed, rn.state = cp, true, StateRunning })
 	rn.signal.Broadcast()
 	subCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -259,6 +303,8 @@ func (r *Runner) follow(ctx context.Context, rn *run) error {
 		var batch []eventstore.RecordedEvent
 		select {
 		case batch = <-batches:
+		case <-rn.recheck:
+			return stop(errRecheck)
 		case err := <-subDone:
 			// Apply what was handed over before the subscription ended, then report why.
 			select {
@@ -276,8 +322,16 @@ func (r *Runner) follow(ctx context.Context, rn *run) error {
 			return stop(err)
 		}
 		cp = batch[len(batch)-1].Position
-		rn.set(func(rn *run) { rn.checkpoint, rn.state, rn.err = cp, StateRunning, "" })
+		rn.set(func(rn *run) { rn.checkpoint, rn.confirmed, rn.state, rn.err = cp, true, StateRunning, "" })
 		rn.signal.Broadcast()
+	}
+}
+
+// drain empties a recheck channel (nil: nothing to do).
+func drain(c <-chan struct{}) {
+	select {
+	case <-c:
+	default:
 	}
 }
 
@@ -292,19 +346,22 @@ func (r *Runner) Checkpoint(name string) (uint64, bool) {
 	return rn.checkpoint, true
 }
 
-// Wait blocks until projector name has applied position, ctx ends (ErrNotCaughtUp), or the
-// projector stops on an error.
+// Wait blocks until projector name has applied position and its checkpoint is confirmed
+// (see Runner), ctx ends (ErrNotCaughtUp), or the projector stops on an error.
 func (r *Runner) Wait(ctx context.Context, name string, position uint64) error {
 	rn, ok := r.runs[name]
 	if !ok {
 		return fmt.Errorf("projections: no projector %s in this process", name)
 	}
+	if position == 0 {
+		return nil // every view includes the empty prefix of the log
+	}
 	for {
 		wake := rn.signal.C()
 		rn.mu.Lock()
-		cp, state, msg := rn.checkpoint, rn.state, rn.err
+		cp, confirmed, state, msg := rn.checkpoint, rn.confirmed, rn.state, rn.err
 		rn.mu.Unlock()
-		if cp >= position {
+		if cp >= position && confirmed {
 			return nil
 		}
 		if state == StateStopped {
