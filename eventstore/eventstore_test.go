@@ -3,9 +3,11 @@ package eventstore
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -139,12 +141,14 @@ func TestParseHash(t *testing.T) {
 type lateLog struct {
 	mu      sync.Mutex
 	visible map[uint64]RecordedEvent
+	reads   int
 	signal  *Signal
 }
 
 func (l *lateLog) readAll(_ context.Context, after uint64, limit int) ([]RecordedEvent, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.reads++
 	var out []RecordedEvent
 	for p := after + 1; len(out) < limit && p <= after+uint64(limit)+10; p++ {
 		if e, ok := l.visible[p]; ok {
@@ -161,67 +165,131 @@ func (l *lateLog) commit(e RecordedEvent) {
 	l.signal.Broadcast()
 }
 
-func TestPollSubscriptionNeverSkipsALateCommit(t *testing.T) {
-	events := chain(6)
-	log := &lateLog{visible: map[uint64]RecordedEvent{}, signal: NewSignal()}
-	log.commit(events[0])
-	log.commit(events[2]) // 3 and 4 visible before 2
-	log.commit(events[3])
-	sub := PollSubscription{ReadAll: log.readAll, Signal: log.signal, PollInterval: 5 * time.Millisecond}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	var mu sync.Mutex
-	var got []uint64
-	done := make(chan error, 1)
-	go func() {
-		done <- sub.Run(ctx, 0, 100, func(_ context.Context, batch []RecordedEvent) error {
-			mu.Lock()
-			defer mu.Unlock()
-			for _, e := range batch {
-				got = append(got, e.Position)
-			}
-			if len(got) == 6 {
-				return errStop
-			}
-			return nil
-		})
-	}()
-	time.Sleep(30 * time.Millisecond)
-	mu.Lock()
-	if len(got) != 1 || got[0] != 1 {
-		t.Fatalf("before position 2 is visible: want only [1] delivered, got %v", got)
-	}
-	mu.Unlock()
-	log.commit(events[1])
-	log.commit(events[4])
-	log.commit(events[5])
-	if err := <-done; !errors.Is(err, errStop) {
-		t.Fatalf("subscription ended with %v, want the handler's error", err)
-	}
-	for i, p := range got {
-		if p != uint64(i+1) {
-			t.Fatalf("want positions 1..6 in order exactly once, got %v", got)
-		}
-	}
+func (l *lateLog) readCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.reads
 }
 
-var errStop = errors.New("stop")
+// positions collects what a subscription delivers.
+type positions struct {
+	mu  sync.Mutex
+	got []uint64
+}
 
-func TestPollSubscriptionStopsOnCancel(t *testing.T) {
-	log := &lateLog{visible: map[uint64]RecordedEvent{}, signal: NewSignal()}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- PollSubscription{ReadAll: log.readAll, Signal: log.signal}.Run(ctx, 0, 10, func(context.Context, []RecordedEvent) error { return nil })
-	}()
-	cancel()
-	select {
-	case err := <-done:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("want context.Canceled, got %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("subscription did not stop within 5s of cancel")
+func (p *positions) handle(_ context.Context, batch []RecordedEvent) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, e := range batch {
+		p.got = append(p.got, e.Position)
 	}
+	return nil
+}
+
+func (p *positions) list() []uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.got)
+}
+
+// The subscription tests run in a synctest bubble: time is the subject (poll intervals),
+// so the fake clock makes "after many polls" and "before any poll" exact instead of a
+// sleep that a loaded machine stretches.
+
+func TestPollSubscriptionNeverSkipsALateCommit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const poll = 5 * time.Millisecond
+		events := chain(6)
+		log := &lateLog{visible: map[uint64]RecordedEvent{}, signal: NewSignal()}
+		log.commit(events[0])
+		log.commit(events[2]) // 3 and 4 visible before 2
+		log.commit(events[3])
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		var p positions
+		done := make(chan error, 1)
+		go func() {
+			done <- PollSubscription{ReadAll: log.readAll, Signal: log.signal, PollInterval: poll}.Run(ctx, 0, 100, p.handle)
+		}()
+		// Twenty poll intervals with 2 still missing: every read sees 3 and 4 after the gap
+		// and must hold them back.
+		time.Sleep(20 * poll)
+		synctest.Wait()
+		if got := p.list(); !slices.Equal(got, []uint64{1}) {
+			t.Fatalf("before position 2 is visible: want only [1] delivered, got %v", got)
+		}
+		if n := log.readCount(); n < 20 {
+			t.Fatalf("the subscription read %d times in 20 poll intervals; the hold-back was not exercised", n)
+		}
+		log.commit(events[1])
+		log.commit(events[4])
+		log.commit(events[5])
+		synctest.Wait()
+		if got := p.list(); !slices.Equal(got, []uint64{1, 2, 3, 4, 5, 6}) {
+			t.Fatalf("want positions 1..6 in order exactly once, got %v", got)
+		}
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("subscription ended with %v, want context.Canceled", err)
+		}
+	})
+}
+
+// TestPollSubscriptionWakesOnSignal: a commit's Broadcast alone delivers it to an idle
+// subscription, with no time passing, so the poll interval is never what delivers it.
+func TestPollSubscriptionWakesOnSignal(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		events := chain(3)
+		log := &lateLog{visible: map[uint64]RecordedEvent{}, signal: NewSignal()}
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		var p positions
+		done := make(chan error, 1)
+		go func() {
+			done <- PollSubscription{ReadAll: log.readAll, Signal: log.signal, PollInterval: time.Hour}.Run(ctx, 0, 100, p.handle)
+		}()
+		start := time.Now()
+		for i, e := range events {
+			synctest.Wait() // idle: blocked until a signal, the hour's poll, or cancel
+			log.commit(e)
+			synctest.Wait()
+			if got := p.list(); len(got) != i+1 {
+				t.Fatalf("after commit %d: delivered %v", i+1, got)
+			}
+		}
+		if waited := time.Since(start); waited != 0 {
+			t.Fatalf("deliveries took %v of the fake clock; only the wake-up should deliver them", waited)
+		}
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("subscription ended with %v, want context.Canceled", err)
+		}
+	})
+}
+
+// TestPollSubscriptionStopsOnCancel: an idle subscription (waiting for a signal or a poll)
+// ends as soon as its context does, without waiting for either.
+func TestPollSubscriptionStopsOnCancel(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		log := &lateLog{visible: map[uint64]RecordedEvent{}, signal: NewSignal()}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() {
+			done <- PollSubscription{ReadAll: log.readAll, Signal: log.signal, PollInterval: time.Hour}.Run(ctx, 0, 10, func(context.Context, []RecordedEvent) error { return nil })
+		}()
+		synctest.Wait()
+		if log.readCount() != 1 {
+			t.Fatalf("want the subscription idle after its first read, it read %d times", log.readCount())
+		}
+		cancel()
+		synctest.Wait()
+		select {
+		case err := <-done:
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("want context.Canceled, got %v", err)
+			}
+		default:
+			t.Fatal("an idle subscription did not end when its context was cancelled")
+		}
+	})
 }

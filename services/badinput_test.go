@@ -13,6 +13,7 @@ import (
 
 	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
 	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
+	"github.com/securepay/securepay/services"
 )
 
 // seedLedger opens world (external), alice (funded 100.00), bob, eur-1 (EUR) and ice
@@ -45,7 +46,7 @@ type badCase struct {
 	name   string
 	call   func(ctx context.Context, c *client) error
 	code   connect.Code
-	reason string
+	reason services.Reason
 }
 
 func unary[Req, Res any, PRes interface {

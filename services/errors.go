@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 
 	"connectrpc.com/connect"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -21,61 +22,97 @@ import (
 // ErrorDomain is the domain of every google.rpc.ErrorInfo this API attaches to an error.
 const ErrorDomain = "securepay.dev"
 
-// Reasons the API adds to the domain's own (domain.ReasonOf). Clients switch on the
-// reason, never on the message.
+// Reason is the machine-readable cause this API puts in every error it sends, as the
+// reason of a google.rpc.ErrorInfo in ErrorDomain. Clients switch on the reason, never on
+// the message, so a released value never changes. The set is closed: the domain's reasons
+// (domain.Reasons) and the API's own below, each with exactly one Connect code in codes;
+// Reasons lists them all.
+type Reason string
+
+// Reasons the API adds to the domain's own.
 const (
-	ReasonConflict             = "CONFLICT"
-	ReasonNotCaughtUp          = "NOT_CAUGHT_UP"
-	ReasonHistoryTrimmed       = "HISTORY_TRIMMED"
-	ReasonNotFound             = "NOT_FOUND"
-	ReasonInvalidInput         = "INVALID_INPUT"
-	ReasonUnavailable          = "UNAVAILABLE"
-	ReasonInternal             = "INTERNAL"
-	ReasonTooManyStreams       = "TOO_MANY_STREAMS"
-	ReasonIdempotencyKey       = "IDEMPOTENCY_KEY_INVALID"
-	ReasonIdempotencyMismatch  = "IDEMPOTENCY_KEY_REUSED"
-	ReasonIdempotencyInFlight  = "IDEMPOTENCY_REQUEST_IN_PROGRESS"
-	ReasonIdempotencyStoreDown = "IDEMPOTENCY_STORE_UNAVAILABLE"
+	ReasonConflict             Reason = "CONFLICT"
+	ReasonNotCaughtUp          Reason = "NOT_CAUGHT_UP"
+	ReasonHistoryTrimmed       Reason = "HISTORY_TRIMMED"
+	ReasonNotFound             Reason = "NOT_FOUND"
+	ReasonUnavailable          Reason = "UNAVAILABLE"
+	ReasonInternal             Reason = "INTERNAL"
+	ReasonTooManyStreams       Reason = "TOO_MANY_STREAMS"
+	ReasonIdempotencyKey       Reason = "IDEMPOTENCY_KEY_INVALID"
+	ReasonIdempotencyMismatch  Reason = "IDEMPOTENCY_KEY_REUSED"
+	ReasonIdempotencyInFlight  Reason = "IDEMPOTENCY_REQUEST_IN_PROGRESS"
+	ReasonIdempotencyStoreDown Reason = "IDEMPOTENCY_STORE_UNAVAILABLE"
+
+	// ReasonInvalidInput is the domain's own reason, also given to every refusal of the
+	// schema's validation, so that clients have one rule for bad input.
+	ReasonInvalidInput = Reason(domain.ReasonInvalidInput)
 )
 
-// codeOfReason maps each domain reason to its Connect code. It is the one place where the
-// domain's refusals meet the wire; a reason missing here is a bug caught by a test that
-// walks every domain sentinel.
-var codeOfReason = map[string]connect.Code{
-	"INSUFFICIENT_FUNDS": connect.CodeFailedPrecondition,
-	"ACCOUNT_UNKNOWN":    connect.CodeNotFound,
-	"ACCOUNT_FROZEN":     connect.CodeFailedPrecondition,
-	"ACCOUNT_CLOSED":     connect.CodeFailedPrecondition,
-	"ACCOUNT_NOT_EMPTY":  connect.CodeFailedPrecondition,
-	"ASSET_MISMATCH":     connect.CodeInvalidArgument,
-	"INVALID_AMOUNT":     connect.CodeInvalidArgument,
-	"INVALID_INPUT":      connect.CodeInvalidArgument,
-	"PAYMENT_UNKNOWN":    connect.CodeNotFound,
-	"PAYMENT_STATE":      connect.CodeFailedPrecondition,
-	"DUPLICATE_ID":       connect.CodeAlreadyExists,
+// codes gives every reason its one Connect code: the one place where the domain's refusals
+// meet the wire. Tests fail when a domain reason (TestEveryDomainReasonHasACode) or an API
+// reason constant is missing here, when a newError call sends a reason under another code
+// (TestAPIReasonsAreClosed), or when api/README.md's table disagrees
+// (TestAPIReadmeListsEveryReason).
+var codes = map[Reason]connect.Code{
+	Reason(domain.ReasonInsufficientFunds): connect.CodeFailedPrecondition,
+	Reason(domain.ReasonAccountUnknown):    connect.CodeNotFound,
+	Reason(domain.ReasonAccountFrozen):     connect.CodeFailedPrecondition,
+	Reason(domain.ReasonAccountClosed):     connect.CodeFailedPrecondition,
+	Reason(domain.ReasonAccountNotEmpty):   connect.CodeFailedPrecondition,
+	Reason(domain.ReasonAssetMismatch):     connect.CodeInvalidArgument,
+	Reason(domain.ReasonInvalidAmount):     connect.CodeInvalidArgument,
+	Reason(domain.ReasonInvalidInput):      connect.CodeInvalidArgument,
+	Reason(domain.ReasonPaymentUnknown):    connect.CodeNotFound,
+	Reason(domain.ReasonPaymentState):      connect.CodeFailedPrecondition,
+	Reason(domain.ReasonDuplicateID):       connect.CodeAlreadyExists,
 	// Limits a client controls (metadata size, captures per payment, an amount that would
 	// overflow): the request is refused as it stands.
-	"LIMIT_EXCEEDED": connect.CodeInvalidArgument,
+	Reason(domain.ReasonLimitExceeded): connect.CodeInvalidArgument,
+
+	ReasonConflict:             connect.CodeAborted,
+	ReasonNotCaughtUp:          connect.CodeDeadlineExceeded,
+	ReasonHistoryTrimmed:       connect.CodeFailedPrecondition,
+	ReasonNotFound:             connect.CodeNotFound,
+	ReasonUnavailable:          connect.CodeUnavailable,
+	ReasonInternal:             connect.CodeInternal,
+	ReasonTooManyStreams:       connect.CodeResourceExhausted,
+	ReasonIdempotencyKey:       connect.CodeInvalidArgument,
+	ReasonIdempotencyMismatch:  connect.CodeAlreadyExists,
+	ReasonIdempotencyInFlight:  connect.CodeAborted,
+	ReasonIdempotencyStoreDown: connect.CodeUnavailable,
+}
+
+// Reasons returns every reason this API sends, sorted. The slice is the caller's own.
+func Reasons() []Reason {
+	out := make([]Reason, 0, len(codes))
+	for r := range codes {
+		out = append(out, r)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // newError builds a Connect error that carries a machine-readable reason as a
-// google.rpc.ErrorInfo detail (what gRPC clients and grpcurl understand).
-func newError(code connect.Code, reason, message string) *connect.Error {
+// google.rpc.ErrorInfo detail (what gRPC clients and grpcurl understand). code must be
+// codes[reason]; TestAPIReasonsAreClosed checks every call that names both.
+func newError(code connect.Code, reason Reason, message string) *connect.Error {
 	cerr := connect.NewError(code, errors.New(message))
 	addReason(cerr, reason)
 	return cerr
 }
 
-func addReason(cerr *connect.Error, reason string) {
-	detail, err := connect.NewErrorDetail(&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain})
+func addReason(cerr *connect.Error, reason Reason) {
+	detail, err := connect.NewErrorDetail(&errdetails.ErrorInfo{Reason: string(reason), Domain: ErrorDomain})
 	if err != nil {
 		return // cannot happen: ErrorInfo always marshals; the code alone still says enough
 	}
 	cerr.AddDetail(detail)
 }
 
-// ReasonOf returns the reason carried by a Connect error from this API, or "".
-func ReasonOf(err error) string {
+// ReasonOf returns the reason carried by a Connect error from this API, or "". From a
+// newer server it may be a reason this version does not know: compare it with the
+// constants, and treat any other value by its Connect code.
+func ReasonOf(err error) Reason {
 	var cerr *connect.Error
 	if !errors.As(err, &cerr) {
 		return ""
@@ -86,7 +123,7 @@ func ReasonOf(err error) string {
 			continue
 		}
 		if info, ok := v.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
-			return info.GetReason()
+			return Reason(info.GetReason())
 		}
 	}
 	return ""
@@ -97,6 +134,12 @@ func ReasonOf(err error) string {
 // input); everything unexpected is logged in full and reaches the client only as
 // "internal error", so no internal detail (SQL, paths, addresses) leaks.
 func toConnectError(ctx context.Context, log *slog.Logger, procedure string, err error) error {
+	return mapError(ctx, log, procedure, err, codes)
+}
+
+// mapError is toConnectError with the code table as a parameter, so that a test can drive
+// a domain reason that has no code.
+func mapError(ctx context.Context, log *slog.Logger, procedure string, err error, table map[Reason]connect.Code) error {
 	if err == nil {
 		return nil
 	}
@@ -104,12 +147,16 @@ func toConnectError(ctx context.Context, log *slog.Logger, procedure string, err
 	if errors.As(err, &cerr) {
 		return cerr
 	}
-	if reason := domain.ReasonOf(err); reason != "" {
-		code, ok := codeOfReason[reason]
-		if !ok {
-			code = connect.CodeFailedPrecondition
+	if reason := Reason(domain.ReasonOf(err)); reason != "" {
+		if code, ok := table[reason]; ok {
+			return newError(code, reason, err.Error())
 		}
-		return newError(code, reason, err.Error())
+		// A refusal without a code is our bug, which TestEveryDomainReasonHasACode exists
+		// to catch. Any code guessed here could tell a client something false (that its
+		// input is wrong, or that a retry will help), so it gets what every other bug
+		// of ours gets: INTERNAL for the client and the whole story for the operator.
+		log.ErrorContext(ctx, "internal error: domain reason without a Connect code", "procedure", procedure, "reason", reason, "error", err)
+		return newError(connect.CodeInternal, ReasonInternal, "internal error")
 	}
 	switch {
 	case errors.Is(err, eventstore.ErrConflict):

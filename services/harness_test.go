@@ -248,14 +248,14 @@ func codeOf(err error) connect.Code {
 	return connect.CodeUnknown
 }
 
-func reasonOf(err error) string {
+func reasonOf(err error) services.Reason {
 	if r := services.ReasonOf(err); r != "" {
 		return r
 	}
 	if st, ok := status.FromError(err); ok {
 		for _, d := range st.Details() {
 			if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == services.ErrorDomain {
-				return info.GetReason()
+				return services.Reason(info.GetReason())
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package embedded
 
 import (
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -31,6 +32,13 @@ func harness() storetest.Harness {
 			s, err := Open(t.TempDir(), Options{Logger: quietLogger{}})
 			if err != nil {
 				t.Fatalf("open a fresh store: %v", err)
+			}
+			return s
+		},
+		NewWithPollInterval: func(t testing.TB, poll time.Duration) eventstore.Store {
+			s, err := Open(t.TempDir(), Options{Logger: quietLogger{}, PollInterval: poll})
+			if err != nil {
+				t.Fatalf("open a fresh store polling every %v: %v", poll, err)
 			}
 			return s
 		},

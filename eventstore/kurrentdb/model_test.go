@@ -37,19 +37,21 @@ func TestConformanceAgainstProtocolModel(t *testing.T) {
 	}
 	var mu sync.Mutex
 	where := map[eventstore.Store]placed{} // so Tamper can reach a store's server
+	newStore := func(tb testing.TB, poll time.Duration) eventstore.Store {
+		f, url := startFakeKurrent(tb)
+		ns := newNamespace(tb)
+		s, err := openNamespacePolling(url, ns, poll)
+		if err != nil {
+			tb.Fatalf("open store on the fake server: %v", err)
+		}
+		mu.Lock()
+		where[s] = placed{f, ns}
+		mu.Unlock()
+		return s
+	}
 	storetest.Run(t, storetest.Harness{
-		New: func(tb testing.TB) eventstore.Store {
-			f, url := startFakeKurrent(tb)
-			ns := newNamespace(tb)
-			s, err := openNamespace(url, ns)
-			if err != nil {
-				tb.Fatalf("open store on the fake server: %v", err)
-			}
-			mu.Lock()
-			where[s] = placed{f, ns}
-			mu.Unlock()
-			return s
-		},
+		New:                 func(tb testing.TB) eventstore.Store { return newStore(tb, 0) },
+		NewWithPollInterval: newStore,
 		// Tamper edits the payload of the user-stream event the log names at position, on
 		// the server, leaving its metadata (hashes included) and the log entry untouched.
 		Tamper: func(tb testing.TB, s eventstore.Store, position uint64) {

@@ -737,23 +737,30 @@ func (s *Store) subscribe(ctx context.Context, afterPosition uint64, maxBatch in
 	defer wg.Wait() // after cancel below: the helpers end with ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	wg.Go(func() { forward(ctx, s.signal, wake) })
+	// Taken here, before the subscription's first read, not in the goroutine: a commit
+	// made between that read and the goroutine's first step would otherwise wake nobody.
+	local := s.signal.C()
+	wg.Go(func() { forward(ctx, local, s.signal, wake) })
 	if !s.cfg.DisableLogWatch {
 		wg.Go(func() { s.watchLog(ctx, wake) })
 	}
 	return eventstore.PollSubscription{ReadAll: s.ReadAll, Signal: wake, PollInterval: s.cfg.PollInterval}.Run(ctx, afterPosition, maxBatch, handle)
 }
 
-// forward repeats every broadcast of from on to, until ctx ends.
-func forward(ctx context.Context, from, to *eventstore.Signal) {
+// forward repeats on to every broadcast of from made after c was taken from it, until ctx
+// ends. Each next channel is taken before to is broadcast, never after: a broadcast of
+// from just before it was taken precedes to's broadcast, so the read of the subscriber
+// that to wakes sees its commit; one after it closes the channel. Taken after to's
+// broadcast, a broadcast of from between the two would wake nobody until the next poll.
+func forward(ctx context.Context, c <-chan struct{}, from, to *eventstore.Signal) {
 	for {
-		c := from.C()
 		select {
 		case <-ctx.Done():
 			return
 		case <-c:
-			to.Broadcast()
 		}
+		c = from.C()
+		to.Broadcast()
 	}
 }
 
@@ -768,6 +775,10 @@ func (s *Store) watchLog(ctx context.Context, wake *eventstore.Signal) {
 	for ctx.Err() == nil {
 		sub, err := s.client.SubscribeToStream(ctx, s.names.log(), kdb.SubscribeToStreamOptions{From: kdb.End{}})
 		if err == nil {
+			// The watch starts at the log's end as of its confirmation: commits of other
+			// processes made before it woke nobody, so re-read now rather than at the next
+			// poll (the PostgreSQL listener does the same once it is listening).
+			wake.Broadcast()
 			for ctx.Err() == nil {
 				ev := sub.Recv()
 				if ev.SubscriptionDropped != nil {

@@ -53,9 +53,14 @@ func newNamespace(tb testing.TB) string {
 }
 
 func openNamespace(url, namespace string) (*Store, error) {
+	return openNamespacePolling(url, namespace, 0)
+}
+
+// openNamespacePolling is openNamespace with a poll interval (0: the default).
+func openNamespacePolling(url, namespace string, poll time.Duration) (*Store, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return Open(ctx, Config{URL: url, Namespace: namespace})
+	return Open(ctx, Config{URL: url, Namespace: namespace, PollInterval: poll})
 }
 
 func TestConformance(t *testing.T) {
@@ -65,6 +70,13 @@ func TestConformance(t *testing.T) {
 			s, err := openNamespace(url, newNamespace(tb))
 			if err != nil {
 				tb.Fatalf("open KurrentDB store at %s: %v", urlEnv, err)
+			}
+			return s
+		},
+		NewWithPollInterval: func(tb testing.TB, poll time.Duration) eventstore.Store {
+			s, err := openNamespacePolling(url, newNamespace(tb), poll)
+			if err != nil {
+				tb.Fatalf("open KurrentDB store at %s polling every %v: %v", urlEnv, poll, err)
 			}
 			return s
 		},

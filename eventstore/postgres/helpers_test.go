@@ -150,6 +150,9 @@ func harness() storetest.Harness {
 		New: func(t testing.TB) eventstore.Store {
 			return openStore(t, freshSchema(t))
 		},
+		NewWithPollInterval: func(t testing.TB, poll time.Duration) eventstore.Store {
+			return openStore(t, freshSchema(t), func(c *Config) { c.PollInterval = poll })
+		},
 		NewLocation: func(t testing.TB) string {
 			return location(testDSN(t), freshSchema(t))
 		},

@@ -435,8 +435,11 @@ func TestSubscribeWakesOnOtherProcessCommit(t *testing.T) {
 			return nil
 		})
 	}()
-	// Let the subscriber catch up on the empty log and the listener connect, then append.
-	time.Sleep(300 * time.Millisecond)
+	// The listener must be listening before the first append, or the append's NOTIFY goes
+	// unheard. Once connected, the listener broadcasts once (for commits it may have
+	// missed), which can deliver at most one of the three appends below; the others can
+	// arrive in time only by NOTIFY.
+	waitForListener(t, ctx, superPool(t), reader)
 	for i := range 3 {
 		id := fmt.Sprintf("e%d", i)
 		if _, err := writer.Append(ctx, eventstore.StreamAppend{Stream: "s", Expected: eventstore.Any(), Events: []eventstore.EventData{event(id)}}); err != nil {
@@ -457,14 +460,49 @@ func TestSubscribeWakesOnOtherProcessCommit(t *testing.T) {
 	}
 }
 
+// waitForListener waits (bounded) until s's LISTEN connection is listening.
+func waitForListener(t *testing.T, ctx context.Context, admin *pgxpool.Pool, s *Store) {
+	t.Helper()
+	listen := "LISTEN " + pgx.Identifier{s.channel}.Sanitize()
+	for range 1000 {
+		var n int
+		if err := admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'idle'`, listen).Scan(&n); err != nil {
+			t.Fatalf("pg_stat_activity: %v", err)
+		}
+		if n > 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("the store's listener did not run %q within 10s", listen)
+}
+
 func TestSubscribeEndsWithErrClosedOnClose(t *testing.T) {
 	ctx := testContext(t)
 	s := openStore(t, freshSchema(t))
+	if _, err := s.Append(ctx, eventstore.StreamAppend{Stream: "s", Expected: eventstore.NoStream(), Events: []eventstore.EventData{event("first")}}); err != nil {
+		t.Fatalf("append: %v", err)
+	}
+	// The delivery of the first event shows the subscription is running, so Close meets a
+	// live subscription rather than one that has not started.
+	delivered := make(chan struct{}, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- s.Subscribe(ctx, 0, 10, func(context.Context, []eventstore.RecordedEvent) error { return nil })
+		done <- s.Subscribe(ctx, 0, 10, func(context.Context, []eventstore.RecordedEvent) error {
+			select {
+			case delivered <- struct{}{}:
+			default:
+			}
+			return nil
+		})
 	}()
-	time.Sleep(100 * time.Millisecond)
+	select {
+	case <-delivered:
+	case err := <-done:
+		t.Fatalf("Subscribe ended with %v before delivering the first event", err)
+	case <-ctx.Done():
+		t.Fatal("the subscription never delivered the first event")
+	}
 	if err := s.Close(); err != nil {
 		t.Fatalf("close: %v", err)
 	}
@@ -768,7 +806,7 @@ func TestAppendCancellation(t *testing.T) {
 		_, err := s.Append(queuedCtx, eventstore.StreamAppend{Stream: "s", Expected: eventstore.Any(), Events: []eventstore.EventData{event("withdrawn")}})
 		queued <- err
 	}()
-	time.Sleep(50 * time.Millisecond) // let it reach the queue
+	waitForQueued(t, s, 1) // withdrawn from the queue, not refused before reaching it
 	cancelQueued()
 	if err := <-queued; !errors.Is(err, context.Canceled) {
 		t.Fatalf("queued append whose ctx ended: want context.Canceled, got %v", err)
@@ -797,6 +835,19 @@ func TestAppendCancellation(t *testing.T) {
 	}
 	if got := strings.Join(ids, ","); got != "in-flight,after" {
 		t.Fatalf("log holds %s, want in-flight,after (the withdrawn append must not be stored)", got)
+	}
+}
+
+// waitForQueued waits (bounded) until n append requests wait in s's queue, none taken
+// by a writer.
+func waitForQueued(t *testing.T, s *Store, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(s.queue) != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the queue holds %d append requests after 10s, want %d", len(s.queue), n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

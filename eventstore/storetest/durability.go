@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,24 +74,45 @@ func testReopen(t *testing.T, h Harness) {
 // (success or ErrClosed, never a hang), every call after Close says ErrClosed, and every
 // acknowledged append is there when the store is opened again.
 func testCloseWhileAppending(t *testing.T, h Harness) {
+	const writers = 8
 	ctx := testContext(t)
 	loc := h.NewLocation(t)
 	s := open(t, h, loc)
 	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		acked []string
-		errs  []error
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		acked   []string
+		errs    []error
+		closing atomic.Bool  // set just before Close is called
+		spanned atomic.Int32 // appends that began before Close was called and ended after it
+		running sync.WaitGroup
 	)
-	for w := range 8 {
+	// Close waits until every writer has had an append acknowledged, so that all of them
+	// are looping on Append when it comes, however slowly they were scheduled.
+	running.Add(writers)
+	for w := range writers {
 		wg.Go(func() {
+			first := true
+			defer func() {
+				if first {
+					running.Done() // ended before its first ack: do not hold Close back
+				}
+			}()
 			for i := range 100_000 { // bounded; Close ends it long before
 				id := fmt.Sprintf("close-w%d-%d", w, i)
+				before := closing.Load()
 				_, err := s.Append(ctx, one(fmt.Sprintf("close-%d", w), eventstore.Any(), ev(id)))
+				if !before && closing.Load() {
+					spanned.Add(1)
+				}
 				mu.Lock()
 				switch {
 				case err == nil:
 					acked = append(acked, id)
+					if first {
+						first = false
+						running.Done()
+					}
 				case errors.Is(err, eventstore.ErrClosed):
 					mu.Unlock()
 					return
@@ -103,7 +125,14 @@ func testCloseWhileAppending(t *testing.T, h Harness) {
 			}
 		})
 	}
-	time.Sleep(50 * time.Millisecond)
+	allRunning := make(chan struct{})
+	go func() { running.Wait(); close(allRunning) }()
+	select {
+	case <-allRunning:
+	case <-ctx.Done():
+		t.Fatalf("the %d writers did not all get an append acknowledged: %v", writers, ctx.Err())
+	}
+	closing.Store(true)
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close with appends in flight: %v", err)
 	}
@@ -116,6 +145,9 @@ func testCloseWhileAppending(t *testing.T, h Harness) {
 	}
 	if len(errs) > 0 {
 		t.Fatalf("appends racing Close failed with something other than ErrClosed: %v", errors.Join(errs...))
+	}
+	if spanned.Load() == 0 {
+		t.Fatal("no append was in flight when Close was called, so the test proved nothing; every writer was between two appends")
 	}
 
 	calls := map[string]error{}
@@ -144,7 +176,7 @@ func testCloseWhileAppending(t *testing.T, h Harness) {
 	if n, err := eventstore.VerifyChain(ctx, s, 100, nil); err != nil {
 		t.Fatalf("VerifyChain after Close and reopen: %d, %v", n, err)
 	}
-	t.Logf("%d appends acknowledged before Close, all present after reopen", len(acked))
+	t.Logf("%d appends acknowledged before Close, all present after reopen; %d were in flight when Close was called", len(acked), spanned.Load())
 }
 
 // crashAcks is how many acknowledged appends the parent waits for before the kill.

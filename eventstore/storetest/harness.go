@@ -7,6 +7,7 @@ package storetest
 
 import (
 	"testing"
+	"time"
 
 	"github.com/securepay/securepay/eventstore"
 )
@@ -15,6 +16,12 @@ import (
 type Harness struct {
 	// New returns a fresh, empty store. The suite closes it.
 	New func(t testing.TB) eventstore.Store
+
+	// NewWithPollInterval returns a fresh, empty store like New, whose idle subscriptions
+	// re-read the log on their own only every pollInterval. The subscription tests set it
+	// far beyond their deadlines, so that only the store's wake-up on a commit can deliver
+	// in time: a broken wake-up then fails instead of being rescued by the next poll.
+	NewWithPollInterval func(t testing.TB, pollInterval time.Duration) eventstore.Store
 
 	// NewLocation returns where a fresh, empty store can be created (a directory, a DSN
 	// with its own schema, ...). Open opens (creating if needed) the store at a location,

@@ -23,11 +23,37 @@ type subscriber struct {
 	versions map[string]uint64 // last version seen per stream
 	err      error             // the first violation
 	last     atomic.Uint64     // last position delivered
+	progress chan struct{}     // receives (without blocking the handler) after every batch
+}
+
+func newSubscriber(name string, after uint64, maxBatch int, trusted eventstore.Hash) *subscriber {
+	sub := &subscriber{name: name, after: after, maxBatch: maxBatch, verifier: eventstore.NewChainVerifier(after, trusted),
+		versions: map[string]uint64{}, progress: make(chan struct{}, 1)}
+	sub.last.Store(after)
+	return sub
+}
+
+// waitFor waits until the subscriber has delivered position, or ctx ends.
+func (sub *subscriber) waitFor(ctx context.Context, position uint64) error {
+	for sub.last.Load() < position {
+		select {
+		case <-sub.progress:
+		case <-ctx.Done():
+			return fmt.Errorf("subscriber %s reached position %d of %d: %w", sub.name, sub.last.Load(), position, ctx.Err())
+		}
+	}
+	return nil
 }
 
 func (sub *subscriber) handle(_ context.Context, batch []eventstore.RecordedEvent) error {
 	sub.mu.Lock()
 	defer sub.mu.Unlock()
+	defer func() {
+		select {
+		case sub.progress <- struct{}{}:
+		default: // a wake-up is already pending; the waiter re-reads last anyway
+		}
+	}()
 	if sub.err != nil {
 		return nil // keep consuming so the test's wait ends; the violation is reported
 	}
@@ -59,17 +85,19 @@ func (sub *subscriber) handle(_ context.Context, batch []eventstore.RecordedEven
 }
 
 // testSubscribeConcurrentWriters: subscribers started from the beginning, the middle and
-// the head of the log, and one started while 16 writers commit to many streams, each see
+// the head of the log, and one that joins while 16 writers commit to many streams, each see
 // every position after their start exactly once, in order, with per-stream versions
-// counting up, and all end on the same hash.
+// counting up, and all end on the same hash. The store polls only every slowPollInterval,
+// so every subscriber keeps up through wake-ups alone.
 func testSubscribeConcurrentWriters(t *testing.T, h Harness) {
 	const (
 		writers     = 16
 		appendsEach = 25
+		joinAfter   = appendsEach / 3 // appends each writer makes before the late subscriber joins
 		streams     = 24
 	)
 	ctx := testContext(t)
-	s := fresh(t, h)
+	s := freshSlowPolling(t, h)
 	for i := range 30 {
 		mustAppend(t, ctx, s, one(fmt.Sprintf("sub-%d", i%streams), eventstore.Any(), ev(fmt.Sprintf("pre-%d-1", i)), ev(fmt.Sprintf("pre-%d-2", i))))
 	}
@@ -89,8 +117,7 @@ func testSubscribeConcurrentWriters(t *testing.T, h Harness) {
 			}
 			trusted = page[0].Hash
 		}
-		sub := &subscriber{name: name, after: after, maxBatch: maxBatch, verifier: eventstore.NewChainVerifier(after, trusted), versions: map[string]uint64{}}
-		sub.last.Store(after)
+		sub := newSubscriber(name, after, maxBatch, trusted)
 		subs = append(subs, sub)
 		subWG.Go(func() { subErrs <- s.Subscribe(subCtx, after, maxBatch, sub.handle) })
 	}
@@ -98,13 +125,35 @@ func testSubscribeConcurrentWriters(t *testing.T, h Harness) {
 	start("from the middle", 30, 7)
 	start("from the head", head(t, ctx, s), eventstore.MaxReadLimit)
 
-	var wg sync.WaitGroup
-	writeErrs := make(chan error, writers)
-	var started atomic.Int32
+	// The writers stop at a gate after joinAfter appends each, until the late subscriber
+	// has been started: so it joins with two thirds of the appends still to come, however
+	// fast the store is, and its catch-up races them.
+	var (
+		wg        sync.WaitGroup
+		atGate    sync.WaitGroup
+		gate      = make(chan struct{})
+		writeErrs = make(chan error, writers)
+	)
+	atGate.Add(writers)
 	for w := range writers {
 		wg.Go(func() {
+			passed := false
+			defer func() {
+				if !passed {
+					atGate.Done() // failed before the gate: do not hold the others
+				}
+			}()
 			for i := range appendsEach {
-				started.Add(1)
+				if i == joinAfter {
+					passed = true
+					atGate.Done()
+					select {
+					case <-gate:
+					case <-ctx.Done():
+						writeErrs <- fmt.Errorf("writer %d at the gate: %w", w, ctx.Err())
+						return
+					}
+				}
 				var appends []eventstore.StreamAppend
 				for k := range 1 + (w*7+i)%3 {
 					stream := fmt.Sprintf("sub-%d", (w*5+i*3+k)%streams)
@@ -117,11 +166,10 @@ func testSubscribeConcurrentWriters(t *testing.T, h Harness) {
 			}
 		})
 	}
-	// One more subscriber joins while the writers are busy.
-	for started.Load() < writers*appendsEach/3 {
-		time.Sleep(time.Millisecond)
-	}
-	start("joined mid-write", head(t, ctx, s), 50)
+	atGate.Wait()
+	joinedAt := head(t, ctx, s)
+	start("joined mid-write", joinedAt, 50)
+	close(gate)
 	wg.Wait()
 	close(writeErrs)
 	for err := range writeErrs {
@@ -129,10 +177,14 @@ func testSubscribeConcurrentWriters(t *testing.T, h Harness) {
 	}
 
 	final := head(t, ctx, s)
-	deadline := time.Now().Add(15 * time.Second)
+	if final <= joinedAt {
+		t.Fatalf("nothing was appended after the late subscriber joined at %d", joinedAt)
+	}
+	waitCtx, cancelWait := context.WithTimeout(ctx, wakeDeadline)
+	defer cancelWait()
 	for _, sub := range subs {
-		for sub.last.Load() < final && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
+		if err := sub.waitFor(waitCtx, final); err != nil {
+			t.Errorf("%v: with polling every %v, only wake-ups could deliver within %v", err, slowPollInterval, wakeDeadline)
 		}
 	}
 	stop()
@@ -164,7 +216,7 @@ func testSubscribeConcurrentWriters(t *testing.T, h Harness) {
 // context ends, whether it is catching up or idle.
 func testSubscribeEnds(t *testing.T, h Harness) {
 	ctx := testContext(t)
-	s := fresh(t, h)
+	s := freshSlowPolling(t, h)
 	for i := range 5 {
 		mustAppend(t, ctx, s, one("end-1", eventstore.Any(), ev(fmt.Sprintf("end-%d", i))))
 	}
@@ -179,21 +231,37 @@ func testSubscribeEnds(t *testing.T, h Harness) {
 		t.Fatalf("Subscribe with a failing handler returned %v after %d calls, want the handler's error as is after 1", err, calls)
 	}
 
-	// Idle at the head: cancel must end it.
+	// Idle at the head: cancel must end it. It starts one event short of the head, so
+	// that delivering that event shows it has read the log; it then waits for a wake-up
+	// that never comes or a poll a minute away, and only its context can end the wait in
+	// time.
 	idleCtx, cancel := context.WithCancel(ctx)
+	delivered := make(chan struct{}, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- s.Subscribe(idleCtx, 5, 10, func(context.Context, []eventstore.RecordedEvent) error { return nil })
+		done <- s.Subscribe(idleCtx, 4, 10, func(context.Context, []eventstore.RecordedEvent) error {
+			select {
+			case delivered <- struct{}{}:
+			default:
+			}
+			return nil
+		})
 	}()
-	time.Sleep(20 * time.Millisecond)
+	select {
+	case <-delivered:
+	case err := <-done:
+		t.Fatalf("Subscribe from position 4 ended with %v before delivering position 5", err)
+	case <-time.After(wakeDeadline):
+		t.Fatalf("Subscribe from position 4 did not deliver position 5 within %v", wakeDeadline)
+	}
 	cancel()
 	select {
 	case err := <-done:
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("idle Subscribe after cancel returned %v, want context.Canceled", err)
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("idle Subscribe did not return within 5s of its context being cancelled")
+	case <-time.After(wakeDeadline):
+		t.Fatalf("idle Subscribe did not return within %v of its context being cancelled", wakeDeadline)
 	}
 
 	// A deadline while the handler works: the deadline's error comes back.
@@ -208,10 +276,12 @@ func testSubscribeEnds(t *testing.T, h Harness) {
 	}
 }
 
-// testSubscribeLive: an idle subscriber receives a new commit promptly.
+// testSubscribeLive: an idle subscriber receives a new commit through the store's wake-up.
+// The store polls only every slowPollInterval and each delivery must come within
+// wakeDeadline, so a store that forgets to wake its subscribers fails here.
 func testSubscribeLive(t *testing.T, h Harness) {
 	ctx := testContext(t)
-	s := fresh(t, h)
+	s := freshSlowPolling(t, h)
 	subCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	got := make(chan eventstore.RecordedEvent, 10)
@@ -224,20 +294,29 @@ func testSubscribeLive(t *testing.T, h Harness) {
 			return nil
 		})
 	}()
-	time.Sleep(20 * time.Millisecond) // let it go idle on an empty log
-	for i := range 3 {
-		id := fmt.Sprintf("live-%d", i)
-		sent := time.Now()
-		mustAppend(t, ctx, s, one("live-1", eventstore.Any(), ev(id)))
+	receive := func(id string, position uint64, sent time.Time) {
+		t.Helper()
 		select {
 		case e := <-got:
-			if e.ID != id || e.Position != uint64(i+1) {
-				t.Fatalf("live subscriber got %s at %d, want %s at %d", e.ID, e.Position, id, i+1)
+			if e.ID != id || e.Position != position {
+				t.Fatalf("live subscriber got %s at %d, want %s at %d", e.ID, e.Position, id, position)
 			}
-			t.Logf("live delivery %d after %v", i, time.Since(sent))
-		case <-time.After(5 * time.Second):
-			t.Fatalf("live subscriber did not receive %s within 5s of its commit", id)
+			t.Logf("%s delivered %v after its append returned", id, time.Since(sent))
+		case err := <-done:
+			t.Fatalf("Subscribe ended with %v before delivering %s", err, id)
+		case <-time.After(wakeDeadline):
+			t.Fatalf("live subscriber did not receive %s within %v of its commit; the store polls every %v, so its wake-up is broken", id, wakeDeadline, slowPollInterval)
 		}
+	}
+	// The first event may be found by the subscription's first read, if that read comes
+	// after the append. Its delivery shows the subscription has read the log; from then on
+	// it is idle, and each later event can reach it in time only by a wake-up.
+	mustAppend(t, ctx, s, one("live-1", eventstore.Any(), ev("live-0")))
+	receive("live-0", 1, time.Now())
+	for i := 1; i <= 3; i++ {
+		id := fmt.Sprintf("live-%d", i)
+		mustAppend(t, ctx, s, one("live-1", eventstore.Any(), ev(id)))
+		receive(id, uint64(i+1), time.Now())
 	}
 	stop()
 	if err := <-done; !errors.Is(err, context.Canceled) {

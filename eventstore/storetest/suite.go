@@ -16,12 +16,22 @@ import (
 // instead of eating the whole `go test` timeout.
 const testTimeout = 30 * time.Second
 
+// slowPollInterval and wakeDeadline: a subscription test gives a store's wake-up
+// wakeDeadline to deliver a commit, a generous bound for a loaded machine, on a store that
+// polls only every slowPollInterval (the longest interval every backend accepts). The gap
+// between the two is what makes a delivery in time proof of a wake-up.
+const (
+	slowPollInterval = time.Minute
+	wakeDeadline     = 10 * time.Second
+)
+
 // Run runs the whole conformance suite against one backend. Every subtest gets a fresh
-// store from h.New; the durability subtests also need h.NewLocation and h.Open.
+// store from h.New, or from h.NewWithPollInterval where it tests wake-ups; the durability
+// subtests also need h.NewLocation and h.Open.
 func Run(t *testing.T, h Harness) {
 	t.Helper()
-	if h.New == nil {
-		t.Fatal("storetest: Harness.New is required")
+	if h.New == nil || h.NewWithPollInterval == nil {
+		t.Fatal("storetest: Harness.New and Harness.NewWithPollInterval are required")
 	}
 	type test struct {
 		name string
@@ -63,9 +73,20 @@ func Run(t *testing.T, h Harness) {
 // fresh returns a new empty store from the harness, closed when the test ends.
 func fresh(t *testing.T, h Harness) eventstore.Store {
 	t.Helper()
-	s := h.New(t)
+	return closing(t, h.New(t))
+}
+
+// freshSlowPolling returns a new empty store whose subscriptions poll only every
+// slowPollInterval, closed when the test ends.
+func freshSlowPolling(t *testing.T, h Harness) eventstore.Store {
+	t.Helper()
+	return closing(t, h.NewWithPollInterval(t, slowPollInterval))
+}
+
+func closing(t *testing.T, s eventstore.Store) eventstore.Store {
+	t.Helper()
 	if s == nil {
-		t.Fatal("storetest: Harness.New returned a nil store")
+		t.Fatal("storetest: the harness returned a nil store")
 	}
 	t.Cleanup(func() {
 		if err := s.Close(); err != nil && !errors.Is(err, eventstore.ErrClosed) {

@@ -33,7 +33,7 @@ func backends() []backend {
 		{name: "postgres", shared: true, open: openPostgres},
 	}
 	// No KurrentDB server can be installed on our machines; where one is given, the
-	// ledger's tests run against it too.
+	// ledger's tests run against it too, and where not, TestMain (main_test.go) says so.
 	if url := os.Getenv(kurrentEnv); url != "" {
 		bs = append(bs, backend{name: "kurrentdb", shared: true, open: func(t testing.TB) (eventstore.Store, func() eventstore.Store) {
 			return openKurrent(t, url)
