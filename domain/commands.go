@@ -17,6 +17,23 @@ type Command interface {
 	isCommand()
 }
 
+// MaxEvents is the most events Decide can return for c, whatever the state: a batch of
+// commands whose MaxEvents sum to at most the store's per-append limit always fits in one
+// append. (Decide's tests check that no decision exceeds it.)
+func MaxEvents(c Command) int {
+	switch c := c.(type) {
+	case BatchTransfer:
+		return 1 + 2*len(c.Legs) // the payment event, then a debit and a credit per leg
+	case Transfer, Capture, Refund:
+		return 3 // the payment event and two postings
+	case Authorise, Void, Expire:
+		return 2 // the payment event and one hold change
+	case OpenAccount, FreezeAccount, UnfreezeAccount, CloseAccount:
+		return 1
+	}
+	return 0
+}
+
 // OpenAccount opens an account. Retrying it with the same input is a no-op.
 type OpenAccount struct {
 	AccountID   AccountID

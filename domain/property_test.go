@@ -271,10 +271,13 @@ func TestDecidePropertySequences(t *testing.T) {
 
 		events, err := domain.Decide(state, cmd, now)
 		name := fmt.Sprintf("%T", cmd)
+		if max := domain.MaxEvents(cmd); len(events) > max {
+			fail("Decide returned %d events, MaxEvents promises at most %d", len(events), max)
+		}
 		switch {
 		case err != nil:
 			counts[name+" refused"]++
-			counts[domain.ReasonOf(err)]++
+			counts[string(domain.ReasonOf(err))]++
 			if !domain.IsDomainError(err) {
 				fail("refusal %v wraps no domain sentinel", err)
 			}

@@ -31,14 +31,9 @@ func (p *Processor) loop() {
 	go p.committer(toStore, fromStore)
 	defer close(toStore)
 
-	var retry []*call
 	closing := p.closing
 	for {
 		if closing == nil && len(p.inflight) == 0 {
-			for _, c := range retry {
-				c.err = ErrClosed
-				close(c.done)
-			}
 			p.drain()
 			return
 		}
@@ -48,10 +43,8 @@ func (p *Processor) loop() {
 		// content — the one way an expected version could match a state that was never
 		// decided on.
 		room := len(p.inflight) < depth && closing != nil && !p.poisoned
-		if room && len(retry) > 0 {
-			batch := p.fill(retry)
-			retry = nil
-			p.start(batch, toStore)
+		if room && len(p.backlog) > 0 {
+			p.start(p.fill(), toStore)
 			continue
 		}
 		var queue <-chan *call
@@ -60,10 +53,12 @@ func (p *Processor) loop() {
 		}
 		select {
 		case c := <-queue:
-			p.start(p.fill([]*call{c}), toStore)
+			p.backlog = append(p.backlog, c)
+			p.start(p.fill(), toStore)
 		case f := <-fromStore:
 			p.inflight = p.inflight[1:]
-			retry = p.complete(f, p.inflight, retry)
+			// Retries go first: they were asked before anything still queued.
+			p.backlog = append(p.complete(f, p.inflight), p.backlog...)
 		case <-closing:
 			closing = nil
 		}
@@ -161,7 +156,7 @@ func (p *Processor) start(batch []*call, toStore chan<- *flight) {
 }
 
 // complete handles a batch the store has answered and returns the calls to retry.
-func (p *Processor) complete(f *flight, later []*flight, retry []*call) []*call {
+func (p *Processor) complete(f *flight, later []*flight) (retry []*call) {
 	defer func() {
 		if len(later) == 0 {
 			p.poisoned = false

@@ -3,6 +3,7 @@ package ledger
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -32,9 +33,10 @@ type appendScript struct {
 // scriptedStore wraps a real store; appends without a script pass through.
 type scriptedStore struct {
 	eventstore.Store
-	mu      sync.Mutex
-	appends int // appends attempted so far
-	script  map[int]*appendScript
+	mu        sync.Mutex
+	appends   int // appends attempted so far
+	script    map[int]*appendScript
+	maxEvents int // the most events one append carried
 }
 
 func (s *scriptedStore) on(n int, a *appendScript) *appendScript {
@@ -61,8 +63,13 @@ func (s *scriptedStore) attempted() int {
 }
 
 func (s *scriptedStore) Append(ctx context.Context, appends ...eventstore.StreamAppend) (eventstore.AppendResult, error) {
+	events := 0
+	for _, a := range appends {
+		events += len(a.Events)
+	}
 	s.mu.Lock()
 	s.appends++
+	s.maxEvents = max(s.maxEvents, events)
 	a := s.script[s.appends]
 	for n, sc := range s.script {
 		if a == nil && sc.always && n <= s.appends {
@@ -314,14 +321,14 @@ func TestPipelineDrainOnClose(t *testing.T) {
 	b := h.async(h.p, transfer("b", "alice", "bob", 20)) // the second batch in flight
 	h.waitDecided()
 	c := h.async(h.p, transfer("c", "alice", "bob", 30)) // queued: no room in the pipeline
-	for len(h.p.queue) == 0 {
+	h.until("the third call queued", func() bool {
 		select {
 		case err := <-c:
 			t.Fatalf("a call with no room in the pipeline was answered: %v", err)
 		default:
 		}
-		waitBriefly()
-	}
+		return len(h.p.queue) == 1
+	})
 	closed := make(chan struct{})
 	go func() {
 		h.p.Close()
@@ -347,6 +354,62 @@ func TestPipelineDrainOnClose(t *testing.T) {
 	}
 }
 
-// waitBriefly yields while a test polls a condition that has no channel (the queue's
-// length); it bounds nothing and proves nothing by itself.
-func waitBriefly() { time.Sleep(time.Millisecond) }
+// Invariant 8: commands queued behind a stalled append are batched within one append's
+// event limit, so none of them fails for the size of the others.
+func TestPipelineBatchWithinAppendLimit(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.seed(h.p, map[domain.AccountID]int64{"a": 0, "b": 0})
+	stalls := h.store.on(h.store.next(), &appendScript{entered: make(chan struct{}), stall: make(chan struct{})})
+	first := h.async(h.p, transfer("first", "world", "a", 1))
+	h.waitDecided()
+	<-stalls.entered
+	// 200 batches of 64 legs: 25,800 events, well over one append's 10,000.
+	const n = 200
+	legs := make([]domain.Leg, domain.MaxBatchLegs)
+	for i := range legs {
+		legs[i] = domain.Leg{Source: "world", Destination: "b", Amount: domain.Money{Asset: usdAsset, Minor: 1}}
+	}
+	outs := make([]<-chan error, n)
+	for i := range outs {
+		outs[i] = h.async(h.p, domain.BatchTransfer{PaymentID: domain.PaymentID(fmt.Sprintf("batch-%d", i)), Legs: legs})
+	}
+	// Wait until every batch transfer is queued or in the speculative batch behind the
+	// stalled one (which holds as many as fit in one append); the one that did not fit
+	// waits in the loop's backlog.
+	decided := 0
+	h.until("all batch transfers queued or decided", func() bool {
+		for {
+			select {
+			case k := <-h.decided:
+				decided += k
+			default:
+				return decided+len(h.p.queue) >= n-1
+			}
+		}
+	})
+	close(stalls.stall)
+	wantErr(t, "the stalled transfer", first, nil)
+	for i, out := range outs {
+		wantErr(t, fmt.Sprintf("batch transfer %d", i), out, nil)
+	}
+	if h.store.maxEvents > eventstore.MaxEventsPerAppend {
+		t.Fatalf("an append carried %d events, the store's limit is %d", h.store.maxEvents, eventstore.MaxEventsPerAppend)
+	}
+	if got := h.posted(h.p, "b"); got != n*domain.MaxBatchLegs {
+		t.Fatalf("b: want %d, got %d", n*domain.MaxBatchLegs, got)
+	}
+}
+
+// until polls a condition that has no channel to wait on (the queue's length), and fails
+// the test if it does not hold within the test's context.
+func (h *harness) until(what string, cond func() bool) {
+	h.t.Helper()
+	ctx := ctxFor(h.t)
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			h.t.Fatalf("waiting for %s: %v", what, ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+}

@@ -180,9 +180,12 @@ type Result struct {
 //     streams leave the cache, no new batch starts until the in-flight ones are
 //     answered (poisoned), and their answers that appended nothing are decided again:
 //     they may rest on the failed batch's speculative state.
-//  8. Every retry is bounded: a call is decided at most MaxAttempts times, then fails
+//  8. A batch holds at most MaxBatch commands whose events can never exceed one
+//     append's limit (domain.MaxEvents), so one caller's large command cannot make the
+//     store refuse everyone else's.
+//  9. Every retry is bounded: a call is decided at most MaxAttempts times, then fails
 //     with an error wrapping eventstore.ErrConflict.
-//  9. Close answers every queued call with ErrClosed, waits for the batches in flight
+//  10. Close answers every queued call with ErrClosed, waits for the batches in flight
 //     to be answered, and only then returns.
 type Processor struct {
 	store eventstore.Store
@@ -199,6 +202,7 @@ type Processor struct {
 
 	// Owned by the loop goroutine.
 	inflight []*flight // decided batches the store has not answered yet, oldest first
+	backlog  []*call   // calls taken from the queue or to be retried, waiting for a batch
 	cache    *lru
 	stale    map[string]bool // cached streams to catch up from the store before use
 	mustRead map[string]bool // payment streams that may not be assumed absent
