@@ -1,5 +1,8 @@
 package main
 
+// The client commands: each is a constructor that declares its usage, arguments and flags,
+// and a named run method that makes one call to the API.
+
 import (
 	"context"
 	"crypto/tls"
@@ -7,6 +10,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -23,34 +27,52 @@ import (
 	"github.com/securepay/securepay/services"
 )
 
-// clientFlags are shared by every client command.
+// clientKind says which of the common flags a client command offers.
+type clientKind int
+
+const (
+	// reads ask the views. A retry is always safe, so they take no Idempotency-Key.
+	reads clientKind = iota
+	// writes change the ledger; --idempotency-key makes a retry return the first answer.
+	writes
+	// streams last until the user stops them, so --timeout does not apply.
+	streams
+)
+
+// clientFlags are the flags every client command shares.
 type clientFlags struct {
 	server  string
 	json    bool
 	caFile  string
 	timeout time.Duration
-	idemKey string
+	idemKey string // writes only
 }
 
-func addClientFlags(fs *flag.FlagSet, e env) *clientFlags {
-	f := &clientFlags{}
-	fs.StringVar(&f.server, "server", envOr(e, "SECUREPAY_SERVER", "http://127.0.0.1:8080"), "server URL: http:// (dev, cleartext HTTP/2) or https:// [$SECUREPAY_SERVER]")
-	fs.BoolVar(&f.json, "json", false, "print the response as JSON")
-	fs.StringVar(&f.caFile, "ca-file", envOr(e, "SECUREPAY_CA_FILE", ""), "PEM CA certificates to trust for https:// [$SECUREPAY_CA_FILE]")
+func (f *clientFlags) register(fs *flag.FlagSet, e env, kind clientKind) {
+	ef := envFlags{fs, e}
+	ef.String(&f.server, "server", "SECUREPAY_SERVER", "http://127.0.0.1:8080", "server `URL`: http:// (dev, cleartext HTTP/2) or https://")
+	fs.BoolVar(&f.json, "json", false, "print the answer as JSON, and an error as one JSON object on stderr")
+	ef.String(&f.caFile, "ca-file", "SECUREPAY_CA_FILE", "", "`file` of PEM CA certificates to trust for https://")
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "give up after this long")
-	fs.StringVar(&f.idemKey, "idempotency-key", "", "Idempotency-Key header: a retry with the same key returns the first response")
-	return f
+	switch kind {
+	case writes:
+		fs.StringVar(&f.idemKey, "idempotency-key", "", "Idempotency-Key header: a retry with the same `key` returns the first response")
+	case streams:
+		// Accepted because it was once offered (and ignored): a watch ends when stopped.
+		hide(fs, "timeout")
+	}
 }
 
 type apiClient struct {
 	f        *clientFlags
+	out      io.Writer
 	accounts ledgerv1connect.AccountServiceClient
 	payments ledgerv1connect.PaymentServiceClient
 	balances ledgerv1connect.BalanceServiceClient
 	audit    ledgerv1connect.AuditServiceClient
 }
 
-func (f *clientFlags) dial() (*apiClient, error) {
+func (f *clientFlags) dial(e env) (*apiClient, error) {
 	var transport *http.Transport
 	switch {
 	case strings.HasPrefix(f.server, "http://"):
@@ -78,11 +100,41 @@ func (f *clientFlags) dial() (*apiClient, error) {
 	base := strings.TrimRight(f.server, "/")
 	return &apiClient{
 		f:        f,
+		out:      e.stdout,
 		accounts: ledgerv1connect.NewAccountServiceClient(hc, base),
 		payments: ledgerv1connect.NewPaymentServiceClient(hc, base),
 		balances: ledgerv1connect.NewBalanceServiceClient(hc, base),
 		audit:    ledgerv1connect.NewAuditServiceClient(hc, base),
 	}, nil
+}
+
+// unary makes a client command's Run from its body: it dials, bounds the call by
+// --timeout, and keeps an API error whole for the report.
+func (f *clientFlags) unary(body func(ctx context.Context, api *apiClient, args []string) error) func(context.Context, env, []string) error {
+	return func(ctx context.Context, e env, args []string) error {
+		api, err := f.dial(e)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(ctx, f.timeout)
+		defer cancel()
+		return explain(body(ctx, api, args))
+	}
+}
+
+// print writes an answer: the message as JSON under --json, else the tables table writes.
+func (c *apiClient) print(msg proto.Message, table func(*tabw)) error {
+	if c.f.json {
+		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(msg)
+		if err != nil {
+			return fmt.Errorf("encode JSON: %w", err)
+		}
+		fmt.Fprintln(c.out, string(b))
+		return nil
+	}
+	tw := newTab(c.out)
+	table(tw)
+	return tw.flush()
 }
 
 // request wraps a message with the Idempotency-Key header, if one was given.
@@ -94,59 +146,26 @@ func request[T any](c *apiClient, msg *T) *connect.Request[T] {
 	return r
 }
 
-// explain turns an API error into a line a person can act on: message, code and reason.
+// apiError is the server's refusal or failure, kept whole: a person reads
+// "message (code, REASON)", and --json prints the code and the reason as fields.
+type apiError struct{ err *connect.Error }
+
+func (a *apiError) Error() string {
+	if reason := services.ReasonOf(a.err); reason != "" {
+		return fmt.Sprintf("%s (%s, %s)", a.err.Message(), a.err.Code(), reason)
+	}
+	return fmt.Sprintf("%s (%s)", a.err.Message(), a.err.Code())
+}
+
+func (a *apiError) Unwrap() error { return a.err }
+
+// explain turns an API error into one a person can act on; other errors pass unchanged.
 func explain(err error) error {
 	var cerr *connect.Error
 	if !errors.As(err, &cerr) {
 		return err
 	}
-	if reason := services.ReasonOf(err); reason != "" {
-		return fmt.Errorf("%s (%s, %s)", cerr.Message(), cerr.Code(), reason)
-	}
-	return fmt.Errorf("%s (%s)", cerr.Message(), cerr.Code())
-}
-
-// clientCommand parses flags, dials, runs do with a deadline, and prints the result.
-func clientCommand(ctx context.Context, e env, name string, args []string, maxArgs int, define func(fs *flag.FlagSet),
-	do func(ctx context.Context, c *apiClient, positional []string) (proto.Message, func(*tabw), error)) error {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	cf := addClientFlags(fs, e)
-	if define != nil {
-		define(fs)
-	}
-	positional, err := parseInterleaved(fs, args, maxArgs)
-	if err != nil {
-		return err
-	}
-	c, err := cf.dial()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
-	defer cancel()
-	msg, table, err := do(ctx, c, positional)
-	if err != nil {
-		return explain(err)
-	}
-	if cf.json {
-		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(msg)
-		if err != nil {
-			return fmt.Errorf("encode JSON: %w", err)
-		}
-		fmt.Fprintln(e.stdout, string(b))
-		return nil
-	}
-	tw := newTab(e.stdout)
-	table(tw)
-	return tw.flush()
-}
-
-func needArgs(positional []string, n int, what string) error {
-	if len(positional) < n {
-		return usagef("missing %s", what)
-	}
-	return nil
+	return &apiError{cerr}
 }
 
 // newID is a client-chosen payment id: the client picks it so that a retry of the same
@@ -174,114 +193,171 @@ type multi []string
 func (m *multi) String() string     { return strings.Join(*m, ",") }
 func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
 
-func runAccount(ctx context.Context, e env, args []string) error {
-	if len(args) == 0 {
-		return usagef("account: want open | get | freeze | unfreeze | close ACCOUNT_ID")
+func accountCommand(e env) *Command {
+	return &Command{
+		UsageLine: "securepay account SUBCOMMAND ACCOUNT_ID [flags]",
+		Short:     "open | get | freeze | unfreeze | close an account",
+		Long:      "Open an account, show it, freeze or unfreeze it, or close it.",
+		Commands: []*Command{
+			accountOpenCommand(e),
+			accountGetCommand(e),
+			accountFreezeCommand(e),
+			accountUnfreezeCommand(e),
+			accountCloseCommand(e),
+		},
 	}
-	sub, args := args[0], args[1:]
-	switch sub {
-	case "open":
-		var asset, kind, limit string
-		var meta multi
-		return clientCommand(ctx, e, "account open", args, 1, func(fs *flag.FlagSet) {
-			fs.StringVar(&asset, "asset", "USD", "asset: a currency code (USD) or CODE/SCALE (POINTS/0)")
-			fs.StringVar(&kind, "kind", "customer", "customer, merchant or external")
-			fs.StringVar(&limit, "credit-limit", "", "how far below zero the account may go (decimal)")
-			fs.Var(&meta, "meta", "key=value metadata (repeatable)")
-		}, func(ctx context.Context, c *apiClient, pos []string) (proto.Message, func(*tabw), error) {
-			if err := needArgs(pos, 1, "ACCOUNT_ID"); err != nil {
-				return nil, nil, err
-			}
-			k, ok := map[string]ledgerv1.AccountKind{
-				"customer": ledgerv1.AccountKind_ACCOUNT_KIND_CUSTOMER,
-				"merchant": ledgerv1.AccountKind_ACCOUNT_KIND_MERCHANT,
-				"external": ledgerv1.AccountKind_ACCOUNT_KIND_EXTERNAL,
-			}[kind]
-			if !ok {
-				return nil, nil, usagef("--kind must be customer, merchant or external, got %q", kind)
-			}
-			m, err := parseMeta(meta)
-			if err != nil {
-				return nil, nil, err
-			}
-			res, err := c.accounts.OpenAccount(ctx, request(c, &ledgerv1.OpenAccountRequest{AccountId: pos[0], Asset: asset, Kind: k, CreditLimit: limit, Metadata: m}))
-			if err != nil {
-				return nil, nil, err
-			}
-			return res.Msg, func(t *tabw) { t.account(res.Msg.GetAccount()); t.write(res.Msg.GetResult(), false) }, nil
-		})
-	case "get":
-		return clientCommand(ctx, e, "account get", args, 1, nil, func(ctx context.Context, c *apiClient, pos []string) (proto.Message, func(*tabw), error) {
-			if err := needArgs(pos, 1, "ACCOUNT_ID"); err != nil {
-				return nil, nil, err
-			}
-			res, err := c.accounts.GetAccount(ctx, connect.NewRequest(&ledgerv1.GetAccountRequest{AccountId: pos[0]}))
-			if err != nil {
-				return nil, nil, err
-			}
-			return res.Msg, func(t *tabw) { t.account(res.Msg.GetAccount()) }, nil
-		})
-	case "freeze", "unfreeze", "close":
-		var reason string
-		return clientCommand(ctx, e, "account "+sub, args, 1, func(fs *flag.FlagSet) {
-			if sub == "freeze" {
-				fs.StringVar(&reason, "reason", "", "why (kept in the audit log)")
-			}
-		}, func(ctx context.Context, c *apiClient, pos []string) (proto.Message, func(*tabw), error) {
-			if err := needArgs(pos, 1, "ACCOUNT_ID"); err != nil {
-				return nil, nil, err
-			}
-			var (
-				msg interface {
-					proto.Message
-					GetAccount() *ledgerv1.Account
-					GetResult() *ledgerv1.WriteResult
-				}
-				err error
-			)
-			switch sub {
-			case "freeze":
-				var r *connect.Response[ledgerv1.FreezeAccountResponse]
-				r, err = c.accounts.FreezeAccount(ctx, request(c, &ledgerv1.FreezeAccountRequest{AccountId: pos[0], Reason: reason}))
-				if err == nil {
-					msg = r.Msg
-				}
-			case "unfreeze":
-				var r *connect.Response[ledgerv1.UnfreezeAccountResponse]
-				r, err = c.accounts.UnfreezeAccount(ctx, request(c, &ledgerv1.UnfreezeAccountRequest{AccountId: pos[0]}))
-				if err == nil {
-					msg = r.Msg
-				}
-			default:
-				var r *connect.Response[ledgerv1.CloseAccountResponse]
-				r, err = c.accounts.CloseAccount(ctx, request(c, &ledgerv1.CloseAccountRequest{AccountId: pos[0]}))
-				if err == nil {
-					msg = r.Msg
-				}
-			}
-			if err != nil {
-				return nil, nil, err
-			}
-			return msg, func(t *tabw) { t.account(msg.GetAccount()); t.write(msg.GetResult(), false) }, nil
-		})
-	}
-	return usagef("account: unknown subcommand %q (want open | get | freeze | unfreeze | close)", sub)
 }
 
-// paymentFlags are the common flags of transfer and authorise.
+type accountOpenCmd struct {
+	client             clientFlags
+	asset, kind, limit string
+	meta               multi
+}
+
+func accountOpenCommand(e env) *Command {
+	c := &accountOpenCmd{}
+	cmd := &Command{
+		UsageLine: "securepay account open ACCOUNT_ID [--asset ASSET] [--kind KIND] [flags]",
+		Short:     "open an account",
+		Args:      []Arg{{Name: "ACCOUNT_ID"}},
+	}
+	c.client.register(&cmd.Flag, e, writes)
+	cmd.Flag.StringVar(&c.asset, "asset", "USD", "`asset`: a currency code (USD) or CODE/SCALE (POINTS/0)")
+	cmd.Flag.StringVar(&c.kind, "kind", "customer", "customer, merchant or external")
+	cmd.Flag.StringVar(&c.limit, "credit-limit", "", "how far below zero the account may go (decimal `amount`)")
+	cmd.Flag.Var(&c.meta, "meta", "`key=value` metadata (repeatable)")
+	cmd.Run = c.client.unary(c.run)
+	return cmd
+}
+
+func (c *accountOpenCmd) run(ctx context.Context, api *apiClient, args []string) error {
+	kind, ok := map[string]ledgerv1.AccountKind{
+		"customer": ledgerv1.AccountKind_ACCOUNT_KIND_CUSTOMER,
+		"merchant": ledgerv1.AccountKind_ACCOUNT_KIND_MERCHANT,
+		"external": ledgerv1.AccountKind_ACCOUNT_KIND_EXTERNAL,
+	}[c.kind]
+	if !ok {
+		return usagef("--kind must be customer, merchant or external, got %q", c.kind)
+	}
+	meta, err := parseMeta(c.meta)
+	if err != nil {
+		return err
+	}
+	res, err := api.accounts.OpenAccount(ctx, request(api, &ledgerv1.OpenAccountRequest{
+		AccountId: args[0], Asset: c.asset, Kind: kind, CreditLimit: c.limit, Metadata: meta,
+	}))
+	if err != nil {
+		return err
+	}
+	return api.print(res.Msg, func(t *tabw) { t.accountWrite(res.Msg) })
+}
+
+type accountGetCmd struct{ client clientFlags }
+
+func accountGetCommand(e env) *Command {
+	c := &accountGetCmd{}
+	cmd := &Command{
+		UsageLine: "securepay account get ACCOUNT_ID [flags]",
+		Short:     "show an account and its balance",
+		Args:      []Arg{{Name: "ACCOUNT_ID"}},
+	}
+	c.client.register(&cmd.Flag, e, reads)
+	cmd.Run = c.client.unary(c.run)
+	return cmd
+}
+
+func (c *accountGetCmd) run(ctx context.Context, api *apiClient, args []string) error {
+	res, err := api.accounts.GetAccount(ctx, connect.NewRequest(&ledgerv1.GetAccountRequest{AccountId: args[0]}))
+	if err != nil {
+		return err
+	}
+	return api.print(res.Msg, func(t *tabw) { t.account(res.Msg.GetAccount()) })
+}
+
+type accountFreezeCmd struct {
+	client clientFlags
+	reason string
+}
+
+func accountFreezeCommand(e env) *Command {
+	c := &accountFreezeCmd{}
+	cmd := &Command{
+		UsageLine: "securepay account freeze ACCOUNT_ID [--reason TEXT] [flags]",
+		Short:     "stop all movements on an account until it is unfrozen",
+		Args:      []Arg{{Name: "ACCOUNT_ID"}},
+	}
+	c.client.register(&cmd.Flag, e, writes)
+	cmd.Flag.StringVar(&c.reason, "reason", "", "why, kept in the audit log (free `text`)")
+	cmd.Run = c.client.unary(c.run)
+	return cmd
+}
+
+func (c *accountFreezeCmd) run(ctx context.Context, api *apiClient, args []string) error {
+	res, err := api.accounts.FreezeAccount(ctx, request(api, &ledgerv1.FreezeAccountRequest{AccountId: args[0], Reason: c.reason}))
+	if err != nil {
+		return err
+	}
+	return api.print(res.Msg, func(t *tabw) { t.accountWrite(res.Msg) })
+}
+
+type accountUnfreezeCmd struct{ client clientFlags }
+
+func accountUnfreezeCommand(e env) *Command {
+	c := &accountUnfreezeCmd{}
+	cmd := &Command{
+		UsageLine: "securepay account unfreeze ACCOUNT_ID [flags]",
+		Short:     "lift a freeze",
+		Args:      []Arg{{Name: "ACCOUNT_ID"}},
+	}
+	c.client.register(&cmd.Flag, e, writes)
+	cmd.Run = c.client.unary(c.run)
+	return cmd
+}
+
+func (c *accountUnfreezeCmd) run(ctx context.Context, api *apiClient, args []string) error {
+	res, err := api.accounts.UnfreezeAccount(ctx, request(api, &ledgerv1.UnfreezeAccountRequest{AccountId: args[0]}))
+	if err != nil {
+		return err
+	}
+	return api.print(res.Msg, func(t *tabw) { t.accountWrite(res.Msg) })
+}
+
+type accountCloseCmd struct{ client clientFlags }
+
+func accountCloseCommand(e env) *Command {
+	c := &accountCloseCmd{}
+	cmd := &Command{
+		UsageLine: "securepay account close ACCOUNT_ID [flags]",
+		Short:     "close an account with a zero balance and no open holds, for good",
+		Args:      []Arg{{Name: "ACCOUNT_ID"}},
+	}
+	c.client.register(&cmd.Flag, e, writes)
+	cmd.Run = c.client.unary(c.run)
+	return cmd
+}
+
+func (c *accountCloseCmd) run(ctx context.Context, api *apiClient, args []string) error {
+	res, err := api.accounts.CloseAccount(ctx, request(api, &ledgerv1.CloseAccountRequest{AccountId: args[0]}))
+	if err != nil {
+		return err
+	}
+	return api.print(res.Msg, func(t *tabw) { t.accountWrite(res.Msg) })
+}
+
+// paymentFlags are the flags transfer and authorise share.
 type paymentFlags struct {
 	id, from, to, amount, asset, reference string
 	meta                                   multi
 }
 
-func (p *paymentFlags) define(fs *flag.FlagSet) {
-	fs.StringVar(&p.id, "id", "", "payment id (default: a new one; reuse it to retry safely)")
-	fs.StringVar(&p.from, "from", "", "source account")
-	fs.StringVar(&p.to, "to", "", "destination account")
-	fs.StringVar(&p.amount, "amount", "", "exact decimal amount, e.g. 12.34")
-	fs.StringVar(&p.asset, "asset", "USD", "asset of the amount")
-	fs.StringVar(&p.reference, "reference", "", "free text for statements")
-	fs.Var(&p.meta, "meta", "key=value metadata (repeatable)")
+func (p *paymentFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&p.id, "id", "", "payment `id` (default: a new one; reuse it to retry safely)")
+	fs.StringVar(&p.from, "from", "", "source `account`")
+	fs.StringVar(&p.to, "to", "", "destination `account`")
+	fs.StringVar(&p.amount, "amount", "", "exact decimal `amount`, e.g. 12.34")
+	fs.StringVar(&p.asset, "asset", "USD", "`asset` of the amount")
+	fs.StringVar(&p.reference, "reference", "", "free `text` for statements")
+	fs.Var(&p.meta, "meta", "`key=value` metadata (repeatable)")
 }
 
 func (p *paymentFlags) check(prefix string) (map[string]string, error) {
@@ -294,255 +370,381 @@ func (p *paymentFlags) check(prefix string) (map[string]string, error) {
 	return parseMeta(p.meta)
 }
 
-func runTransfer(ctx context.Context, e env, args []string) error {
-	var p paymentFlags
-	return clientCommand(ctx, e, "transfer", args, 0, p.define, func(ctx context.Context, c *apiClient, _ []string) (proto.Message, func(*tabw), error) {
-		meta, err := p.check("pay")
-		if err != nil {
-			return nil, nil, err
-		}
-		res, err := c.payments.Transfer(ctx, request(c, &ledgerv1.TransferRequest{
-			PaymentId: p.id, SourceAccountId: p.from, DestinationAccountId: p.to,
-			Amount: &ledgerv1.Money{Value: p.amount, Asset: p.asset}, Reference: p.reference, Metadata: meta,
-		}))
-		if err != nil {
-			return nil, nil, err
-		}
-		return res.Msg, func(t *tabw) { t.payment(res.Msg.GetPayment()); t.write(res.Msg.GetResult(), true) }, nil
-	})
+type transferCmd struct {
+	client  clientFlags
+	payment paymentFlags
 }
 
-func runBatch(ctx context.Context, e env, args []string) error {
-	var id, asset, reference string
-	var legs multi
-	return clientCommand(ctx, e, "batch", args, 0, func(fs *flag.FlagSet) {
-		fs.StringVar(&id, "id", "", "payment id (default: a new one)")
-		fs.StringVar(&asset, "asset", "USD", "asset of every leg's amount")
-		fs.StringVar(&reference, "reference", "", "free text for statements")
-		fs.Var(&legs, "leg", "FROM:TO:AMOUNT (repeatable, at least one)")
-	}, func(ctx context.Context, c *apiClient, _ []string) (proto.Message, func(*tabw), error) {
-		if len(legs) == 0 {
-			return nil, nil, usagef("give at least one --leg FROM:TO:AMOUNT")
-		}
-		req := &ledgerv1.BatchTransferRequest{PaymentId: id, Reference: reference}
-		if req.PaymentId == "" {
-			req.PaymentId = newID("batch")
-		}
-		for _, l := range legs {
-			parts := strings.Split(l, ":")
-			if len(parts) != 3 {
-				return nil, nil, usagef("--leg wants FROM:TO:AMOUNT, got %q", l)
-			}
-			req.Legs = append(req.Legs, &ledgerv1.Leg{SourceAccountId: parts[0], DestinationAccountId: parts[1], Amount: &ledgerv1.Money{Value: parts[2], Asset: asset}})
-		}
-		res, err := c.payments.BatchTransfer(ctx, request(c, req))
-		if err != nil {
-			return nil, nil, err
-		}
-		return res.Msg, func(t *tabw) { t.payment(res.Msg.GetPayment()); t.write(res.Msg.GetResult(), true) }, nil
-	})
-}
-
-func runAuthorise(ctx context.Context, e env, args []string) error {
-	var p paymentFlags
-	var ttl time.Duration
-	return clientCommand(ctx, e, "authorise", args, 0, func(fs *flag.FlagSet) {
-		p.define(fs)
-		fs.DurationVar(&ttl, "expires-in", 7*24*time.Hour, "how long the hold lasts if not captured or voided")
-	}, func(ctx context.Context, c *apiClient, _ []string) (proto.Message, func(*tabw), error) {
-		meta, err := p.check("auth")
-		if err != nil {
-			return nil, nil, err
-		}
-		res, err := c.payments.Authorise(ctx, request(c, &ledgerv1.AuthoriseRequest{
-			PaymentId: p.id, SourceAccountId: p.from, DestinationAccountId: p.to,
-			Amount:    &ledgerv1.Money{Value: p.amount, Asset: p.asset},
-			ExpiresAt: timestamppb.New(time.Now().Add(ttl)), Reference: p.reference, Metadata: meta,
-		}))
-		if err != nil {
-			return nil, nil, err
-		}
-		return res.Msg, func(t *tabw) { t.payment(res.Msg.GetPayment()); t.write(res.Msg.GetResult(), true) }, nil
-	})
-}
-
-func runCapture(ctx context.Context, e env, args []string) error {
-	var amount, asset, captureID string
-	var full bool
-	return clientCommand(ctx, e, "capture", args, 1, func(fs *flag.FlagSet) {
-		fs.StringVar(&amount, "amount", "", "amount to capture (or --full)")
-		fs.StringVar(&asset, "asset", "USD", "asset of the amount")
-		fs.BoolVar(&full, "full", false, "capture everything the authorisation still holds")
-		fs.StringVar(&captureID, "capture-id", "", "id of this capture (default: a new one; reuse it to retry safely)")
-	}, func(ctx context.Context, c *apiClient, pos []string) (proto.Message, func(*tabw), error) {
-		if err := needArgs(pos, 1, "PAYMENT_ID"); err != nil {
-			return nil, nil, err
-		}
-		if full == (amount != "") {
-			return nil, nil, usagef("give exactly one of --amount and --full")
-		}
-		if captureID == "" {
-			captureID = newID("cap")
-		}
-		req := &ledgerv1.CaptureRequest{PaymentId: pos[0], CaptureId: captureID}
-		if full {
-			req.What = &ledgerv1.CaptureRequest_Full{Full: true}
-		} else {
-			req.What = &ledgerv1.CaptureRequest_Amount{Amount: &ledgerv1.Money{Value: amount, Asset: asset}}
-		}
-		res, err := c.payments.Capture(ctx, request(c, req))
-		if err != nil {
-			return nil, nil, err
-		}
-		return res.Msg, func(t *tabw) { t.payment(res.Msg.GetPayment()); t.write(res.Msg.GetResult(), true) }, nil
-	})
-}
-
-func runVoid(ctx context.Context, e env, args []string) error {
-	return clientCommand(ctx, e, "void", args, 1, nil, func(ctx context.Context, c *apiClient, pos []string) (proto.Message, func(*tabw), error) {
-		if err := needArgs(pos, 1, "PAYMENT_ID"); err != nil {
-			return nil, nil, err
-		}
-		res, err := c.payments.Void(ctx, request(c, &ledgerv1.VoidRequest{PaymentId: pos[0]}))
-		if err != nil {
-			return nil, nil, err
-		}
-		return res.Msg, func(t *tabw) { t.payment(res.Msg.GetPayment()); t.write(res.Msg.GetResult(), true) }, nil
-	})
-}
-
-func runRefund(ctx context.Context, e env, args []string) error {
-	var amount, asset, refundID string
-	return clientCommand(ctx, e, "refund", args, 1, func(fs *flag.FlagSet) {
-		fs.StringVar(&amount, "amount", "", "amount to refund")
-		fs.StringVar(&asset, "asset", "USD", "asset of the amount")
-		fs.StringVar(&refundID, "refund-id", "", "id of this refund (default: a new one; reuse it to retry safely)")
-	}, func(ctx context.Context, c *apiClient, pos []string) (proto.Message, func(*tabw), error) {
-		if err := needArgs(pos, 1, "PAYMENT_ID"); err != nil {
-			return nil, nil, err
-		}
-		if amount == "" {
-			return nil, nil, usagef("--amount is required")
-		}
-		if refundID == "" {
-			refundID = newID("ref")
-		}
-		res, err := c.payments.Refund(ctx, request(c, &ledgerv1.RefundRequest{PaymentId: pos[0], RefundId: refundID, Amount: &ledgerv1.Money{Value: amount, Asset: asset}}))
-		if err != nil {
-			return nil, nil, err
-		}
-		return res.Msg, func(t *tabw) { t.payment(res.Msg.GetPayment()); t.write(res.Msg.GetResult(), true) }, nil
-	})
-}
-
-func runPayment(ctx context.Context, e env, args []string) error {
-	if len(args) > 0 && args[0] == "get" {
-		args = args[1:]
+func transferCommand(e env) *Command {
+	c := &transferCmd{}
+	cmd := &Command{
+		UsageLine: "securepay transfer --from ACCOUNT --to ACCOUNT --amount AMOUNT [--asset ASSET] [--id ID] [flags]",
+		Short:     "move money from one account to another",
 	}
-	var minPos uint64
-	return clientCommand(ctx, e, "payment", args, 1, func(fs *flag.FlagSet) {
-		fs.Uint64Var(&minPos, "min-position", 0, "wait until the view has applied this log position (read your write)")
-	}, func(ctx context.Context, c *apiClient, pos []string) (proto.Message, func(*tabw), error) {
-		if err := needArgs(pos, 1, "PAYMENT_ID"); err != nil {
-			return nil, nil, err
-		}
-		res, err := c.payments.GetPayment(ctx, connect.NewRequest(&ledgerv1.GetPaymentRequest{PaymentId: pos[0], MinPosition: minPos}))
-		if err != nil {
-			return nil, nil, err
-		}
-		return res.Msg, func(t *tabw) { t.payment(res.Msg.GetPayment()) }, nil
-	})
+	c.client.register(&cmd.Flag, e, writes)
+	c.payment.register(&cmd.Flag)
+	cmd.Run = c.client.unary(c.run)
+	return cmd
 }
 
-func runBalance(ctx context.Context, e env, args []string) error {
-	var asOfPos, minPos uint64
-	var asOfTime string
-	return clientCommand(ctx, e, "balance", args, 1, func(fs *flag.FlagSet) {
-		fs.Uint64Var(&asOfPos, "as-of-position", 0, "the balance after this log position")
-		fs.StringVar(&asOfTime, "as-of-time", "", "the balance at this time (RFC 3339)")
-		fs.Uint64Var(&minPos, "min-position", 0, "wait until the view has applied this log position (read your write)")
-	}, func(ctx context.Context, c *apiClient, pos []string) (proto.Message, func(*tabw), error) {
-		if err := needArgs(pos, 1, "ACCOUNT_ID"); err != nil {
-			return nil, nil, err
-		}
-		req := &ledgerv1.GetBalanceRequest{AccountId: pos[0], MinPosition: minPos}
-		switch {
-		case asOfPos != 0 && asOfTime != "":
-			return nil, nil, usagef("give at most one of --as-of-position and --as-of-time")
-		case asOfPos != 0:
-			req.AsOf = &ledgerv1.GetBalanceRequest_AsOfPosition{AsOfPosition: asOfPos}
-		case asOfTime != "":
-			at, err := time.Parse(time.RFC3339Nano, asOfTime)
-			if err != nil {
-				return nil, nil, usagef("--as-of-time: %v", err)
-			}
-			req.AsOf = &ledgerv1.GetBalanceRequest_AsOfTime{AsOfTime: timestamppb.New(at)}
-		}
-		res, err := c.balances.GetBalance(ctx, connect.NewRequest(req))
-		if err != nil {
-			return nil, nil, err
-		}
-		return res.Msg, func(t *tabw) { t.balances([]*ledgerv1.Balance{res.Msg.GetBalance()}) }, nil
-	})
-}
-
-func runHistory(ctx context.Context, e env, args []string) error {
-	var after, minPos uint64
-	var limit uint
-	return clientCommand(ctx, e, "history", args, 1, func(fs *flag.FlagSet) {
-		fs.Uint64Var(&after, "after", 0, "entries after this log position (the previous page's \"next\")")
-		fs.UintVar(&limit, "limit", 20, "entries per page, 1..1000")
-		fs.Uint64Var(&minPos, "min-position", 0, "wait until the view has applied this log position")
-	}, func(ctx context.Context, c *apiClient, pos []string) (proto.Message, func(*tabw), error) {
-		if err := needArgs(pos, 1, "ACCOUNT_ID"); err != nil {
-			return nil, nil, err
-		}
-		if limit == 0 || limit > 1000 {
-			return nil, nil, usagef("--limit must be 1..1000, got %d", limit)
-		}
-		res, err := c.balances.ListHistory(ctx, connect.NewRequest(&ledgerv1.ListHistoryRequest{AccountId: pos[0], AfterPosition: after, PageSize: uint32(limit), MinPosition: minPos}))
-		if err != nil {
-			return nil, nil, err
-		}
-		return res.Msg, func(t *tabw) { t.history(pos[0], res.Msg) }, nil
-	})
-}
-
-func runVerify(ctx context.Context, e env, args []string) error {
-	return clientCommand(ctx, e, "verify", args, 0, nil, func(ctx context.Context, c *apiClient, _ []string) (proto.Message, func(*tabw), error) {
-		res, err := c.audit.VerifyChain(ctx, connect.NewRequest(&ledgerv1.VerifyChainRequest{}))
-		if err != nil {
-			return nil, nil, err
-		}
-		m := res.Msg
-		if !m.GetOk() {
-			return nil, nil, fmt.Errorf("hash chain broken at position %d: %s (%d events verified before it)", m.GetBreakPosition(), m.GetBreakReason(), m.GetVerified())
-		}
-		return m, func(t *tabw) {
-			t.line("hash chain verified: %d events, last position %d, last hash %s", m.GetVerified(), m.GetLastPosition(), m.GetLastHash())
-		}, nil
-	})
-}
-
-// runWatch prints an account's balance, then a line per change, until interrupted.
-func runWatch(ctx context.Context, e env, args []string) error {
-	fs := flag.NewFlagSet("watch", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	cf := addClientFlags(fs, e)
-	maxUpdates := fs.Int("max-updates", 0, "stop after this many changes (0: until interrupted)")
-	positional, err := parseInterleaved(fs, args, 1)
+func (c *transferCmd) run(ctx context.Context, api *apiClient, _ []string) error {
+	p := &c.payment
+	meta, err := p.check("pay")
 	if err != nil {
 		return err
 	}
-	if err := needArgs(positional, 1, "ACCOUNT_ID"); err != nil {
-		return err
-	}
-	c, err := cf.dial()
+	res, err := api.payments.Transfer(ctx, request(api, &ledgerv1.TransferRequest{
+		PaymentId: p.id, SourceAccountId: p.from, DestinationAccountId: p.to,
+		Amount: &ledgerv1.Money{Value: p.amount, Asset: p.asset}, Reference: p.reference, Metadata: meta,
+	}))
 	if err != nil {
 		return err
 	}
-	// No --timeout here: a watch lasts until the user stops it.
-	stream, err := c.balances.WatchAccount(ctx, connect.NewRequest(&ledgerv1.WatchAccountRequest{AccountId: positional[0]}))
+	return api.print(res.Msg, func(t *tabw) { t.paymentWrite(res.Msg) })
+}
+
+type batchCmd struct {
+	client               clientFlags
+	id, asset, reference string
+	legs                 multi
+}
+
+func batchCommand(e env) *Command {
+	c := &batchCmd{}
+	cmd := &Command{
+		UsageLine: "securepay batch --leg FROM:TO:AMOUNT [--leg FROM:TO:AMOUNT ...] [--asset ASSET] [--id ID] [flags]",
+		Short:     "apply several transfers together, all or none",
+	}
+	c.client.register(&cmd.Flag, e, writes)
+	cmd.Flag.StringVar(&c.id, "id", "", "payment `id` (default: a new one)")
+	cmd.Flag.StringVar(&c.asset, "asset", "USD", "`asset` of every leg's amount")
+	cmd.Flag.StringVar(&c.reference, "reference", "", "free `text` for statements")
+	cmd.Flag.Var(&c.legs, "leg", "`FROM:TO:AMOUNT` (repeatable, at least one)")
+	cmd.Run = c.client.unary(c.run)
+	return cmd
+}
+
+func (c *batchCmd) run(ctx context.Context, api *apiClient, _ []string) error {
+	if len(c.legs) == 0 {
+		return usagef("give at least one --leg FROM:TO:AMOUNT")
+	}
+	req := &ledgerv1.BatchTransferRequest{PaymentId: c.id, Reference: c.reference}
+	if req.PaymentId == "" {
+		req.PaymentId = newID("batch")
+	}
+	for _, l := range c.legs {
+		parts := strings.Split(l, ":")
+		if len(parts) != 3 {
+			return usagef("--leg wants FROM:TO:AMOUNT, got %q", l)
+		}
+		req.Legs = append(req.Legs, &ledgerv1.Leg{SourceAccountId: parts[0], DestinationAccountId: parts[1], Amount: &ledgerv1.Money{Value: parts[2], Asset: c.asset}})
+	}
+	res, err := api.payments.BatchTransfer(ctx, request(api, req))
+	if err != nil {
+		return err
+	}
+	return api.print(res.Msg, func(t *tabw) { t.paymentWrite(res.Msg) })
+}
+
+type authoriseCmd struct {
+	client  clientFlags
+	payment paymentFlags
+	ttl     time.Duration
+}
+
+func authoriseCommand(e env) *Command {
+	c := &authoriseCmd{}
+	cmd := &Command{
+		UsageLine: "securepay authorise --from ACCOUNT --to ACCOUNT --amount AMOUNT [--expires-in DURATION] [--id ID] [flags]",
+		Short:     "hold money on an account for a later capture",
+	}
+	c.client.register(&cmd.Flag, e, writes)
+	c.payment.register(&cmd.Flag)
+	cmd.Flag.DurationVar(&c.ttl, "expires-in", 7*24*time.Hour, "how long the hold lasts if not captured or voided")
+	cmd.Run = c.client.unary(c.run)
+	return cmd
+}
+
+func (c *authoriseCmd) run(ctx context.Context, api *apiClient, _ []string) error {
+	p := &c.payment
+	meta, err := p.check("auth")
+	if err != nil {
+		return err
+	}
+	res, err := api.payments.Authorise(ctx, request(api, &ledgerv1.AuthoriseRequest{
+		PaymentId: p.id, SourceAccountId: p.from, DestinationAccountId: p.to,
+		Amount:    &ledgerv1.Money{Value: p.amount, Asset: p.asset},
+		ExpiresAt: timestamppb.New(time.Now().Add(c.ttl)), Reference: p.reference, Metadata: meta,
+	}))
+	if err != nil {
+		return err
+	}
+	return api.print(res.Msg, func(t *tabw) { t.paymentWrite(res.Msg) })
+}
+
+type captureCmd struct {
+	client                   clientFlags
+	amount, asset, captureID string
+	full                     bool
+}
+
+func captureCommand(e env) *Command {
+	c := &captureCmd{}
+	cmd := &Command{
+		UsageLine: "securepay capture PAYMENT_ID (--amount AMOUNT | --full) [--capture-id ID] [flags]",
+		Short:     "capture part or all of an authorisation",
+		Args:      []Arg{{Name: "PAYMENT_ID"}},
+	}
+	c.client.register(&cmd.Flag, e, writes)
+	cmd.Flag.StringVar(&c.amount, "amount", "", "`amount` to capture (or --full)")
+	cmd.Flag.StringVar(&c.asset, "asset", "USD", "`asset` of the amount")
+	cmd.Flag.BoolVar(&c.full, "full", false, "capture everything the authorisation still holds")
+	cmd.Flag.StringVar(&c.captureID, "capture-id", "", "`id` of this capture (default: a new one; reuse it to retry safely)")
+	cmd.Run = c.client.unary(c.run)
+	return cmd
+}
+
+func (c *captureCmd) run(ctx context.Context, api *apiClient, args []string) error {
+	if c.full == (c.amount != "") {
+		return usagef("give exactly one of --amount and --full")
+	}
+	if c.captureID == "" {
+		c.captureID = newID("cap")
+	}
+	req := &ledgerv1.CaptureRequest{PaymentId: args[0], CaptureId: c.captureID}
+	if c.full {
+		req.What = &ledgerv1.CaptureRequest_Full{Full: true}
+	} else {
+		req.What = &ledgerv1.CaptureRequest_Amount{Amount: &ledgerv1.Money{Value: c.amount, Asset: c.asset}}
+	}
+	res, err := api.payments.Capture(ctx, request(api, req))
+	if err != nil {
+		return err
+	}
+	return api.print(res.Msg, func(t *tabw) { t.paymentWrite(res.Msg) })
+}
+
+type voidCmd struct{ client clientFlags }
+
+func voidCommand(e env) *Command {
+	c := &voidCmd{}
+	cmd := &Command{
+		UsageLine: "securepay void PAYMENT_ID [flags]",
+		Short:     "release what an authorisation still holds",
+		Args:      []Arg{{Name: "PAYMENT_ID"}},
+	}
+	c.client.register(&cmd.Flag, e, writes)
+	cmd.Run = c.client.unary(c.run)
+	return cmd
+}
+
+func (c *voidCmd) run(ctx context.Context, api *apiClient, args []string) error {
+	res, err := api.payments.Void(ctx, request(api, &ledgerv1.VoidRequest{PaymentId: args[0]}))
+	if err != nil {
+		return err
+	}
+	return api.print(res.Msg, func(t *tabw) { t.paymentWrite(res.Msg) })
+}
+
+type refundCmd struct {
+	client                  clientFlags
+	amount, asset, refundID string
+}
+
+func refundCommand(e env) *Command {
+	c := &refundCmd{}
+	cmd := &Command{
+		UsageLine: "securepay refund PAYMENT_ID --amount AMOUNT [--refund-id ID] [flags]",
+		Short:     "return captured money to the payer",
+		Args:      []Arg{{Name: "PAYMENT_ID"}},
+	}
+	c.client.register(&cmd.Flag, e, writes)
+	cmd.Flag.StringVar(&c.amount, "amount", "", "`amount` to refund")
+	cmd.Flag.StringVar(&c.asset, "asset", "USD", "`asset` of the amount")
+	cmd.Flag.StringVar(&c.refundID, "refund-id", "", "`id` of this refund (default: a new one; reuse it to retry safely)")
+	cmd.Run = c.client.unary(c.run)
+	return cmd
+}
+
+func (c *refundCmd) run(ctx context.Context, api *apiClient, args []string) error {
+	if c.amount == "" {
+		return usagef("--amount is required")
+	}
+	if c.refundID == "" {
+		c.refundID = newID("ref")
+	}
+	res, err := api.payments.Refund(ctx, request(api, &ledgerv1.RefundRequest{
+		PaymentId: args[0], RefundId: c.refundID, Amount: &ledgerv1.Money{Value: c.amount, Asset: c.asset},
+	}))
+	if err != nil {
+		return err
+	}
+	return api.print(res.Msg, func(t *tabw) { t.paymentWrite(res.Msg) })
+}
+
+// paymentCommand shows a payment; `payment get PAYMENT_ID` says the same and is kept for
+// the command lines that spell it so.
+func paymentCommand(e env) *Command {
+	cmd := paymentShowCommand(e, "securepay payment PAYMENT_ID [--min-position POSITION] [flags]", "show a payment")
+	cmd.Commands = []*Command{
+		paymentShowCommand(e, "securepay payment get PAYMENT_ID [--min-position POSITION] [flags]", "show a payment (the same as securepay payment PAYMENT_ID)"),
+	}
+	return cmd
+}
+
+type paymentShowCmd struct {
+	client clientFlags
+	minPos uint64
+}
+
+func paymentShowCommand(e env, usage, short string) *Command {
+	c := &paymentShowCmd{}
+	cmd := &Command{UsageLine: usage, Short: short, Args: []Arg{{Name: "PAYMENT_ID"}}}
+	c.client.register(&cmd.Flag, e, reads)
+	cmd.Flag.Uint64Var(&c.minPos, "min-position", 0, "wait until the view has applied this log `position` (read your write)")
+	cmd.Run = c.client.unary(c.run)
+	return cmd
+}
+
+func (c *paymentShowCmd) run(ctx context.Context, api *apiClient, args []string) error {
+	res, err := api.payments.GetPayment(ctx, connect.NewRequest(&ledgerv1.GetPaymentRequest{PaymentId: args[0], MinPosition: c.minPos}))
+	if err != nil {
+		return err
+	}
+	return api.print(res.Msg, func(t *tabw) { t.payment(res.Msg.GetPayment()) })
+}
+
+type balanceCmd struct {
+	client          clientFlags
+	asOfPos, minPos uint64
+	asOfTime        string
+}
+
+func balanceCommand(e env) *Command {
+	c := &balanceCmd{}
+	cmd := &Command{
+		UsageLine: "securepay balance ACCOUNT_ID [--as-of-position POSITION | --as-of-time TIME] [flags]",
+		Short:     "show an account's balance, now or in the past",
+		Args:      []Arg{{Name: "ACCOUNT_ID"}},
+	}
+	c.client.register(&cmd.Flag, e, reads)
+	cmd.Flag.Uint64Var(&c.asOfPos, "as-of-position", 0, "the balance after this log `position`")
+	cmd.Flag.StringVar(&c.asOfTime, "as-of-time", "", "the balance at this `time` (RFC 3339)")
+	cmd.Flag.Uint64Var(&c.minPos, "min-position", 0, "wait until the view has applied this log `position` (read your write)")
+	cmd.Run = c.client.unary(c.run)
+	return cmd
+}
+
+func (c *balanceCmd) run(ctx context.Context, api *apiClient, args []string) error {
+	req := &ledgerv1.GetBalanceRequest{AccountId: args[0], MinPosition: c.minPos}
+	switch {
+	case c.asOfPos != 0 && c.asOfTime != "":
+		return usagef("give at most one of --as-of-position and --as-of-time")
+	case c.asOfPos != 0:
+		req.AsOf = &ledgerv1.GetBalanceRequest_AsOfPosition{AsOfPosition: c.asOfPos}
+	case c.asOfTime != "":
+		at, err := time.Parse(time.RFC3339Nano, c.asOfTime)
+		if err != nil {
+			return usagef("--as-of-time: %v", err)
+		}
+		req.AsOf = &ledgerv1.GetBalanceRequest_AsOfTime{AsOfTime: timestamppb.New(at)}
+	}
+	res, err := api.balances.GetBalance(ctx, connect.NewRequest(req))
+	if err != nil {
+		return err
+	}
+	return api.print(res.Msg, func(t *tabw) { t.balances([]*ledgerv1.Balance{res.Msg.GetBalance()}) })
+}
+
+// maxHistoryPage is the largest page the API serves.
+const maxHistoryPage = 1000
+
+type historyCmd struct {
+	client        clientFlags
+	after, minPos uint64
+	limit         uint
+}
+
+func historyCommand(e env) *Command {
+	c := &historyCmd{}
+	cmd := &Command{
+		UsageLine: "securepay history ACCOUNT_ID [--after POSITION] [--limit N] [flags]",
+		Short:     "show an account's history, page by page",
+		Args:      []Arg{{Name: "ACCOUNT_ID"}},
+	}
+	c.client.register(&cmd.Flag, e, reads)
+	cmd.Flag.Uint64Var(&c.after, "after", 0, "entries after this log `position` (the previous page's \"next\")")
+	cmd.Flag.UintVar(&c.limit, "limit", 20, "`N` entries per page, 1..1000")
+	cmd.Flag.Uint64Var(&c.minPos, "min-position", 0, "wait until the view has applied this log `position`")
+	cmd.Run = c.client.unary(c.run)
+	return cmd
+}
+
+func (c *historyCmd) run(ctx context.Context, api *apiClient, args []string) error {
+	if c.limit == 0 || c.limit > maxHistoryPage {
+		return usagef("--limit must be 1..%d, got %d", maxHistoryPage, c.limit)
+	}
+	res, err := api.balances.ListHistory(ctx, connect.NewRequest(&ledgerv1.ListHistoryRequest{
+		AccountId: args[0], AfterPosition: c.after, PageSize: uint32(c.limit), MinPosition: c.minPos,
+	}))
+	if err != nil {
+		return err
+	}
+	return api.print(res.Msg, func(t *tabw) { t.history(args[0], res.Msg) })
+}
+
+type verifyCmd struct{ client clientFlags }
+
+func verifyCommand(e env) *Command {
+	c := &verifyCmd{}
+	cmd := &Command{
+		UsageLine: "securepay verify [flags]",
+		Short:     "verify the hash chain of the whole log on the server",
+	}
+	c.client.register(&cmd.Flag, e, reads)
+	cmd.Run = c.client.unary(c.run)
+	return cmd
+}
+
+func (c *verifyCmd) run(ctx context.Context, api *apiClient, _ []string) error {
+	res, err := api.audit.VerifyChain(ctx, connect.NewRequest(&ledgerv1.VerifyChainRequest{}))
+	if err != nil {
+		return err
+	}
+	m := res.Msg
+	if !m.GetOk() {
+		return fmt.Errorf("hash chain broken at position %d: %s (%d events verified before it)", m.GetBreakPosition(), m.GetBreakReason(), m.GetVerified())
+	}
+	return api.print(m, func(t *tabw) {
+		t.line("hash chain verified: %d events, last position %d, last hash %s", m.GetVerified(), m.GetLastPosition(), m.GetLastHash())
+	})
+}
+
+type watchCmd struct {
+	client     clientFlags
+	maxUpdates int
+}
+
+func watchCommand(e env) *Command {
+	c := &watchCmd{}
+	cmd := &Command{
+		UsageLine: "securepay watch ACCOUNT_ID [--max-updates N] [flags]",
+		Short:     "print an account's balance live, a line per change",
+		Long:      "Print an account's balance, then a line per change, until interrupted (or --max-updates).",
+		Args:      []Arg{{Name: "ACCOUNT_ID"}},
+		Run:       c.run,
+	}
+	c.client.register(&cmd.Flag, e, streams)
+	cmd.Flag.IntVar(&c.maxUpdates, "max-updates", 0, "stop after `N` changes (0: until interrupted)")
+	return cmd
+}
+
+func (c *watchCmd) run(ctx context.Context, e env, args []string) error {
+	api, err := c.client.dial(e)
+	if err != nil {
+		return err
+	}
+	stream, err := api.balances.WatchAccount(ctx, connect.NewRequest(&ledgerv1.WatchAccountRequest{AccountId: args[0]}))
 	if err != nil {
 		return explain(err)
 	}
@@ -550,7 +752,7 @@ func runWatch(ctx context.Context, e env, args []string) error {
 	updates := 0
 	for stream.Receive() {
 		m := stream.Msg()
-		if cf.json {
+		if c.client.json {
 			b, err := protojson.Marshal(m)
 			if err != nil {
 				return fmt.Errorf("encode JSON: %w", err)
@@ -570,7 +772,7 @@ func runWatch(ctx context.Context, e env, args []string) error {
 		}
 		if m.GetEventType() != "" {
 			updates++
-			if *maxUpdates > 0 && updates >= *maxUpdates {
+			if c.maxUpdates > 0 && updates >= c.maxUpdates {
 				return nil
 			}
 		}

@@ -8,35 +8,38 @@
 //	securepay transfer --from world --to alice --amount 100.00 --asset USD
 //	securepay balance alice
 //
-// Run `securepay help` for every command.
+// Run `securepay help` for every command, `securepay help COMMAND` for one. The commands
+// are declared in one table (commandTable); command.go runs it.
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"sort"
 	"strings"
 	"syscall"
-	"text/tabwriter"
+
+	"connectrpc.com/connect"
+
+	"github.com/securepay/securepay/services"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+	code := execute(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
 	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "securepay:", err)
-		var u usageError
-		if errors.As(err, &u) {
-			os.Exit(2)
-		}
-		os.Exit(1)
-	}
+	os.Exit(code)
+}
+
+// execute runs one command line, reports its error on stderr and returns the exit status:
+// 0, 2 for a mistake in the command line, 1 for any other failure.
+func execute(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	return report(stderr, run(ctx, args, stdout, stderr, getenv))
 }
 
 // env is what every command gets: where to print and how to read the environment. Commands
@@ -47,105 +50,144 @@ type env struct {
 }
 
 // usageError marks a mistake in the command line (exit status 2).
-type usageError struct{ msg string }
+type usageError struct {
+	msg string
+	// cmd is the command the mistake was made in, whose usage line the report repeats.
+	// nil or the root when there is no line to repeat: the command name itself was wrong
+	// and the list of commands was printed, or the message says where to look.
+	cmd *Command
+}
 
 func (u usageError) Error() string { return u.msg }
 
-func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+func usagef(format string, args ...any) error { return usageError{msg: fmt.Sprintf(format, args...)} }
 
-type command struct {
-	summary string
-	run     func(ctx context.Context, e env, args []string) error
-}
+// jsonError is the error of a command run with --json: a script that reads the answers as
+// JSON reads the failures the same way.
+type jsonError struct{ err error }
 
-func commands() map[string]command {
-	return map[string]command{
-		"dev":         {"run everything in one process on the embedded store (no external service)", runDev},
-		"serve":       {"run the production server (PostgreSQL, Redis, TLS)", runServe},
-		"migrate":     {"create or upgrade the PostgreSQL schemas of the event store and the views", runMigrate},
-		"account":     {"open | get | freeze | unfreeze | close an account", runAccount},
-		"transfer":    {"move money from one account to another", runTransfer},
-		"batch":       {"apply several transfers together, all or none (--leg FROM:TO:AMOUNT ...)", runBatch},
-		"authorise":   {"hold money on an account for a later capture", runAuthorise},
-		"capture":     {"capture part or all of an authorisation", runCapture},
-		"void":        {"release what an authorisation still holds", runVoid},
-		"refund":      {"return captured money to the payer", runRefund},
-		"payment":     {"show a payment", runPayment},
-		"balance":     {"show an account's balance, now or in the past", runBalance},
-		"history":     {"show an account's history, page by page", runHistory},
-		"verify":      {"verify the hash chain of the whole log on the server", runVerify},
-		"watch":       {"print an account's balance live, a line per change", runWatch},
-		"projections": {"operators: list | status | rebuild NAME of the PostgreSQL/Redis views", runProjections},
-		"audit":       {"auditors: export | verify | balances | replay STREAM, reading the log directly", runAudit},
+func (j jsonError) Error() string { return j.err.Error() }
+func (j jsonError) Unwrap() error { return j.err }
+
+// commandTable is every command of securepay, in the order `securepay help` lists them.
+// It is built for each command line: the flag variables belong to that run, and some
+// defaults come from its environment.
+func commandTable(e env) *Command {
+	root := &Command{
+		UsageLine: "securepay COMMAND [flags] [args]",
+		Long: "Run `securepay help COMMAND` (or `securepay COMMAND -h`) for a command's arguments and\n" +
+			"flags. Client commands talk to --server (default $SECUREPAY_SERVER or\n" +
+			"http://127.0.0.1:8080) and print tables; add --json for machine-readable output,\n" +
+			"errors included.",
+		Commands: []*Command{
+			devCommand(e),
+			serveCommand(e),
+			migrateCommand(e),
+			accountCommand(e),
+			transferCommand(e),
+			batchCommand(e),
+			authoriseCommand(e),
+			captureCommand(e),
+			voidCommand(e),
+			refundCommand(e),
+			paymentCommand(e),
+			balanceCommand(e),
+			historyCommand(e),
+			verifyCommand(e),
+			watchCommand(e),
+			projectionsCommand(e),
+			auditCommand(e),
+			versionCommand(),
+		},
 	}
+	root.Commands = append(root.Commands, helpCommand(root))
+	return root
 }
 
 // run executes one command line.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	e := env{stdout: stdout, stderr: stderr, getenv: getenv}
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
-		printUsage(stdout)
-		if len(args) == 0 {
-			return usagef("no command given")
-		}
+	root := commandTable(e)
+	if len(args) == 0 {
+		root.printUsage(stdout)
+		return usagef("no command given")
+	}
+	if isHelpFlag(args[0]) {
+		root.printUsage(stdout)
 		return nil
 	}
-	cmd, ok := commands()[args[0]]
-	if !ok {
-		printUsage(stderr)
+	cmd := root.lookup(args[0])
+	if cmd == nil {
+		root.printUsage(stderr)
 		return usagef("unknown command %q", args[0])
 	}
-	return cmd.run(ctx, e, args[1:])
+	return cmd.execute(ctx, e, args[1:])
 }
 
-func printUsage(w io.Writer) {
-	fmt.Fprintln(w, "usage: securepay COMMAND [flags] [args]")
-	fmt.Fprintln(w)
-	cmds := commands()
-	names := make([]string, 0, len(cmds))
-	for n := range cmds {
-		names = append(names, n)
+// report prints err for a person, or as one JSON object when the command ran with --json,
+// and returns the exit status.
+func report(stderr io.Writer, err error) int {
+	if err == nil {
+		return 0
 	}
-	sort.Strings(names)
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	for _, n := range names {
-		fmt.Fprintf(tw, "  %s\t%s\n", n, cmds[n].summary)
+	var j jsonError
+	if errors.As(err, &j) {
+		writeErrorJSON(stderr, j.err)
+	} else {
+		fmt.Fprintln(stderr, "securepay:", err)
+		var u usageError
+		if errors.As(err, &u) && u.cmd != nil && u.cmd.LongName() != "" {
+			fmt.Fprintf(stderr, "usage: %s\nRun `securepay help %s` for details.\n", u.cmd.UsageLine, u.cmd.LongName())
+		}
 	}
-	tw.Flush()
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Run `securepay COMMAND -h` for a command's flags. Client commands talk to")
-	fmt.Fprintln(w, "--server (default $SECUREPAY_SERVER or http://127.0.0.1:8080) and print tables;")
-	fmt.Fprintln(w, "add --json for machine-readable output.")
+	var u usageError
+	if errors.As(err, &u) {
+		return 2
+	}
+	return 1
 }
 
-// parseInterleaved parses flags that may come before, between or after positional
-// arguments (`account open alice --asset USD`), which flag.FlagSet alone does not allow.
-// maxArgs bounds the positional arguments.
-func parseInterleaved(fs *flag.FlagSet, args []string, maxArgs int) ([]string, error) {
-	var positional []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, usageError{err.Error()}
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			break
-		}
-		if len(positional) == maxArgs {
-			return nil, usagef("unexpected argument %q", args[0])
-		}
-		positional = append(positional, args[0])
-		args = args[1:]
+// writeErrorJSON prints {"error":{"code":...,"reason":...,"message":...}} on one line. The
+// code is the API's (connect's code names); a mistake in the command line is
+// invalid_argument, and a failure that is neither is unknown.
+func writeErrorJSON(w io.Writer, err error) {
+	type body struct {
+		Code    string `json:"code"`
+		Reason  string `json:"reason,omitempty"`
+		Message string `json:"message"`
 	}
-	return positional, nil
+	b := body{Code: connect.CodeUnknown.String(), Message: err.Error()}
+	var cerr *connect.Error
+	var u usageError
+	switch {
+	case errors.As(err, &cerr):
+		b.Code, b.Reason, b.Message = cerr.Code().String(), string(services.ReasonOf(cerr)), cerr.Message()
+	case errors.As(err, &u):
+		b.Code = connect.CodeInvalidArgument.String()
+	}
+	out, mErr := json.Marshal(struct {
+		Error body `json:"error"`
+	}{b})
+	if mErr != nil {
+		// Strings always encode; this keeps the promise of one object if that ever changes.
+		out = []byte(`{"error":{"code":"unknown","message":"cannot encode the error as JSON"}}`)
+	}
+	fmt.Fprintln(w, string(out))
 }
 
-// envOr is a flag default taken from the environment.
-func envOr(e env, name, def string) string {
-	if v := e.getenv(name); v != "" {
-		return v
+// envFlags registers flags whose default a variable of the environment overrides. Help
+// shows the built-in default and names the variable, never its value: a DSN's password
+// must not reach a terminal because someone typed -h.
+type envFlags struct {
+	fs *flag.FlagSet
+	e  env
+}
+
+func (f envFlags) String(p *string, name, variable, def, usage string) {
+	f.fs.StringVar(p, name, def, usage+" [$"+variable+"]")
+	if v := f.e.getenv(variable); v != "" {
+		*p = v
 	}
-	return def
 }
 
 // splitList splits a comma-separated flag value, dropping empty items.

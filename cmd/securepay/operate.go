@@ -10,6 +10,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -29,14 +31,19 @@ type storeFlags struct {
 }
 
 func (f *storeFlags) register(fs *flag.FlagSet, e env, withRedis bool) {
-	fs.StringVar(&f.dsn, "postgres-dsn", envOr(e, "SECUREPAY_POSTGRES_DSN", ""), "PostgreSQL DSN of the event store and views [$SECUREPAY_POSTGRES_DSN]")
-	fs.StringVar(&f.eventSchema, "event-schema", envOr(e, "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema), "schema of the event store [$SECUREPAY_EVENT_SCHEMA]")
-	fs.StringVar(&f.viewSchema, "view-schema", envOr(e, "SECUREPAY_VIEW_SCHEMA", projections.DefaultViewSchema), "schema of the views [$SECUREPAY_VIEW_SCHEMA]")
-	fs.StringVar(&f.dir, "dir", "", "instead of PostgreSQL: the directory of a stopped `securepay dev --dir` ledger")
+	ef := envFlags{fs, e}
+	ef.String(&f.dsn, "postgres-dsn", "SECUREPAY_POSTGRES_DSN", "", "PostgreSQL `DSN` of the event store and views")
+	ef.String(&f.eventSchema, "event-schema", "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema, "`schema` of the event store")
+	ef.String(&f.viewSchema, "view-schema", "SECUREPAY_VIEW_SCHEMA", projections.DefaultViewSchema, "`schema` of the views")
 	if withRedis {
-		fs.StringVar(&f.redisAddr, "redis-addr", envOr(e, "SECUREPAY_REDIS_ADDR", ""), "Redis host:port, to include the Redis projectors [$SECUREPAY_REDIS_ADDR]")
-		fs.IntVar(&f.redisDB, "redis-db", 0, "Redis database number")
+		ef.String(&f.redisAddr, "redis-addr", "SECUREPAY_REDIS_ADDR", "", "Redis `host:port`, to include the Redis projectors")
+		fs.IntVar(&f.redisDB, "redis-db", 0, "Redis database `number`")
 	}
+}
+
+// registerDir offers --dir: an auditor reads a dev ledger's log as well as PostgreSQL's.
+func (f *storeFlags) registerDir(fs *flag.FlagSet) {
+	fs.StringVar(&f.dir, "dir", "", "instead of PostgreSQL: the `directory` of a stopped dev ledger (kept with securepay dev --dir)")
 }
 
 // opened is what a command works on; close releases everything.
@@ -90,127 +97,235 @@ func (f *storeFlags) open(ctx context.Context, e env, cmd string) (*opened, erro
 	return o, nil
 }
 
-// runProjections: securepay projections list | status | rebuild NAME
-func runProjections(ctx context.Context, e env, args []string) error {
-	fs := flag.NewFlagSet("projections", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	var sf storeFlags
-	sf.register(fs, e, true)
-	plain := fs.Bool("plain", false, "rebuild: plain progress lines even on a terminal")
-	pos, err := parseInterleaved(fs, args, 2)
-	if err != nil {
-		return err
+func projectionsCommand(e env) *Command {
+	list := &Command{
+		UsageLine: "securepay projections list [flags]",
+		Short:     "list the projectors of this deployment and the views they keep",
 	}
-	if len(pos) == 0 {
-		return usagef("projections: say list, status or rebuild NAME")
+	list.Run = newProjectionsCmd(e, list).list
+	status := &Command{
+		UsageLine: "securepay projections status [flags]",
+		Short:     "show each projector's checkpoint, lag and state (fails if one is stopped on an error)",
 	}
-	verb := pos[0]
-	switch {
-	case verb == "rebuild" && len(pos) != 2:
-		return usagef("projections rebuild: name the projector to rebuild (see `securepay projections list`)")
-	case verb != "rebuild" && len(pos) != 1:
-		return usagef("projections %s takes no argument", verb)
-	case verb != "list" && verb != "status" && verb != "rebuild":
-		return usagef("projections: unknown verb %q: say list, status or rebuild NAME", verb)
+	status.Run = newProjectionsCmd(e, status).status
+	rebuild := &Command{
+		UsageLine: "securepay projections rebuild NAME [--plain] [flags]",
+		Short:     "rebuild a PostgreSQL projector's view from the log, in shadow tables swapped in at the end",
+		Args:      []Arg{{Name: "NAME", Missing: "name the projector to rebuild (see `securepay projections list`)"}},
 	}
-	if sf.dir != "" {
-		return usagef("projections: the dev ledger keeps its views in memory and rebuilds them at every start; this command is for PostgreSQL views")
-	}
-	o, err := sf.open(ctx, e, "projections")
-	if err != nil {
-		return err
-	}
-	defer o.close()
-	admin := &projections.Admin{Store: o.store, PG: o.pg, Redis: o.redis}
-	switch verb {
-	case "list":
-		return admin.WriteList(e.stdout)
-	case "status":
-		sts, err := admin.Status(ctx)
-		if err != nil {
-			return fmt.Errorf("projections status: %w", err)
-		}
-		if err := projections.WriteStatus(e.stdout, sts); err != nil {
-			return err
-		}
-		for _, s := range sts {
-			if s.State == projections.StateStopped {
-				return fmt.Errorf("projections status: %s is stopped on an error", s.Name)
-			}
-		}
-		return nil
-	default:
-		_, err := admin.Rebuild(ctx, pos[1], e.stdout, projections.RebuildOptions{
-			Progress: e.stderr, ProgressOptions: projections.ProgressOptions{ForcePlain: *plain},
-		})
-		if err != nil {
-			return fmt.Errorf("projections rebuild %s: %w (run the same command again to resume)", pos[1], err)
-		}
-		return nil
+	rc := newProjectionsCmd(e, rebuild)
+	rebuild.Flag.BoolVar(&rc.plain, "plain", false, "plain progress lines even on a terminal")
+	rebuild.Run = rc.rebuild
+	return &Command{
+		UsageLine: "securepay projections SUBCOMMAND [NAME] [flags]",
+		Short:     "operators: list | status | rebuild NAME of the PostgreSQL/Redis views",
+		Long: "Operators: list the projectors, see how far behind the log each one is, and rebuild a\n" +
+			"PostgreSQL view. They read the views' own records, from any process, on PostgreSQL\n" +
+			"(--postgres-dsn), with the Redis projectors too when --redis-addr is given. A dev ledger\n" +
+			"keeps its views in memory and rebuilds them at every start.",
+		Commands: []*Command{list, status, rebuild},
 	}
 }
 
-// runAudit: securepay audit export | verify | balances | replay STREAM
-func runAudit(ctx context.Context, e env, args []string) error {
-	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	var sf storeFlags
-	sf.register(fs, e, false)
-	from := fs.Uint64("from", 0, "export: first position (inclusive; 0 = the start)")
-	to := fs.Uint64("to", 0, "export: last position (inclusive; 0 = the head)")
-	stream := fs.String("stream", "", "export: only this stream")
-	asOf := fs.String("as-of", "", "balances: a log position or an RFC 3339 time (default: the head)")
-	pos, err := parseInterleaved(fs, args, 2)
+// projectionsCmd is one projections subcommand's flags.
+type projectionsCmd struct {
+	store storeFlags
+	plain bool // rebuild
+}
+
+func newProjectionsCmd(e env, cmd *Command) *projectionsCmd {
+	c := &projectionsCmd{}
+	c.store.register(&cmd.Flag, e, true)
+	// --dir is refused with the reason: the dev ledger's views are not on disk.
+	c.store.registerDir(&cmd.Flag)
+	hide(&cmd.Flag, "dir")
+	return c
+}
+
+// admin opens the views; call the returned close when done.
+func (c *projectionsCmd) admin(ctx context.Context, e env) (*projections.Admin, func(), error) {
+	if c.store.dir != "" {
+		return nil, nil, usagef("projections: the dev ledger keeps its views in memory and rebuilds them at every start; this command is for PostgreSQL views")
+	}
+	o, err := c.store.open(ctx, e, "projections")
+	if err != nil {
+		return nil, nil, err
+	}
+	return &projections.Admin{Store: o.store, PG: o.pg, Redis: o.redis}, o.close, nil
+}
+
+func (c *projectionsCmd) list(ctx context.Context, e env, _ []string) error {
+	admin, done, err := c.admin(ctx, e)
 	if err != nil {
 		return err
 	}
-	if len(pos) == 0 {
-		return usagef("audit: say export, verify, balances or replay STREAM")
+	defer done()
+	return admin.WriteList(e.stdout)
+}
+
+func (c *projectionsCmd) status(ctx context.Context, e env, _ []string) error {
+	admin, done, err := c.admin(ctx, e)
+	if err != nil {
+		return err
 	}
-	verb := pos[0]
-	if (verb == "replay") != (len(pos) == 2) {
-		if verb == "replay" {
-			return usagef("audit replay: name the stream (account-ID or payment-ID)")
+	defer done()
+	sts, err := admin.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("projections status: %w", err)
+	}
+	if err := projections.WriteStatus(e.stdout, sts); err != nil {
+		return err
+	}
+	for _, s := range sts {
+		if s.State == projections.StateStopped {
+			return fmt.Errorf("projections status: %s is stopped on an error", s.Name)
 		}
-		return usagef("audit %s takes no argument", verb)
 	}
-	o, err := sf.open(ctx, e, "audit")
+	return nil
+}
+
+// rebuildable are the projectors `projections rebuild` rebuilds into shadow tables: the
+// PostgreSQL ones, which Admin.List marks Rebuildable. The Redis projectors replay the log
+// by themselves once their checkpoint key is deleted; Admin.Rebuild says so when asked.
+func rebuildable() []string {
+	return []string{projections.AccountsProjector, projections.PaymentsProjector}
+}
+
+func (c *projectionsCmd) rebuild(ctx context.Context, e env, args []string) error {
+	name := args[0]
+	known := rebuildable()
+	// A misspelt name is refused before any connection, so its error cannot read like an
+	// interrupted rebuild that a rerun would resume.
+	resumable := slices.Contains(known, name)
+	if !resumable && name != projections.BalanceCacheProjector && name != projections.NotificationsProjector {
+		return usagef("projections rebuild: unknown projector %q: say %s", name, strings.Join(known, " or "))
+	}
+	admin, done, err := c.admin(ctx, e)
+	if err != nil {
+		return err
+	}
+	defer done()
+	_, err = admin.Rebuild(ctx, name, e.stdout, projections.RebuildOptions{
+		Progress: e.stderr, ProgressOptions: projections.ProgressOptions{ForcePlain: c.plain},
+	})
+	switch {
+	case err != nil && resumable:
+		return fmt.Errorf("projections rebuild %s: %w (run the same command again to resume)", name, err)
+	case err != nil:
+		return fmt.Errorf("projections rebuild %s: %w", name, err)
+	}
+	return nil
+}
+
+func auditCommand(e env) *Command {
+	export := &Command{
+		UsageLine: "securepay audit export [--from POSITION] [--to POSITION] [--stream STREAM] [flags]",
+		Short:     "print the log as JSON lines with their hashes, decodable without our code (docs/EVENTS.md)",
+	}
+	ec := newAuditCmd(e, export)
+	export.Flag.Uint64Var(&ec.from, "from", 0, "first `position` (inclusive; 0 = the start)")
+	export.Flag.Uint64Var(&ec.to, "to", 0, "last `position` (inclusive; 0 = the head)")
+	export.Flag.StringVar(&ec.stream, "stream", "", "only this `stream` (account-ID or payment-ID)")
+	export.Run = ec.export
+	verify := &Command{
+		UsageLine: "securepay audit verify [flags]",
+		Short:     "recompute the hash chain of the whole log and name the first bad position",
+	}
+	verify.Run = newAuditCmd(e, verify).verify
+	balances := &Command{
+		UsageLine: "securepay audit balances [--as-of POSITION|TIME] [flags]",
+		Short:     "recompute every balance from the log and compare it with the service's view",
+	}
+	bc := newAuditCmd(e, balances)
+	balances.Flag.StringVar(&bc.asOf, "as-of", "", "the log `position` or RFC 3339 time to recompute at (default: the head)")
+	balances.Run = bc.balances
+	replay := &Command{
+		UsageLine: "securepay audit replay STREAM [flags]",
+		Short:     "print a stream's events one by one, with the state after each",
+		Args:      []Arg{{Name: "STREAM", Missing: "name the stream (account-ID or payment-ID)"}},
+	}
+	replay.Run = newAuditCmd(e, replay).replay
+	return &Command{
+		UsageLine: "securepay audit SUBCOMMAND [STREAM] [flags]",
+		Short:     "auditors: export | verify | balances | replay STREAM, reading the log directly",
+		Long: "Auditors: read the log directly, not through the service, and recompute what the\n" +
+			"service claims: on PostgreSQL (--postgres-dsn), or in the directory of a stopped dev\n" +
+			"ledger (--dir).",
+		Commands: []*Command{export, verify, balances, replay},
+	}
+}
+
+// auditCmd is one audit subcommand's flags.
+type auditCmd struct {
+	store    storeFlags
+	from, to uint64 // export
+	stream   string // export
+	asOf     string // balances
+}
+
+func newAuditCmd(e env, cmd *Command) *auditCmd {
+	c := &auditCmd{}
+	c.store.register(&cmd.Flag, e, false)
+	c.store.registerDir(&cmd.Flag)
+	return c
+}
+
+func (c *auditCmd) export(ctx context.Context, e env, _ []string) error {
+	o, err := c.store.open(ctx, e, "audit")
 	if err != nil {
 		return err
 	}
 	defer o.close()
 	start := time.Now()
-	switch verb {
-	case "export":
-		n, err := audit.Export(ctx, o.store, e.stdout, audit.ExportOptions{From: *from, To: *to, Stream: *stream, Progress: e.stderr})
-		if err != nil {
-			return fmt.Errorf("audit export: %w", err)
-		}
-		fmt.Fprintf(e.stderr, "exported %d events in %s\n", n, time.Since(start).Round(time.Millisecond))
-		return nil
-	case "verify":
-		_, err := audit.Verify(ctx, o.store, e.stdout, audit.VerifyOptions{Progress: e.stderr})
-		return err
-	case "balances":
-		point, err := audit.ParseAsOf(*asOf)
-		if *asOf == "" {
-			point, err = projections.AsOf{}, nil
-		}
-		if err != nil {
-			return usagef("audit balances: --as-of %q: %v", *asOf, err)
-		}
-		var reader projections.Reader
-		if o.pg != nil {
-			reader = o.pg.Reader()
-		}
-		_, err = audit.Balances(ctx, o.store, e.stdout, audit.BalancesOptions{AsOf: point, Reader: reader, Progress: e.stderr})
-		if errors.Is(err, audit.ErrDifferences) {
-			return fmt.Errorf("audit balances: the service's view differs from the log (see the report above)")
-		}
-		return err
-	case "replay":
-		_, err := audit.Replay(ctx, o.store, e.stdout, pos[1], audit.ReplayOptions{})
+	n, err := audit.Export(ctx, o.store, e.stdout, audit.ExportOptions{From: c.from, To: c.to, Stream: c.stream, Progress: e.stderr})
+	if err != nil {
+		return fmt.Errorf("audit export: %w", err)
+	}
+	fmt.Fprintf(e.stderr, "exported %d events in %s\n", n, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func (c *auditCmd) verify(ctx context.Context, e env, _ []string) error {
+	o, err := c.store.open(ctx, e, "audit")
+	if err != nil {
 		return err
 	}
-	return usagef("audit: unknown verb %q: say export, verify, balances or replay STREAM", verb)
+	defer o.close()
+	_, err = audit.Verify(ctx, o.store, e.stdout, audit.VerifyOptions{Progress: e.stderr})
+	return err
+}
+
+func (c *auditCmd) balances(ctx context.Context, e env, _ []string) error {
+	point := projections.AsOf{}
+	if c.asOf != "" {
+		p, err := audit.ParseAsOf(c.asOf)
+		if err != nil {
+			return usagef("audit balances: --as-of %q: %v", c.asOf, err)
+		}
+		point = p
+	}
+	o, err := c.store.open(ctx, e, "audit")
+	if err != nil {
+		return err
+	}
+	defer o.close()
+	var reader projections.Reader
+	if o.pg != nil {
+		reader = o.pg.Reader()
+	}
+	_, err = audit.Balances(ctx, o.store, e.stdout, audit.BalancesOptions{AsOf: point, Reader: reader, Progress: e.stderr})
+	if errors.Is(err, audit.ErrDifferences) {
+		return fmt.Errorf("audit balances: the service's view differs from the log (see the report above)")
+	}
+	return err
+}
+
+func (c *auditCmd) replay(ctx context.Context, e env, args []string) error {
+	o, err := c.store.open(ctx, e, "audit")
+	if err != nil {
+		return err
+	}
+	defer o.close()
+	_, err = audit.Replay(ctx, o.store, e.stdout, args[0], audit.ReplayOptions{})
+	return err
 }

@@ -83,6 +83,28 @@ func (t *tabw) write(r *ledgerv1.WriteResult, withBalances bool) {
 	}
 }
 
+// accountWrite is the answer to a write on an account.
+type accountWrite interface {
+	GetAccount() *ledgerv1.Account
+	GetResult() *ledgerv1.WriteResult
+}
+
+func (t *tabw) accountWrite(m accountWrite) {
+	t.account(m.GetAccount())
+	t.write(m.GetResult(), false)
+}
+
+// paymentWrite is the answer to a write on a payment.
+type paymentWrite interface {
+	GetPayment() *ledgerv1.Payment
+	GetResult() *ledgerv1.WriteResult
+}
+
+func (t *tabw) paymentWrite(m paymentWrite) {
+	t.payment(m.GetPayment())
+	t.write(m.GetResult(), true)
+}
+
 func money(m *ledgerv1.Money) string {
 	if m == nil {
 		return "-"

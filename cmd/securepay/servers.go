@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -40,32 +39,49 @@ type devConfig struct {
 	GCPercent int
 }
 
-func runDev(ctx context.Context, e env, args []string) error {
-	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	var cfg devConfig
-	fs.StringVar(&cfg.Dir, "dir", envOr(e, "SECUREPAY_DEV_DIR", ""), "keep the ledger in this directory (default: a temporary one, deleted on exit) [$SECUREPAY_DEV_DIR]")
-	fs.StringVar(&cfg.Listen, "listen", envOr(e, "SECUREPAY_LISTEN", "127.0.0.1:8080"), "address to listen on; port 0 picks a free one [$SECUREPAY_LISTEN]")
-	cors := fs.String("cors-origins", envOr(e, "SECUREPAY_CORS_ORIGINS", "*"), "comma-separated browser origins allowed to call [$SECUREPAY_CORS_ORIGINS]")
-	verbose := fs.Bool("v", false, "log every internal error and store message")
-	fs.IntVar(&cfg.HistoryCap, "history-cap", 200, "history lines kept in memory per account (older pages answer HISTORY_TRIMMED)")
-	memLimit := fs.Int("memory-limit-mb", 300, "soft memory limit of the process in MiB, so the dev server stays small on a laptop (0: none; GOMEMLIMIT wins)")
-	gcPercent := fs.Int("gc-percent", 400, "heap growth between collections, in percent of the live heap (GOGC); only applied with a memory limit, which caps the heap it lets grow (GOGC wins)")
-	if _, err := parseInterleaved(fs, args, 0); err != nil {
-		return err
+// devCmd is `securepay dev`'s flags.
+type devCmd struct {
+	cfg                    devConfig
+	cors                   string
+	verbose                bool
+	memLimitMiB, gcPercent int
+}
+
+func devCommand(e env) *Command {
+	c := &devCmd{}
+	cmd := &Command{
+		UsageLine: "securepay dev [--listen ADDRESS] [--dir DIRECTORY] [flags]",
+		Short:     "run everything in one process on the embedded store (no external service)",
+		Long: "Run the ledger, the API and in-memory views in one process on the embedded store,\n" +
+			"with cleartext HTTP/2 (on loopback by default): for a laptop, not for production (see serve).",
+		Run: c.run,
 	}
-	cfg.CORSOrigins = splitList(*cors)
-	if *memLimit < 0 || cfg.HistoryCap < 1 || *gcPercent < 1 || *gcPercent > 10_000 {
+	fs := &cmd.Flag
+	ef := envFlags{fs, e}
+	ef.String(&c.cfg.Dir, "dir", "SECUREPAY_DEV_DIR", "", "keep the ledger in this `directory` (default: a temporary one, deleted on exit)")
+	ef.String(&c.cfg.Listen, "listen", "SECUREPAY_LISTEN", "127.0.0.1:8080", "`address` to listen on; port 0 picks a free one")
+	ef.String(&c.cors, "cors-origins", "SECUREPAY_CORS_ORIGINS", "*", "comma-separated browser `origins` allowed to call")
+	fs.BoolVar(&c.verbose, "v", false, "log every internal error and store message")
+	fs.IntVar(&c.cfg.HistoryCap, "history-cap", 200, "history lines kept in memory per account (older pages answer HISTORY_TRIMMED)")
+	fs.IntVar(&c.memLimitMiB, "memory-limit-mb", 300, "soft memory limit of the process in MiB, so the dev server stays small on a laptop (0: none; GOMEMLIMIT wins)")
+	fs.IntVar(&c.gcPercent, "gc-percent", 400, "heap growth between collections, in percent of the live heap (GOGC); only applied with a memory limit, which caps the heap it lets grow (GOGC wins)")
+	return cmd
+}
+
+func (c *devCmd) run(ctx context.Context, e env, _ []string) error {
+	cfg := c.cfg
+	cfg.CORSOrigins = splitList(c.cors)
+	if c.memLimitMiB < 0 || cfg.HistoryCap < 1 || c.gcPercent < 1 || c.gcPercent > 10_000 {
 		return usagef("dev: --memory-limit-mb must be >= 0, --history-cap >= 1 and --gc-percent in 1..10000")
 	}
 	if e.getenv("GOMEMLIMIT") == "" {
-		cfg.MemoryLimitBytes = int64(*memLimit) << 20
+		cfg.MemoryLimitBytes = int64(c.memLimitMiB) << 20
 	}
 	if e.getenv("GOGC") == "" && cfg.MemoryLimitBytes > 0 {
-		cfg.GCPercent = *gcPercent
+		cfg.GCPercent = c.gcPercent
 	}
 	cfg.LogLevel = slog.LevelWarn
-	if *verbose {
+	if c.verbose {
 		cfg.LogLevel = slog.LevelDebug
 	}
 	return dev(ctx, e, cfg)
@@ -269,28 +285,44 @@ func (l lines) Unwrap() []error { return l }
 
 func joinLines(errs []error) error { return lines(errs) }
 
-func runServe(ctx context.Context, e env, args []string) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	var cfg serveConfig
-	fs.StringVar(&cfg.Listen, "listen", envOr(e, "SECUREPAY_LISTEN", ":8443"), "address to listen on [$SECUREPAY_LISTEN]")
-	fs.StringVar(&cfg.PostgresDSN, "postgres-dsn", envOr(e, "SECUREPAY_POSTGRES_DSN", ""), "PostgreSQL DSN of the event store and views [$SECUREPAY_POSTGRES_DSN]")
-	fs.StringVar(&cfg.EventSchema, "event-schema", envOr(e, "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema), "schema of the event store [$SECUREPAY_EVENT_SCHEMA]")
-	fs.StringVar(&cfg.ViewSchema, "view-schema", envOr(e, "SECUREPAY_VIEW_SCHEMA", projections.DefaultViewSchema), "schema of the views [$SECUREPAY_VIEW_SCHEMA]")
-	fs.StringVar(&cfg.RedisAddr, "redis-addr", envOr(e, "SECUREPAY_REDIS_ADDR", ""), "Redis host:port for idempotency keys and the balance cache [$SECUREPAY_REDIS_ADDR]")
-	fs.IntVar(&cfg.RedisDB, "redis-db", 0, "Redis logical database")
-	fs.StringVar(&cfg.TLSCert, "tls-cert", envOr(e, "SECUREPAY_TLS_CERT", ""), "PEM certificate chain [$SECUREPAY_TLS_CERT]")
-	fs.StringVar(&cfg.TLSKey, "tls-key", envOr(e, "SECUREPAY_TLS_KEY", ""), "PEM private key [$SECUREPAY_TLS_KEY]")
-	cors := fs.String("cors-origins", envOr(e, "SECUREPAY_CORS_ORIGINS", ""), "comma-separated browser origins allowed to call [$SECUREPAY_CORS_ORIGINS]")
-	fs.DurationVar(&cfg.IdemTTL, "idempotency-ttl", 24*time.Hour, "how long a response is kept for Idempotency-Key replays")
-	fs.DurationVar(&cfg.Shutdown, "shutdown-timeout", 30*time.Second, "how long in-flight requests get at shutdown")
-	fs.IntVar(&cfg.MaxStreams, "max-streams", 256, "concurrent server streams (watch, log)")
-	fs.IntVar(&cfg.MaxReqBytes, "max-request-bytes", 1<<20, "largest request message")
-	fs.DurationVar(&cfg.ReqTimeout, "request-timeout", 30*time.Second, "deadline of one unary request")
-	if _, err := parseInterleaved(fs, args, 0); err != nil {
-		return err
+// serveCmd is `securepay serve`'s flags.
+type serveCmd struct {
+	cfg  serveConfig
+	cors string
+}
+
+func serveCommand(e env) *Command {
+	c := &serveCmd{}
+	cmd := &Command{
+		UsageLine: "securepay serve --postgres-dsn DSN --redis-addr HOST:PORT --tls-cert FILE --tls-key FILE [flags]",
+		Short:     "run the production server (PostgreSQL, Redis, TLS)",
+		Long: "Run the production server: the event store and views on PostgreSQL (run migrate\n" +
+			"first), idempotency keys and the balance cache on Redis, TLS on one port. Every\n" +
+			"setting is checked at start and every problem listed at once.",
+		Run: c.run,
 	}
-	cfg.CORSOrigins = splitList(*cors)
+	fs := &cmd.Flag
+	ef := envFlags{fs, e}
+	ef.String(&c.cfg.Listen, "listen", "SECUREPAY_LISTEN", ":8443", "`address` to listen on")
+	ef.String(&c.cfg.PostgresDSN, "postgres-dsn", "SECUREPAY_POSTGRES_DSN", "", "PostgreSQL `DSN` of the event store and views")
+	ef.String(&c.cfg.EventSchema, "event-schema", "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema, "`schema` of the event store")
+	ef.String(&c.cfg.ViewSchema, "view-schema", "SECUREPAY_VIEW_SCHEMA", projections.DefaultViewSchema, "`schema` of the views")
+	ef.String(&c.cfg.RedisAddr, "redis-addr", "SECUREPAY_REDIS_ADDR", "", "Redis `host:port` for idempotency keys and the balance cache")
+	fs.IntVar(&c.cfg.RedisDB, "redis-db", 0, "Redis logical database `number`")
+	ef.String(&c.cfg.TLSCert, "tls-cert", "SECUREPAY_TLS_CERT", "", "PEM certificate chain `file`")
+	ef.String(&c.cfg.TLSKey, "tls-key", "SECUREPAY_TLS_KEY", "", "PEM private key `file`")
+	ef.String(&c.cors, "cors-origins", "SECUREPAY_CORS_ORIGINS", "", "comma-separated browser `origins` allowed to call")
+	fs.DurationVar(&c.cfg.IdemTTL, "idempotency-ttl", 24*time.Hour, "how long a response is kept for Idempotency-Key replays")
+	fs.DurationVar(&c.cfg.Shutdown, "shutdown-timeout", 30*time.Second, "how long in-flight requests get at shutdown")
+	fs.IntVar(&c.cfg.MaxStreams, "max-streams", 256, "concurrent server streams (watch, log)")
+	fs.IntVar(&c.cfg.MaxReqBytes, "max-request-bytes", 1<<20, "largest request message, in bytes")
+	fs.DurationVar(&c.cfg.ReqTimeout, "request-timeout", 30*time.Second, "deadline of one unary request")
+	return cmd
+}
+
+func (c *serveCmd) run(ctx context.Context, e env, _ []string) error {
+	cfg := c.cfg
+	cfg.CORSOrigins = splitList(c.cors)
 	cfg.LogLevel = slog.LevelInfo
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -390,32 +422,43 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 	return nil
 }
 
-func runMigrate(ctx context.Context, e env, args []string) error {
-	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	dsn := fs.String("postgres-dsn", envOr(e, "SECUREPAY_POSTGRES_DSN", ""), "PostgreSQL DSN (a role that may CREATE in the database) [$SECUREPAY_POSTGRES_DSN]")
-	eventSchema := fs.String("event-schema", envOr(e, "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema), "schema of the event store [$SECUREPAY_EVENT_SCHEMA]")
-	viewSchema := fs.String("view-schema", envOr(e, "SECUREPAY_VIEW_SCHEMA", projections.DefaultViewSchema), "schema of the views [$SECUREPAY_VIEW_SCHEMA]")
-	appRole := fs.String("app-role", envOr(e, "SECUREPAY_APP_ROLE", postgres.DefaultAppRole), "role the event store writes as [$SECUREPAY_APP_ROLE]")
-	if _, err := parseInterleaved(fs, args, 0); err != nil {
-		return err
+// migrateCmd is `securepay migrate`'s flags.
+type migrateCmd struct {
+	dsn, eventSchema, viewSchema, appRole string
+}
+
+func migrateCommand(e env) *Command {
+	c := &migrateCmd{}
+	cmd := &Command{
+		UsageLine: "securepay migrate --postgres-dsn DSN [flags]",
+		Short:     "create or upgrade the PostgreSQL schemas of the event store and the views",
+		Run:       c.run,
 	}
-	if *dsn == "" {
+	ef := envFlags{&cmd.Flag, e}
+	ef.String(&c.dsn, "postgres-dsn", "SECUREPAY_POSTGRES_DSN", "", "PostgreSQL `DSN` (a role that may CREATE in the database)")
+	ef.String(&c.eventSchema, "event-schema", "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema, "`schema` of the event store")
+	ef.String(&c.viewSchema, "view-schema", "SECUREPAY_VIEW_SCHEMA", projections.DefaultViewSchema, "`schema` of the views")
+	ef.String(&c.appRole, "app-role", "SECUREPAY_APP_ROLE", postgres.DefaultAppRole, "`role` the event store writes as")
+	return cmd
+}
+
+func (c *migrateCmd) run(ctx context.Context, e env, _ []string) error {
+	if c.dsn == "" {
 		return usagef("migrate: the PostgreSQL DSN is missing: set --postgres-dsn or SECUREPAY_POSTGRES_DSN")
 	}
-	pool, err := pgxpool.New(ctx, *dsn)
+	pool, err := pgxpool.New(ctx, c.dsn)
 	if err != nil {
 		return fmt.Errorf("migrate: connect: %v", redactDSNError(err))
 	}
 	defer pool.Close()
-	applied, err := postgres.Migrate(ctx, pool, *eventSchema, *appRole)
+	applied, err := postgres.Migrate(ctx, pool, c.eventSchema, c.appRole)
 	if err != nil {
-		return fmt.Errorf("migrate: event store schema %s: %w", *eventSchema, err)
+		return fmt.Errorf("migrate: event store schema %s: %w", c.eventSchema, err)
 	}
-	fmt.Fprintf(e.stdout, "event store schema %s: %d migration(s) applied %v\n", *eventSchema, len(applied), applied)
-	if _, err := projections.OpenPG(ctx, projections.PGConfig{Pool: pool, Schema: *viewSchema, Migrate: true}); err != nil {
-		return fmt.Errorf("migrate: views schema %s: %w", *viewSchema, err)
+	fmt.Fprintf(e.stdout, "event store schema %s: %d migration(s) applied %v\n", c.eventSchema, len(applied), applied)
+	if _, err := projections.OpenPG(ctx, projections.PGConfig{Pool: pool, Schema: c.viewSchema, Migrate: true}); err != nil {
+		return fmt.Errorf("migrate: views schema %s: %w", c.viewSchema, err)
 	}
-	fmt.Fprintf(e.stdout, "views schema %s: up to date\n", *viewSchema)
+	fmt.Fprintf(e.stdout, "views schema %s: up to date\n", c.viewSchema)
 	return nil
 }
