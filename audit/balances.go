@@ -196,7 +196,9 @@ read:
 			}
 		}
 	}
-	writeBalancesReport(w, rep, accounts, ids)
+	if err := writeBalancesReport(w, rep, accounts, ids); err != nil {
+		return rep, err
+	}
 	if len(rep.Differences) > 0 {
 		return rep, fmt.Errorf("%w: %d differences as of position %d", ErrDifferences, len(rep.Differences), rep.Position)
 	}
@@ -230,10 +232,13 @@ func claimCheck(a *domain.Account, ev domain.Event, position uint64) (Difference
 	return Difference{}, false
 }
 
-func writeBalancesReport(w io.Writer, rep BalancesReport, accounts map[domain.AccountID]*domain.Account, ids []domain.AccountID) {
-	if w == nil {
-		return
+// writeBalancesReport prints the report; an auditor's report cut short by a full disk or a
+// closed pipe must not look complete, so the first write error is returned.
+func writeBalancesReport(out io.Writer, rep BalancesReport, accounts map[domain.AccountID]*domain.Account, ids []domain.AccountID) error {
+	if out == nil {
+		return nil
 	}
+	w := &stickyWriter{w: out}
 	fmt.Fprintf(w, "balances as of position %d (%d events, %d accounts)\n", rep.Position, rep.Events, rep.Accounts)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "ACCOUNT\tASSET\tPOSTED\tHELD\tAVAILABLE\t")
@@ -242,7 +247,9 @@ func writeBalancesReport(w io.Writer, rep BalancesReport, accounts map[domain.Ac
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t\n", id, a.Asset.Code, domain.FormatMinor(a.Posted, a.Asset),
 			domain.FormatMinor(a.Held, a.Asset), domain.FormatMinor(a.Available(), a.Asset))
 	}
-	_ = tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("write the balances report: %w", err)
+	}
 	assets := make([]domain.Asset, 0, len(rep.Totals))
 	for a := range rep.Totals {
 		assets = append(assets, a)
@@ -256,12 +263,31 @@ func writeBalancesReport(w io.Writer, rep BalancesReport, accounts map[domain.Ac
 	}
 	if len(rep.Differences) == 0 {
 		fmt.Fprintln(w, "no differences")
-		return
+	} else {
+		fmt.Fprintf(w, "%d DIFFERENCES:\n", len(rep.Differences))
+		for _, d := range rep.Differences {
+			fmt.Fprintf(w, "  %s %s %s: log %d, view %d %s\n", d.AccountID, d.Asset, d.What, d.Log, d.View, d.Detail)
+		}
 	}
-	fmt.Fprintf(w, "%d DIFFERENCES:\n", len(rep.Differences))
-	for _, d := range rep.Differences {
-		fmt.Fprintf(w, "  %s %s %s: log %d, view %d %s\n", d.AccountID, d.Asset, d.What, d.Log, d.View, d.Detail)
+	if w.err != nil {
+		return fmt.Errorf("write the balances report: %w", w.err)
 	}
+	return nil
+}
+
+// stickyWriter keeps the first write error, so a report of many small writes checks once.
+type stickyWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (s *stickyWriter) Write(p []byte) (int, error) {
+	if s.err != nil {
+		return 0, s.err
+	}
+	n, err := s.w.Write(p)
+	s.err = err
+	return n, err
 }
 
 func appendDiffs(out []Difference, a *domain.Account, b projections.Balance, detail string) []Difference {

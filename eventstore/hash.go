@@ -119,16 +119,25 @@ func (v *ChainVerifier) Verified() (uint64, Hash) { return v.next - 1, v.prev }
 // events verified and a *ChainBreak (or a read error). Memory use is one page.
 func VerifyChain(ctx context.Context, s Store, pageSize int, progress func(verified uint64)) (uint64, error) {
 	v := NewChainVerifier(0, Hash{})
+	err := v.ReadFrom(ctx, s, pageSize, progress)
+	n, _ := v.Verified()
+	return n, err
+}
+
+// ReadFrom checks every event of s after the last verified one, in pages, up to the head.
+// It returns a *ChainBreak for the first bad link, or a read error; Verified then says how
+// far the chain held and its hash there (an auditor's anchor for the next run).
+func (v *ChainVerifier) ReadFrom(ctx context.Context, s Store, pageSize int, progress func(verified uint64)) error {
 	pageSize = ClampLimit(pageSize)
 	for {
 		after, _ := v.Verified()
 		page, err := s.ReadAll(ctx, after, pageSize)
 		if err != nil {
-			return after, fmt.Errorf("verify chain: read after %d: %w", after, err)
+			return fmt.Errorf("verify chain: read after %d: %w", after, err)
 		}
 		for i := range page {
 			if err := v.Check(&page[i]); err != nil {
-				return after + uint64(i), err
+				return err
 			}
 		}
 		if progress != nil {
@@ -136,8 +145,7 @@ func VerifyChain(ctx context.Context, s Store, pageSize int, progress func(verif
 			progress(n)
 		}
 		if len(page) < pageSize {
-			n, _ := v.Verified()
-			return n, nil
+			return nil
 		}
 	}
 }

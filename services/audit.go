@@ -114,24 +114,12 @@ const verifyPage = 1000
 func (s *auditService) VerifyChain(ctx context.Context, _ *connect.Request[ledgerv1.VerifyChainRequest]) (*connect.Response[ledgerv1.VerifyChainResponse], error) {
 	v := eventstore.NewChainVerifier(0, eventstore.Hash{})
 	out := &ledgerv1.VerifyChainResponse{Ok: true}
-	for {
-		after, _ := v.Verified()
-		page, err := s.store.ReadAll(ctx, after, verifyPage)
-		if err != nil {
-			return nil, fmt.Errorf("verify chain: read after %d: %w", after, err)
-		}
-		for i := range page {
-			var brk *eventstore.ChainBreak
-			if err := v.Check(&page[i]); errors.As(err, &brk) {
-				out.Ok, out.BreakPosition, out.BreakReason = false, brk.Position, brk.Reason
-				break
-			} else if err != nil {
-				return nil, fmt.Errorf("verify chain at %d: %w", page[i].Position, err)
-			}
-		}
-		if !out.Ok || len(page) < verifyPage {
-			break
-		}
+	var brk *eventstore.ChainBreak
+	switch err := v.ReadFrom(ctx, s.store, verifyPage, nil); {
+	case errors.As(err, &brk):
+		out.Ok, out.BreakPosition, out.BreakReason = false, brk.Position, brk.Reason
+	case err != nil:
+		return nil, err
 	}
 	last, hash := v.Verified()
 	out.Verified, out.LastPosition, out.LastHash = last, last, hash.String()

@@ -293,7 +293,10 @@ func (i *idempotencyInterceptor) WrapUnary(next connect.UnaryFunc) connect.Unary
 		stored, err := encodeResponse(res, herr)
 		if err != nil {
 			i.cfg.Logger.ErrorContext(ctx, "idempotency: encode response", "procedure", spec.Procedure, "error", err)
-			_ = i.cfg.Store.Release(sctx, skey, owner)
+			if err := i.cfg.Store.Release(sctx, skey, owner); err != nil {
+				// The claim then lapses after InFlightTTL; until then a retry is told to wait.
+				i.cfg.Logger.ErrorContext(ctx, "idempotency store: release", "procedure", spec.Procedure, "error", err)
+			}
 			return res, herr
 		}
 		rec := IdempotencyRecord{Fingerprint: fp, Done: true, Response: stored}

@@ -116,7 +116,7 @@ func TestFaultyAppends(t *testing.T) {
 			var acked, failed int
 			for _, rs := range results {
 				for _, r := range rs {
-					n := m.creations[r.cmd.PaymentID]
+					n := m.Creations[r.cmd.PaymentID]
 					switch {
 					case r.err == nil:
 						acked++
@@ -154,30 +154,30 @@ func TestFaultyAppends(t *testing.T) {
 				}
 			}
 			m = foldLog(t, store)
-			for id, n := range m.creations {
+			for id, n := range m.Creations {
 				if n != 1 {
 					t.Errorf("after retries, payment %s is recorded %d times", id, n)
 				}
 			}
 			var sum int64
-			for stream, want := range m.accounts {
-				sum += want.posted
+			for stream, want := range m.Accounts {
+				sum += want.Posted
 				acc, _, _ := domain.ParseStream(stream)
 				got, err := p.Account(ctxT(t), acc)
 				if err != nil {
 					t.Fatalf("account %s: %v", acc, err)
 				}
-				if got.Posted != want.posted || got.Version != want.version {
-					t.Errorf("%s: processor says posted %d v%d, the log says %d v%d", acc, got.Posted, got.Version, want.posted, want.version)
+				if got.Posted != want.Posted || got.Version != want.Version {
+					t.Errorf("%s: processor says posted %d v%d, the log says %d v%d", acc, got.Posted, got.Version, want.Posted, want.Version)
 				}
 			}
 			if sum != 0 {
 				t.Errorf("balances sum to %d, want 0", sum)
 			}
-			if n, err := eventstore.VerifyChain(ctxT(t), store, 1000, nil); err != nil || n != m.events {
-				t.Errorf("hash chain: verified %d of %d: %v", n, m.events, err)
+			if n, err := eventstore.VerifyChain(ctxT(t), store, 1000, nil); err != nil || n != m.Events {
+				t.Errorf("hash chain: verified %d of %d: %v", n, m.Events, err)
 			}
-			t.Logf("seed %d: %d acknowledged, %d failed by %d injected faults (%d after commit), %d events", seed, acked, failed, faulty.injected, faulty.committed, m.events)
+			t.Logf("seed %d: %d acknowledged, %d failed by %d injected faults (%d after commit), %d events", seed, acked, failed, faulty.injected, faulty.committed, m.Events)
 		})
 	}
 }

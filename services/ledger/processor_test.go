@@ -376,14 +376,14 @@ func testTwoProcesses(t *testing.T, b backend) {
 	// The truth is the log: fold it and check every account.
 	final := foldLog(t, store)
 	for i := range accounts {
-		a := final.accounts[domain.AccountStream(domain.AccountID(fmt.Sprintf("acc-%d", i)))]
-		if a.posted < 0 {
-			t.Fatalf("acc-%d overdrawn: %d", i, a.posted)
+		a := final.Accounts[domain.AccountStream(domain.AccountID(fmt.Sprintf("acc-%d", i)))]
+		if a.Posted < 0 {
+			t.Fatalf("acc-%d overdrawn: %d", i, a.Posted)
 		}
 	}
-	sink := final.accounts[domain.AccountStream("sink")]
-	if sink.posted != accepted.Load()*30 {
-		t.Fatalf("sink: want %d (accepted %d transfers), got %d", accepted.Load()*30, accepted.Load(), sink.posted)
+	sink := final.Accounts[domain.AccountStream("sink")]
+	if sink.Posted != accepted.Load()*30 {
+		t.Fatalf("sink: want %d (accepted %d transfers), got %d", accepted.Load()*30, accepted.Load(), sink.Posted)
 	}
 	if max := int64(accounts * (balance / 30)); accepted.Load() == 0 || accepted.Load() > max {
 		t.Fatalf("%d transfers accepted; the accounts could fund at most %d", accepted.Load(), max)

@@ -11,91 +11,22 @@ import (
 
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore"
+	"github.com/securepay/securepay/loadtest/invariant"
 	"github.com/securepay/securepay/services/ledger"
 )
 
 var simSeed = flag.Uint64("sim.seed", 0, "seed of the ledger simulation (0: a new one)")
 
-// modelAccount is the reference model's account: balances recomputed from the log by the
-// simplest possible rules, independently of domain.Evolve.
-type modelAccount struct {
-	asset   domain.Asset
-	kind    domain.AccountKind
-	limit   int64
-	posted  int64
-	held    int64
-	version uint64
-}
-
-type model struct {
-	accounts map[string]*modelAccount
-	// creations counts the events that create each payment, captures and refunds each
-	// operation id: each accepted one must appear exactly once.
-	creations map[domain.PaymentID]int
-	ops       map[string]int
-	events    uint64
-}
-
-// foldLog reads the whole log in pages and recomputes every balance, checking after each
-// event that no account that has a floor is below it.
-func foldLog(t testing.TB, store eventstore.Store) *model {
+// foldLog folds the log with the reference invariant checker, which fails on the first
+// event after which an invariant does not hold (an account below its floor, a payment
+// created twice, a broken chain).
+func foldLog(t testing.TB, store eventstore.Store) *invariant.Model {
 	t.Helper()
-	m := &model{accounts: map[string]*modelAccount{}, creations: map[domain.PaymentID]int{}, ops: map[string]int{}}
-	var after uint64
-	for {
-		page, err := store.ReadAll(ctxT(t), after, 1000)
-		if err != nil {
-			t.Fatalf("read log after %d: %v", after, err)
-		}
-		for _, rec := range page {
-			ev, err := domain.DecodeEvent(rec.Type, rec.Data)
-			if err != nil {
-				t.Fatalf("decode position %d: %v", rec.Position, err)
-			}
-			m.apply(t, rec, ev)
-		}
-		if len(page) < 1000 {
-			return m
-		}
-		after = page[len(page)-1].Position
+	m, err := invariant.Fold(ctxT(t), store, 1000)
+	if err != nil {
+		t.Fatalf("the log breaks an invariant: %v", err)
 	}
-}
-
-func (m *model) apply(t testing.TB, rec eventstore.RecordedEvent, ev domain.Event) {
-	t.Helper()
-	m.events++
-	acc := m.accounts[rec.Stream]
-	switch e := ev.(type) {
-	case domain.AccountOpened:
-		acc = &modelAccount{asset: e.Asset, kind: e.Kind, limit: e.CreditLimit}
-		m.accounts[rec.Stream] = acc
-	case domain.AccountDebited:
-		acc.posted -= e.Amount.Minor
-	case domain.AccountCredited:
-		acc.posted += e.Amount.Minor
-	case domain.HoldPlaced:
-		acc.held += e.Amount.Minor
-	case domain.HoldCaptured:
-		acc.posted -= e.Amount.Minor
-		acc.held -= e.Amount.Minor
-	case domain.HoldReleased:
-		acc.held -= e.Amount.Minor
-	case domain.PaymentTransferred, domain.PaymentBatchTransferred, domain.PaymentAuthorised:
-		m.creations[ev.(domain.PaymentEvent).Payment()]++
-	case domain.PaymentCaptured:
-		m.ops[string(e.PaymentID)+"/capture/"+string(e.CaptureID)]++
-	case domain.PaymentRefunded:
-		m.ops[string(e.PaymentID)+"/refund/"+string(e.RefundID)]++
-	}
-	if acc != nil {
-		acc.version = rec.StreamVersion
-		if acc.kind != domain.KindExternal && acc.posted-acc.held < -acc.limit {
-			t.Fatalf("position %d: %s is below its floor: posted %d held %d limit %d", rec.Position, rec.Stream, acc.posted, acc.held, acc.limit)
-		}
-		if acc.held < 0 {
-			t.Fatalf("position %d: %s holds a negative amount %d", rec.Position, rec.Stream, acc.held)
-		}
-	}
+	return m
 }
 
 // TestSimulation runs seeded random command sequences from many goroutines against each
@@ -236,8 +167,8 @@ func runSimulation(t *testing.T, b backend, seed uint64) {
 
 	m := foldLog(t, store)
 	sums := map[domain.Asset]int64{}
-	for _, acc := range m.accounts {
-		sums[acc.asset] += acc.posted
+	for _, acc := range m.Accounts {
+		sums[acc.Asset] += acc.Posted
 	}
 	for a, sum := range sums {
 		if sum != 0 {
@@ -245,11 +176,11 @@ func runSimulation(t *testing.T, b backend, seed uint64) {
 		}
 	}
 	for id := range out.accepted {
-		if n := m.creations[id]; n != 1 {
+		if n := m.Creations[id]; n != 1 {
 			t.Errorf("accepted payment %s is recorded %d times, want exactly once", id, n)
 		}
 	}
-	for id, n := range m.creations {
+	for id, n := range m.Creations {
 		if n != 1 {
 			t.Errorf("payment %s is recorded %d times", id, n)
 		}
@@ -258,32 +189,32 @@ func runSimulation(t *testing.T, b backend, seed uint64) {
 		}
 	}
 	for op := range out.ops {
-		if m.ops[op] != 1 {
-			t.Errorf("accepted operation %s recorded %d times, want once", op, m.ops[op])
+		if m.Ops[op] != 1 {
+			t.Errorf("accepted operation %s recorded %d times, want once", op, m.Ops[op])
 		}
 	}
 	// The write side agrees with the replay, for every processor.
 	for i, p := range procs.all() {
-		for stream, want := range m.accounts {
+		for stream, want := range m.Accounts {
 			acc, _, _ := domain.ParseStream(stream)
 			got, err := p.Account(ctxT(t), acc)
 			if err != nil {
 				t.Fatalf("processor %d: account %s: %v", i, acc, err)
 			}
-			if b.shared && got.Version != want.version {
+			if b.shared && got.Version != want.Version {
 				continue // another process wrote since this one last looked; the store is the truth
 			}
-			if got.Posted != want.posted || got.Held != want.held || got.Version != want.version {
+			if got.Posted != want.Posted || got.Held != want.Held || got.Version != want.Version {
 				t.Errorf("processor %d: %s: state posted=%d held=%d v%d, replay posted=%d held=%d v%d",
-					i, acc, got.Posted, got.Held, got.Version, want.posted, want.held, want.version)
+					i, acc, got.Posted, got.Held, got.Version, want.Posted, want.Held, want.Version)
 			}
 		}
 	}
-	if n, err := eventstore.VerifyChain(ctxT(t), store, 1000, nil); err != nil || n != m.events {
-		t.Errorf("hash chain: verified %d of %d events: %v", n, m.events, err)
+	if n, err := eventstore.VerifyChain(ctxT(t), store, 1000, nil); err != nil || n != m.Events {
+		t.Errorf("hash chain: verified %d of %d events: %v", n, m.Events, err)
 	}
 	t.Logf("seed %d: %d events, %d payments accepted, %d operations, %d retries of applied commands, %d processor restarts",
-		seed, m.events, len(out.accepted), len(out.ops), out.retries, procs.restarts)
+		seed, m.Events, len(out.accepted), len(out.ops), out.retries, procs.restarts)
 }
 
 func simWorker(t *testing.T, procs *simProcessors, rng *rand.Rand, w, steps int, ids []string, clock *fixedClock, out *simOutcome, finished chan<- struct{}) {
