@@ -62,10 +62,12 @@ func TestHealthAndReflection(t *testing.T) {
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("reflection v1 services: want %v, got %v", want, got)
 	}
+	// v1alpha is deprecated, and the point: grpcurl and older clients still ask for it.
 	alpha, err := reflectionv1alpha.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
 	if err != nil {
 		t.Fatalf("reflection v1alpha: %v", err)
 	}
+	//lint:ignore SA1019 this test proves the server still answers the deprecated v1alpha reflection
 	if err := alpha.Send(&reflectionv1alpha.ServerReflectionRequest{MessageRequest: &reflectionv1alpha.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: ledgerv1connect.PaymentServiceName}}); err != nil {
 		t.Fatalf("reflection v1alpha send: %v", err)
 	}
@@ -73,6 +75,7 @@ func TestHealthAndReflection(t *testing.T) {
 	if err != nil {
 		t.Fatalf("reflection v1alpha recv: %v", err)
 	}
+	//lint:ignore SA1019 reads the deprecated v1alpha response, on purpose (see above)
 	if len(r2.GetFileDescriptorResponse().GetFileDescriptorProto()) == 0 {
 		t.Fatalf("reflection v1alpha: want the file of %s, got %v", ledgerv1connect.PaymentServiceName, r2)
 	}

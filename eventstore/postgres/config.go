@@ -103,6 +103,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("LockIdleTimeout must be 0 or >= 1ms, got %s", c.LockIdleTimeout))
 	}
 	if c.Writers < 0 || c.Writers > maxWriters {
+		//lint:ignore ST1005 like every message of Validate, it starts with the field's exported name
 		errs = append(errs, fmt.Errorf("Writers must be 0..%d, got %d", maxWriters, c.Writers))
 	}
 	if c.AppendTimeout < 0 {

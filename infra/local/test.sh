@@ -52,6 +52,9 @@ fi
 log "go vet"
 go vet ./...
 
+log "staticcheck"
+bash infra/tools/staticcheck.sh ./...
+
 pkgs=("$@")
 [[ ${#pkgs[@]} -gt 0 ]] || pkgs=(./...)
 log "go test -race ${pkgs[*]}"
