@@ -46,17 +46,28 @@ type clientFlags struct {
 	caFile  string
 	timeout time.Duration
 	idemKey string // writes only
+
+	cmd  *Command
+	kind clientKind
 }
 
-func (f *clientFlags) register(fs *flag.FlagSet, e env, kind clientKind) {
+// register adds the common flags to cmd; a write's help also says how a lost answer is
+// retried.
+func (f *clientFlags) register(cmd *Command, e env, kind clientKind) {
+	f.cmd, f.kind = cmd, kind
+	fs := &cmd.Flag
 	ef := envFlags{fs, e}
 	ef.String(&f.server, "server", "SECUREPAY_SERVER", "http://127.0.0.1:8080", "server `URL`: http:// (dev, cleartext HTTP/2) or https://")
 	fs.BoolVar(&f.json, "json", false, "print the answer as JSON, and an error as one JSON object on stderr")
 	ef.String(&f.caFile, "ca-file", "SECUREPAY_CA_FILE", "", "`file` of PEM CA certificates to trust for https://")
-	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "give up after this long")
+	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "give up after this long, retries included")
 	switch kind {
 	case writes:
 		fs.StringVar(&f.idemKey, "idempotency-key", "", "Idempotency-Key header: a retry with the same `key` returns the first response")
+		if cmd.Long == "" {
+			cmd.Long = strings.ToUpper(cmd.Short[:1]) + cmd.Short[1:] + "."
+		}
+		cmd.Long += "\n\n" + retryHelp
 	case streams:
 		// Accepted because it was once offered (and ignored): a watch ends when stopped.
 		hide(fs, "timeout")
@@ -66,10 +77,17 @@ func (f *clientFlags) register(fs *flag.FlagSet, e env, kind clientKind) {
 type apiClient struct {
 	f        *clientFlags
 	out      io.Writer
+	errOut   io.Writer
 	accounts ledgerv1connect.AccountServiceClient
 	payments ledgerv1connect.PaymentServiceClient
 	balances ledgerv1connect.BalanceServiceClient
 	audit    ledgerv1connect.AuditServiceClient
+	// last remembers this server's last write, for read-your-writes (lastwrite.go).
+	last lastWrite
+	// plan is set for a write: the ids it uses, for the retry command (retry.go).
+	plan *retryPlan
+	// notes are printed after a table: what the answer could not show.
+	notes []string
 }
 
 func (f *clientFlags) dial(e env) (*apiClient, error) {
@@ -101,20 +119,25 @@ func (f *clientFlags) dial(e env) (*apiClient, error) {
 	return &apiClient{
 		f:        f,
 		out:      e.stdout,
+		errOut:   e.stderr,
 		accounts: ledgerv1connect.NewAccountServiceClient(hc, base),
 		payments: ledgerv1connect.NewPaymentServiceClient(hc, base),
 		balances: ledgerv1connect.NewBalanceServiceClient(hc, base),
 		audit:    ledgerv1connect.NewAuditServiceClient(hc, base),
+		last:     lastWriteFile(e, base),
 	}, nil
 }
 
-// unary makes a client command's Run from its body: it dials, bounds the call by
-// --timeout, and keeps an API error whole for the report.
+// unary makes a client command's Run from its body: it dials, bounds the call, retries
+// included, by --timeout, and keeps an API error whole for the report.
 func (f *clientFlags) unary(body func(ctx context.Context, api *apiClient, args []string) error) func(context.Context, env, []string) error {
 	return func(ctx context.Context, e env, args []string) error {
 		api, err := f.dial(e)
 		if err != nil {
 			return err
+		}
+		if f.kind == writes {
+			api.plan = &retryPlan{cmd: f.cmd, args: args}
 		}
 		ctx, cancel := context.WithTimeout(ctx, f.timeout)
 		defer cancel()
@@ -134,16 +157,50 @@ func (c *apiClient) print(msg proto.Message, table func(*tabw)) error {
 	}
 	tw := newTab(c.out)
 	table(tw)
+	if len(c.notes) > 0 {
+		tw.blank()
+		for _, n := range c.notes {
+			tw.line("%s", n)
+		}
+	}
 	return tw.flush()
 }
 
-// request wraps a message with the Idempotency-Key header, if one was given.
-func request[T any](c *apiClient, msg *T) *connect.Request[T] {
+// request wraps a message; a write's carries the Idempotency-Key header, if one was given.
+func request[T any](c *apiClient, msg *T, write bool) *connect.Request[T] {
 	r := connect.NewRequest(msg)
-	if c.f.idemKey != "" {
+	if write && c.f.idemKey != "" {
 		r.Header().Set(services.IdempotencyKeyHeader, c.f.idemKey)
 	}
 	return r
+}
+
+// wrote is what every accepted write does before it prints: remember its position for
+// later reads and, for a replay, show the balances as they are now. A replay's answer
+// carries the accounts' current balances labelled with the original write's position
+// (services.writeResult), a position at which they may not have been true; the views
+// label each balance with the position that last changed it. acc is the account of an
+// account command, nil for a payment.
+func (c *apiClient) wrote(ctx context.Context, r *ledgerv1.WriteResult, acc *ledgerv1.Account) {
+	c.rememberWrite(ctx, r.GetPosition())
+	if !r.GetReplayed() {
+		return
+	}
+	now := make(map[string]*ledgerv1.Balance, len(r.GetBalances()))
+	kept := r.Balances[:0]
+	for _, b := range r.GetBalances() {
+		res, err := invoke(ctx, c, c.balances.GetBalance, &ledgerv1.GetBalanceRequest{AccountId: b.GetAccountId(), MinPosition: r.GetPosition()})
+		if err != nil {
+			c.notes = append(c.notes, fmt.Sprintf("%s: balance now not shown (%v): securepay balance %s", b.GetAccountId(), err, b.GetAccountId()))
+			continue
+		}
+		now[b.GetAccountId()] = res.Msg.GetBalance()
+		kept = append(kept, res.Msg.GetBalance())
+	}
+	r.Balances = kept
+	if acc != nil {
+		acc.Balance = now[acc.GetAccountId()]
+	}
 }
 
 // apiError is the server's refusal or failure, kept whole: a person reads
@@ -159,10 +216,12 @@ func (a *apiError) Error() string {
 
 func (a *apiError) Unwrap() error { return a.err }
 
-// explain turns an API error into one a person can act on; other errors pass unchanged.
+// explain turns an API error into one a person can act on; other errors, and those
+// already explained (and perhaps explained further), pass unchanged.
 func explain(err error) error {
 	var cerr *connect.Error
-	if !errors.As(err, &cerr) {
+	var a *apiError
+	if !errors.As(err, &cerr) || errors.As(err, &a) {
 		return err
 	}
 	return &apiError{cerr}
@@ -221,7 +280,7 @@ func accountOpenCommand(e env) *Command {
 		Short:     "open an account",
 		Args:      []Arg{{Name: "ACCOUNT_ID"}},
 	}
-	c.client.register(&cmd.Flag, e, writes)
+	c.client.register(cmd, e, writes)
 	cmd.Flag.StringVar(&c.asset, "asset", "USD", "`asset`: a currency code (USD) or CODE/SCALE (POINTS/0)")
 	cmd.Flag.StringVar(&c.kind, "kind", "customer", "customer, merchant or external")
 	cmd.Flag.StringVar(&c.limit, "credit-limit", "", "how far below zero the account may go (decimal `amount`)")
@@ -243,13 +302,14 @@ func (c *accountOpenCmd) run(ctx context.Context, api *apiClient, args []string)
 	if err != nil {
 		return err
 	}
-	res, err := api.accounts.OpenAccount(ctx, request(api, &ledgerv1.OpenAccountRequest{
+	api.plan.uses("account_id", "", args[0])
+	res, err := invokeWrite(ctx, api, api.accounts.OpenAccount, &ledgerv1.OpenAccountRequest{
 		AccountId: args[0], Asset: c.asset, Kind: kind, CreditLimit: c.limit, Metadata: meta,
-	}))
+	})
 	if err != nil {
 		return err
 	}
-	return api.print(res.Msg, func(t *tabw) { t.accountWrite(res.Msg) })
+	return api.printAccountWrite(ctx, res.Msg)
 }
 
 type accountGetCmd struct{ client clientFlags }
@@ -261,13 +321,14 @@ func accountGetCommand(e env) *Command {
 		Short:     "show an account and its balance",
 		Args:      []Arg{{Name: "ACCOUNT_ID"}},
 	}
-	c.client.register(&cmd.Flag, e, reads)
+	c.client.register(cmd, e, reads)
 	cmd.Run = c.client.unary(c.run)
 	return cmd
 }
 
 func (c *accountGetCmd) run(ctx context.Context, api *apiClient, args []string) error {
-	res, err := api.accounts.GetAccount(ctx, connect.NewRequest(&ledgerv1.GetAccountRequest{AccountId: args[0]}))
+	// The write side answers, which has every acknowledged write: nothing to wait for.
+	res, err := invoke(ctx, api, api.accounts.GetAccount, &ledgerv1.GetAccountRequest{AccountId: args[0]})
 	if err != nil {
 		return err
 	}
@@ -286,18 +347,19 @@ func accountFreezeCommand(e env) *Command {
 		Short:     "stop all movements on an account until it is unfrozen",
 		Args:      []Arg{{Name: "ACCOUNT_ID"}},
 	}
-	c.client.register(&cmd.Flag, e, writes)
+	c.client.register(cmd, e, writes)
 	cmd.Flag.StringVar(&c.reason, "reason", "", "why, kept in the audit log (free `text`)")
 	cmd.Run = c.client.unary(c.run)
 	return cmd
 }
 
 func (c *accountFreezeCmd) run(ctx context.Context, api *apiClient, args []string) error {
-	res, err := api.accounts.FreezeAccount(ctx, request(api, &ledgerv1.FreezeAccountRequest{AccountId: args[0], Reason: c.reason}))
+	api.plan.uses("account_id", "", args[0])
+	res, err := invokeWrite(ctx, api, api.accounts.FreezeAccount, &ledgerv1.FreezeAccountRequest{AccountId: args[0], Reason: c.reason})
 	if err != nil {
 		return err
 	}
-	return api.print(res.Msg, func(t *tabw) { t.accountWrite(res.Msg) })
+	return api.printAccountWrite(ctx, res.Msg)
 }
 
 type accountUnfreezeCmd struct{ client clientFlags }
@@ -309,17 +371,18 @@ func accountUnfreezeCommand(e env) *Command {
 		Short:     "lift a freeze",
 		Args:      []Arg{{Name: "ACCOUNT_ID"}},
 	}
-	c.client.register(&cmd.Flag, e, writes)
+	c.client.register(cmd, e, writes)
 	cmd.Run = c.client.unary(c.run)
 	return cmd
 }
 
 func (c *accountUnfreezeCmd) run(ctx context.Context, api *apiClient, args []string) error {
-	res, err := api.accounts.UnfreezeAccount(ctx, request(api, &ledgerv1.UnfreezeAccountRequest{AccountId: args[0]}))
+	api.plan.uses("account_id", "", args[0])
+	res, err := invokeWrite(ctx, api, api.accounts.UnfreezeAccount, &ledgerv1.UnfreezeAccountRequest{AccountId: args[0]})
 	if err != nil {
 		return err
 	}
-	return api.print(res.Msg, func(t *tabw) { t.accountWrite(res.Msg) })
+	return api.printAccountWrite(ctx, res.Msg)
 }
 
 type accountCloseCmd struct{ client clientFlags }
@@ -331,17 +394,18 @@ func accountCloseCommand(e env) *Command {
 		Short:     "close an account with a zero balance and no open holds, for good",
 		Args:      []Arg{{Name: "ACCOUNT_ID"}},
 	}
-	c.client.register(&cmd.Flag, e, writes)
+	c.client.register(cmd, e, writes)
 	cmd.Run = c.client.unary(c.run)
 	return cmd
 }
 
 func (c *accountCloseCmd) run(ctx context.Context, api *apiClient, args []string) error {
-	res, err := api.accounts.CloseAccount(ctx, request(api, &ledgerv1.CloseAccountRequest{AccountId: args[0]}))
+	api.plan.uses("account_id", "", args[0])
+	res, err := invokeWrite(ctx, api, api.accounts.CloseAccount, &ledgerv1.CloseAccountRequest{AccountId: args[0]})
 	if err != nil {
 		return err
 	}
-	return api.print(res.Msg, func(t *tabw) { t.accountWrite(res.Msg) })
+	return api.printAccountWrite(ctx, res.Msg)
 }
 
 // paymentFlags are the flags transfer and authorise share.
@@ -381,7 +445,7 @@ func transferCommand(e env) *Command {
 		UsageLine: "securepay transfer --from ACCOUNT --to ACCOUNT --amount AMOUNT [--asset ASSET] [--id ID] [flags]",
 		Short:     "move money from one account to another",
 	}
-	c.client.register(&cmd.Flag, e, writes)
+	c.client.register(cmd, e, writes)
 	c.payment.register(&cmd.Flag)
 	cmd.Run = c.client.unary(c.run)
 	return cmd
@@ -393,14 +457,15 @@ func (c *transferCmd) run(ctx context.Context, api *apiClient, _ []string) error
 	if err != nil {
 		return err
 	}
-	res, err := api.payments.Transfer(ctx, request(api, &ledgerv1.TransferRequest{
+	api.plan.uses("payment_id", "id", p.id)
+	res, err := invokeWrite(ctx, api, api.payments.Transfer, &ledgerv1.TransferRequest{
 		PaymentId: p.id, SourceAccountId: p.from, DestinationAccountId: p.to,
 		Amount: &ledgerv1.Money{Value: p.amount, Asset: p.asset}, Reference: p.reference, Metadata: meta,
-	}))
+	})
 	if err != nil {
 		return err
 	}
-	return api.print(res.Msg, func(t *tabw) { t.paymentWrite(res.Msg) })
+	return api.printPaymentWrite(ctx, res.Msg)
 }
 
 type batchCmd struct {
@@ -415,8 +480,8 @@ func batchCommand(e env) *Command {
 		UsageLine: "securepay batch --leg FROM:TO:AMOUNT [--leg FROM:TO:AMOUNT ...] [--asset ASSET] [--id ID] [flags]",
 		Short:     "apply several transfers together, all or none",
 	}
-	c.client.register(&cmd.Flag, e, writes)
-	cmd.Flag.StringVar(&c.id, "id", "", "payment `id` (default: a new one)")
+	c.client.register(cmd, e, writes)
+	cmd.Flag.StringVar(&c.id, "id", "", "payment `id` (default: a new one; reuse it to retry safely)")
 	cmd.Flag.StringVar(&c.asset, "asset", "USD", "`asset` of every leg's amount")
 	cmd.Flag.StringVar(&c.reference, "reference", "", "free `text` for statements")
 	cmd.Flag.Var(&c.legs, "leg", "`FROM:TO:AMOUNT` (repeatable, at least one)")
@@ -439,28 +504,31 @@ func (c *batchCmd) run(ctx context.Context, api *apiClient, _ []string) error {
 		}
 		req.Legs = append(req.Legs, &ledgerv1.Leg{SourceAccountId: parts[0], DestinationAccountId: parts[1], Amount: &ledgerv1.Money{Value: parts[2], Asset: c.asset}})
 	}
-	res, err := api.payments.BatchTransfer(ctx, request(api, req))
+	api.plan.uses("payment_id", "id", req.PaymentId)
+	res, err := invokeWrite(ctx, api, api.payments.BatchTransfer, req)
 	if err != nil {
 		return err
 	}
-	return api.print(res.Msg, func(t *tabw) { t.paymentWrite(res.Msg) })
+	return api.printPaymentWrite(ctx, res.Msg)
 }
 
 type authoriseCmd struct {
-	client  clientFlags
-	payment paymentFlags
-	ttl     time.Duration
+	client    clientFlags
+	payment   paymentFlags
+	ttl       time.Duration
+	expiresAt string
 }
 
 func authoriseCommand(e env) *Command {
 	c := &authoriseCmd{}
 	cmd := &Command{
-		UsageLine: "securepay authorise --from ACCOUNT --to ACCOUNT --amount AMOUNT [--expires-in DURATION] [--id ID] [flags]",
+		UsageLine: "securepay authorise --from ACCOUNT --to ACCOUNT --amount AMOUNT [--expires-in DURATION | --expires-at TIME] [--id ID] [flags]",
 		Short:     "hold money on an account for a later capture",
 	}
-	c.client.register(&cmd.Flag, e, writes)
+	c.client.register(cmd, e, writes)
 	c.payment.register(&cmd.Flag)
 	cmd.Flag.DurationVar(&c.ttl, "expires-in", 7*24*time.Hour, "how long the hold lasts if not captured or voided")
+	cmd.Flag.StringVar(&c.expiresAt, "expires-at", "", "when the hold ends, as a `time` (RFC 3339), instead of --expires-in")
 	cmd.Run = c.client.unary(c.run)
 	return cmd
 }
@@ -471,15 +539,35 @@ func (c *authoriseCmd) run(ctx context.Context, api *apiClient, _ []string) erro
 	if err != nil {
 		return err
 	}
-	res, err := api.payments.Authorise(ctx, request(api, &ledgerv1.AuthoriseRequest{
+	// The expiry is part of what makes a second authorise with this id the same request,
+	// so every retry sends the very instant the first did (the ledger keeps microseconds).
+	expires := time.Now().Add(c.ttl).Truncate(time.Microsecond)
+	if c.expiresAt != "" {
+		if isSet(&c.client.cmd.Flag, "expires-in") {
+			return usagef("give at most one of --expires-in and --expires-at")
+		}
+		if expires, err = time.Parse(time.RFC3339Nano, c.expiresAt); err != nil {
+			return usagef("--expires-at: %v", err)
+		}
+	}
+	api.plan.uses("payment_id", "id", p.id)
+	api.plan.pin("expires-at", expires.UTC().Format(time.RFC3339Nano), "expires-in")
+	res, err := invokeWrite(ctx, api, api.payments.Authorise, &ledgerv1.AuthoriseRequest{
 		PaymentId: p.id, SourceAccountId: p.from, DestinationAccountId: p.to,
 		Amount:    &ledgerv1.Money{Value: p.amount, Asset: p.asset},
-		ExpiresAt: timestamppb.New(time.Now().Add(c.ttl)), Reference: p.reference, Metadata: meta,
-	}))
+		ExpiresAt: timestamppb.New(expires), Reference: p.reference, Metadata: meta,
+	})
 	if err != nil {
 		return err
 	}
-	return api.print(res.Msg, func(t *tabw) { t.paymentWrite(res.Msg) })
+	return api.printPaymentWrite(ctx, res.Msg)
+}
+
+// isSet says whether the command line gave the flag name.
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 type captureCmd struct {
@@ -495,7 +583,7 @@ func captureCommand(e env) *Command {
 		Short:     "capture part or all of an authorisation",
 		Args:      []Arg{{Name: "PAYMENT_ID"}},
 	}
-	c.client.register(&cmd.Flag, e, writes)
+	c.client.register(cmd, e, writes)
 	cmd.Flag.StringVar(&c.amount, "amount", "", "`amount` to capture (or --full)")
 	cmd.Flag.StringVar(&c.asset, "asset", "USD", "`asset` of the amount")
 	cmd.Flag.BoolVar(&c.full, "full", false, "capture everything the authorisation still holds")
@@ -517,11 +605,13 @@ func (c *captureCmd) run(ctx context.Context, api *apiClient, args []string) err
 	} else {
 		req.What = &ledgerv1.CaptureRequest_Amount{Amount: &ledgerv1.Money{Value: c.amount, Asset: c.asset}}
 	}
-	res, err := api.payments.Capture(ctx, request(api, req))
+	api.plan.uses("payment_id", "", req.PaymentId)
+	api.plan.uses("capture_id", "capture-id", req.CaptureId)
+	res, err := invokeWrite(ctx, api, api.payments.Capture, req)
 	if err != nil {
 		return err
 	}
-	return api.print(res.Msg, func(t *tabw) { t.paymentWrite(res.Msg) })
+	return api.printPaymentWrite(ctx, res.Msg)
 }
 
 type voidCmd struct{ client clientFlags }
@@ -533,17 +623,18 @@ func voidCommand(e env) *Command {
 		Short:     "release what an authorisation still holds",
 		Args:      []Arg{{Name: "PAYMENT_ID"}},
 	}
-	c.client.register(&cmd.Flag, e, writes)
+	c.client.register(cmd, e, writes)
 	cmd.Run = c.client.unary(c.run)
 	return cmd
 }
 
 func (c *voidCmd) run(ctx context.Context, api *apiClient, args []string) error {
-	res, err := api.payments.Void(ctx, request(api, &ledgerv1.VoidRequest{PaymentId: args[0]}))
+	api.plan.uses("payment_id", "", args[0])
+	res, err := invokeWrite(ctx, api, api.payments.Void, &ledgerv1.VoidRequest{PaymentId: args[0]})
 	if err != nil {
 		return err
 	}
-	return api.print(res.Msg, func(t *tabw) { t.paymentWrite(res.Msg) })
+	return api.printPaymentWrite(ctx, res.Msg)
 }
 
 type refundCmd struct {
@@ -558,7 +649,7 @@ func refundCommand(e env) *Command {
 		Short:     "return captured money to the payer",
 		Args:      []Arg{{Name: "PAYMENT_ID"}},
 	}
-	c.client.register(&cmd.Flag, e, writes)
+	c.client.register(cmd, e, writes)
 	cmd.Flag.StringVar(&c.amount, "amount", "", "`amount` to refund")
 	cmd.Flag.StringVar(&c.asset, "asset", "USD", "`asset` of the amount")
 	cmd.Flag.StringVar(&c.refundID, "refund-id", "", "`id` of this refund (default: a new one; reuse it to retry safely)")
@@ -573,13 +664,15 @@ func (c *refundCmd) run(ctx context.Context, api *apiClient, args []string) erro
 	if c.refundID == "" {
 		c.refundID = newID("ref")
 	}
-	res, err := api.payments.Refund(ctx, request(api, &ledgerv1.RefundRequest{
+	api.plan.uses("payment_id", "", args[0])
+	api.plan.uses("refund_id", "refund-id", c.refundID)
+	res, err := invokeWrite(ctx, api, api.payments.Refund, &ledgerv1.RefundRequest{
 		PaymentId: args[0], RefundId: c.refundID, Amount: &ledgerv1.Money{Value: c.amount, Asset: c.asset},
-	}))
+	})
 	if err != nil {
 		return err
 	}
-	return api.print(res.Msg, func(t *tabw) { t.paymentWrite(res.Msg) })
+	return api.printPaymentWrite(ctx, res.Msg)
 }
 
 // paymentCommand shows a payment; `payment get PAYMENT_ID` says the same and is kept for
@@ -594,20 +687,24 @@ func paymentCommand(e env) *Command {
 
 type paymentShowCmd struct {
 	client clientFlags
-	minPos uint64
+	minPos minPosition
 }
 
 func paymentShowCommand(e env, usage, short string) *Command {
 	c := &paymentShowCmd{}
-	cmd := &Command{UsageLine: usage, Short: short, Args: []Arg{{Name: "PAYMENT_ID"}}}
-	c.client.register(&cmd.Flag, e, reads)
-	cmd.Flag.Uint64Var(&c.minPos, "min-position", 0, "wait until the view has applied this log `position` (read your write)")
+	cmd := &Command{UsageLine: usage, Short: short, Long: "Show a payment.", Args: []Arg{{Name: "PAYMENT_ID"}}}
+	c.client.register(cmd, e, reads)
+	registerMinPosition(cmd, &c.minPos)
 	cmd.Run = c.client.unary(c.run)
 	return cmd
 }
 
 func (c *paymentShowCmd) run(ctx context.Context, api *apiClient, args []string) error {
-	res, err := api.payments.GetPayment(ctx, connect.NewRequest(&ledgerv1.GetPaymentRequest{PaymentId: args[0], MinPosition: c.minPos}))
+	var res *connect.Response[ledgerv1.GetPaymentResponse]
+	err := api.readAfter(ctx, c.minPos, func(minPos uint64) (err error) {
+		res, err = invoke(ctx, api, api.payments.GetPayment, &ledgerv1.GetPaymentRequest{PaymentId: args[0], MinPosition: minPos})
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -615,9 +712,10 @@ func (c *paymentShowCmd) run(ctx context.Context, api *apiClient, args []string)
 }
 
 type balanceCmd struct {
-	client          clientFlags
-	asOfPos, minPos uint64
-	asOfTime        string
+	client   clientFlags
+	asOfPos  uint64
+	minPos   minPosition
+	asOfTime string
 }
 
 func balanceCommand(e env) *Command {
@@ -625,18 +723,20 @@ func balanceCommand(e env) *Command {
 	cmd := &Command{
 		UsageLine: "securepay balance ACCOUNT_ID [--as-of-position POSITION | --as-of-time TIME] [flags]",
 		Short:     "show an account's balance, now or in the past",
-		Args:      []Arg{{Name: "ACCOUNT_ID"}},
+		Long: "Show an account's balance, now or in the past. AT POSITION is the log position that\n" +
+			"last changed it: the balance is true from there until the account's next change.",
+		Args: []Arg{{Name: "ACCOUNT_ID"}},
 	}
-	c.client.register(&cmd.Flag, e, reads)
+	c.client.register(cmd, e, reads)
 	cmd.Flag.Uint64Var(&c.asOfPos, "as-of-position", 0, "the balance after this log `position`")
 	cmd.Flag.StringVar(&c.asOfTime, "as-of-time", "", "the balance at this `time` (RFC 3339)")
-	cmd.Flag.Uint64Var(&c.minPos, "min-position", 0, "wait until the view has applied this log `position` (read your write)")
+	registerMinPosition(cmd, &c.minPos)
 	cmd.Run = c.client.unary(c.run)
 	return cmd
 }
 
 func (c *balanceCmd) run(ctx context.Context, api *apiClient, args []string) error {
-	req := &ledgerv1.GetBalanceRequest{AccountId: args[0], MinPosition: c.minPos}
+	req := &ledgerv1.GetBalanceRequest{AccountId: args[0]}
 	switch {
 	case c.asOfPos != 0 && c.asOfTime != "":
 		return usagef("give at most one of --as-of-position and --as-of-time")
@@ -649,7 +749,12 @@ func (c *balanceCmd) run(ctx context.Context, api *apiClient, args []string) err
 		}
 		req.AsOf = &ledgerv1.GetBalanceRequest_AsOfTime{AsOfTime: timestamppb.New(at)}
 	}
-	res, err := api.balances.GetBalance(ctx, connect.NewRequest(req))
+	var res *connect.Response[ledgerv1.GetBalanceResponse]
+	err := api.readAfter(ctx, c.minPos, func(minPos uint64) (err error) {
+		req.MinPosition = minPos
+		res, err = invoke(ctx, api, api.balances.GetBalance, req)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -660,9 +765,10 @@ func (c *balanceCmd) run(ctx context.Context, api *apiClient, args []string) err
 const maxHistoryPage = 1000
 
 type historyCmd struct {
-	client        clientFlags
-	after, minPos uint64
-	limit         uint
+	client clientFlags
+	after  uint64
+	minPos minPosition
+	limit  uint
 }
 
 func historyCommand(e env) *Command {
@@ -670,12 +776,13 @@ func historyCommand(e env) *Command {
 	cmd := &Command{
 		UsageLine: "securepay history ACCOUNT_ID [--after POSITION] [--limit N] [flags]",
 		Short:     "show an account's history, page by page",
+		Long:      "Show an account's history, page by page.",
 		Args:      []Arg{{Name: "ACCOUNT_ID"}},
 	}
-	c.client.register(&cmd.Flag, e, reads)
+	c.client.register(cmd, e, reads)
 	cmd.Flag.Uint64Var(&c.after, "after", 0, "entries after this log `position` (the previous page's \"next\")")
 	cmd.Flag.UintVar(&c.limit, "limit", 20, "`N` entries per page, 1..1000")
-	cmd.Flag.Uint64Var(&c.minPos, "min-position", 0, "wait until the view has applied this log `position`")
+	registerMinPosition(cmd, &c.minPos)
 	cmd.Run = c.client.unary(c.run)
 	return cmd
 }
@@ -684,9 +791,13 @@ func (c *historyCmd) run(ctx context.Context, api *apiClient, args []string) err
 	if c.limit == 0 || c.limit > maxHistoryPage {
 		return usagef("--limit must be 1..%d, got %d", maxHistoryPage, c.limit)
 	}
-	res, err := api.balances.ListHistory(ctx, connect.NewRequest(&ledgerv1.ListHistoryRequest{
-		AccountId: args[0], AfterPosition: c.after, PageSize: uint32(c.limit), MinPosition: c.minPos,
-	}))
+	var res *connect.Response[ledgerv1.ListHistoryResponse]
+	err := api.readAfter(ctx, c.minPos, func(minPos uint64) (err error) {
+		res, err = invoke(ctx, api, api.balances.ListHistory, &ledgerv1.ListHistoryRequest{
+			AccountId: args[0], AfterPosition: c.after, PageSize: uint32(c.limit), MinPosition: minPos,
+		})
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -701,13 +812,13 @@ func verifyCommand(e env) *Command {
 		UsageLine: "securepay verify [flags]",
 		Short:     "verify the hash chain of the whole log on the server",
 	}
-	c.client.register(&cmd.Flag, e, reads)
+	c.client.register(cmd, e, reads)
 	cmd.Run = c.client.unary(c.run)
 	return cmd
 }
 
 func (c *verifyCmd) run(ctx context.Context, api *apiClient, _ []string) error {
-	res, err := api.audit.VerifyChain(ctx, connect.NewRequest(&ledgerv1.VerifyChainRequest{}))
+	res, err := invoke(ctx, api, api.audit.VerifyChain, &ledgerv1.VerifyChainRequest{})
 	if err != nil {
 		return err
 	}
@@ -734,7 +845,7 @@ func watchCommand(e env) *Command {
 		Args:      []Arg{{Name: "ACCOUNT_ID"}},
 		Run:       c.run,
 	}
-	c.client.register(&cmd.Flag, e, streams)
+	c.client.register(cmd, e, streams)
 	cmd.Flag.IntVar(&c.maxUpdates, "max-updates", 0, "stop after `N` changes (0: until interrupted)")
 	return cmd
 }
@@ -781,4 +892,16 @@ func (c *watchCmd) run(ctx context.Context, e env, args []string) error {
 		return explain(err)
 	}
 	return nil
+}
+
+// printAccountWrite prints the answer to an accepted account command.
+func (c *apiClient) printAccountWrite(ctx context.Context, m accountWrite) error {
+	c.wrote(ctx, m.GetResult(), m.GetAccount())
+	return c.print(m, func(t *tabw) { t.accountWrite(m) })
+}
+
+// printPaymentWrite prints the answer to an accepted payment command.
+func (c *apiClient) printPaymentWrite(ctx context.Context, m paymentWrite) error {
+	c.wrote(ctx, m.GetResult(), nil)
+	return c.print(m, func(t *tabw) { t.paymentWrite(m) })
 }

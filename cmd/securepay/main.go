@@ -149,12 +149,14 @@ func report(stderr io.Writer, err error) int {
 
 // writeErrorJSON prints {"error":{"code":...,"reason":...,"message":...}} on one line. The
 // code is the API's (connect's code names); a mistake in the command line is
-// invalid_argument, and a failure that is neither is unknown.
+// invalid_argument, and a failure that is neither is unknown. A write whose outcome is
+// unknown adds "retry_with": the ids it used and the command that retries it safely.
 func writeErrorJSON(w io.Writer, err error) {
 	type body struct {
-		Code    string `json:"code"`
-		Reason  string `json:"reason,omitempty"`
-		Message string `json:"message"`
+		Code      string            `json:"code"`
+		Reason    string            `json:"reason,omitempty"`
+		Message   string            `json:"message"`
+		RetryWith map[string]string `json:"retry_with,omitempty"`
 	}
 	b := body{Code: connect.CodeUnknown.String(), Message: err.Error()}
 	var cerr *connect.Error
@@ -164,6 +166,10 @@ func writeErrorJSON(w io.Writer, err error) {
 		b.Code, b.Reason, b.Message = cerr.Code().String(), string(services.ReasonOf(cerr)), cerr.Message()
 	case errors.As(err, &u):
 		b.Code = connect.CodeInvalidArgument.String()
+	}
+	var uo *unknownOutcome
+	if errors.As(err, &uo) {
+		b.RetryWith = uo.retryWith()
 	}
 	out, mErr := json.Marshal(struct {
 		Error body `json:"error"`

@@ -8,6 +8,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
 )
 
@@ -60,16 +62,27 @@ func (t *tabw) account(a *ledgerv1.Account) {
 	}
 }
 
+// balances prints each balance with its own position: the one the answer gives for that
+// balance, never the position of the write that answered with it.
 func (t *tabw) balances(bs []*ledgerv1.Balance) {
 	t.row("ACCOUNT", "ASSET", "POSTED", "HELD", "AVAILABLE", "STATUS", "AT POSITION")
 	for _, b := range bs {
 		t.row(b.GetAccountId(), b.GetAsset(), b.GetPosted(), b.GetHeld(), b.GetAvailable(),
-			enumName(b.GetStatus().String(), "ACCOUNT_STATUS_"), fmt.Sprint(b.GetPosition()))
+			enumName(b.GetStatus().String(), "ACCOUNT_STATUS_"), position(b.GetPosition()))
 	}
 }
 
+// position prints a log position; 0, which no event has, means the answer did not say.
+func position(p uint64) string {
+	if p == 0 {
+		return "-"
+	}
+	return fmt.Sprint(p)
+}
+
 // write prints the part every write answer has; withBalances adds the balances of the
-// accounts it touched (an account command already printed its own).
+// accounts it touched (an account command already printed its own). A replay's balances
+// are those of now (apiClient.wrote), not those the original write left.
 func (t *tabw) write(r *ledgerv1.WriteResult, withBalances bool) {
 	t.blank()
 	if r.GetReplayed() {
@@ -79,12 +92,16 @@ func (t *tabw) write(r *ledgerv1.WriteResult, withBalances bool) {
 	}
 	if withBalances && len(r.GetBalances()) > 0 {
 		t.blank()
+		if r.GetReplayed() {
+			t.line("balances now:")
+		}
 		t.balances(r.GetBalances())
 	}
 }
 
 // accountWrite is the answer to a write on an account.
 type accountWrite interface {
+	proto.Message
 	GetAccount() *ledgerv1.Account
 	GetResult() *ledgerv1.WriteResult
 }
@@ -96,6 +113,7 @@ func (t *tabw) accountWrite(m accountWrite) {
 
 // paymentWrite is the answer to a write on a payment.
 type paymentWrite interface {
+	proto.Message
 	GetPayment() *ledgerv1.Payment
 	GetResult() *ledgerv1.WriteResult
 }
