@@ -247,16 +247,38 @@ func ValidateAppend(appends []StreamAppend) error {
 				return fmt.Errorf("%w: stream %q event %d: type must be 1..%d bytes", ErrInvalidAppend, a.Stream, i, MaxEventTypeBytes)
 			case len(e.Data) > MaxEventDataBytes:
 				return fmt.Errorf("%w: stream %q event %d: data is %d bytes, limit %d", ErrInvalidAppend, a.Stream, i, len(e.Data), MaxEventDataBytes)
-			case !storableText(e.ID) || !storableText(e.Type) || !storableText(e.Metadata.CorrelationID) ||
-				!storableText(e.Metadata.CausationID) || !storableText(e.Metadata.Actor) || !storableText(e.Metadata.TraceParent):
+			case !storableText(e.ID) || !storableText(e.Type):
 				// Every backend must store text byte for byte (PostgreSQL text cannot hold
 				// NUL, KurrentDB metadata is JSON), so all of them refuse the same inputs.
-				return fmt.Errorf("%w: stream %q event %d: id, type and metadata must be valid UTF-8 without NUL bytes", ErrInvalidAppend, a.Stream, i)
+				return fmt.Errorf("%w: stream %q event %d: id and type must be valid UTF-8 without NUL bytes", ErrInvalidAppend, a.Stream, i)
+			}
+			if err := ValidateMetadata(e.Metadata); err != nil {
+				return fmt.Errorf("%w: stream %q event %d: %w", ErrInvalidAppend, a.Stream, i, err)
 			}
 		}
 	}
 	if total > MaxEventsPerAppend {
 		return fmt.Errorf("%w: %d events in one append, limit %d", ErrInvalidAppend, total, MaxEventsPerAppend)
+	}
+	return nil
+}
+
+// MaxMetadataBytes bounds each metadata field of an event.
+const MaxMetadataBytes = 256
+
+// ValidateMetadata reports a metadata field that no backend can store: more than
+// MaxMetadataBytes, invalid UTF-8, or a NUL byte. Writers check it per command before
+// batching, so one caller's bad metadata never reaches an append shared with others.
+func ValidateMetadata(m Metadata) error {
+	for _, f := range [...]struct{ name, value string }{
+		{"correlation id", m.CorrelationID}, {"causation id", m.CausationID}, {"actor", m.Actor}, {"traceparent", m.TraceParent},
+	} {
+		switch {
+		case len(f.value) > MaxMetadataBytes:
+			return fmt.Errorf("metadata %s is %d bytes, at most %d", f.name, len(f.value), MaxMetadataBytes)
+		case !storableText(f.value):
+			return fmt.Errorf("metadata %s must be valid UTF-8 without NUL bytes", f.name)
+		}
 	}
 	return nil
 }

@@ -56,7 +56,9 @@ func (p *Processor) loop() {
 			p.backlog = append(p.backlog, c)
 			p.start(p.fill(), toStore)
 		case f := <-fromStore:
-			p.inflight = p.inflight[1:]
+			// Shift in place so the slice keeps its capacity (an append per batch otherwise).
+			p.inflight[0] = nil
+			p.inflight = p.inflight[:copy(p.inflight, p.inflight[1:])]
 			// Retries go first: they were asked before anything still queued.
 			p.backlog = append(p.complete(f, p.inflight), p.backlog...)
 		case <-closing:
@@ -117,7 +119,7 @@ func (p *Processor) start(batch []*call, toStore chan<- *flight) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.BatchTimeout)
 	defer cancel()
-	confirm := map[string]bool{} // payment streams this batch must read, not assume absent
+	var confirm map[string]bool // payment streams this batch must read, not assume absent; made on first need
 	for attempt := 1; ; attempt++ {
 		bs, err := p.prepare(ctx, live, readEveryPayment, confirm)
 		if err != nil {
@@ -126,6 +128,9 @@ func (p *Processor) start(batch []*call, toStore chan<- *flight) {
 		}
 		assumed, recheck := p.decideAll(bs, live)
 		if len(assumed) > 0 {
+			if confirm == nil {
+				confirm = map[string]bool{}
+			}
 			for _, s := range assumed {
 				confirm[s] = true
 			}
@@ -197,9 +202,14 @@ func (p *Processor) complete(f *flight, later []*flight) (retry []*call) {
 			p.stale[a.Stream] = true
 		}
 	}
+	// The store refused the append as malformed: the cause is one command's input, but
+	// the refusal names no command. Each call of a shared batch is tried again alone, so
+	// only the one that carries the cause fails.
+	isolate := errors.Is(f.err, eventstore.ErrInvalidAppend) && countCommands(f.calls) > 1
 	for _, c := range f.calls {
 		c.attempt++
-		if isConflict && c.attempt < p.cfg.MaxAttempts {
+		if (isConflict && c.attempt < p.cfg.MaxAttempts) || (isolate && !c.alone) {
+			c.alone = c.alone || isolate
 			p.resetResults([]*call{c})
 			retry = append(retry, c)
 			continue
@@ -213,6 +223,16 @@ func (p *Processor) complete(f *flight, later []*flight) (retry []*call) {
 		close(c.done)
 	}
 	return retry
+}
+
+func countCommands(calls []*call) int {
+	n := 0
+	for _, c := range calls {
+		if c.kind == callCommand {
+			n++
+		}
+	}
+	return n
 }
 
 func (p *Processor) resetResults(calls []*call) {

@@ -37,6 +37,9 @@ type scriptedStore struct {
 	appends   int // appends attempted so far
 	script    map[int]*appendScript
 	maxEvents int // the most events one append carried
+	// refuse, when set, may refuse an append before it reaches the store, as a store
+	// refuses input it cannot record.
+	refuse func([]eventstore.StreamAppend) error
 }
 
 func (s *scriptedStore) on(n int, a *appendScript) *appendScript {
@@ -66,6 +69,14 @@ func (s *scriptedStore) Append(ctx context.Context, appends ...eventstore.Stream
 	events := 0
 	for _, a := range appends {
 		events += len(a.Events)
+	}
+	s.mu.Lock()
+	refuse := s.refuse
+	s.mu.Unlock()
+	if refuse != nil {
+		if err := refuse(appends); err != nil {
+			return eventstore.AppendResult{}, err
+		}
 	}
 	s.mu.Lock()
 	s.appends++
@@ -110,7 +121,7 @@ func newHarness(t *testing.T, cfg Config) *harness {
 		t.Fatalf("open embedded store: %v", err)
 	}
 	t.Cleanup(func() { real.Close() })
-	h := &harness{t: t, store: &scriptedStore{Store: real}, decided: make(chan int, 64)}
+	h := &harness{t: t, store: &scriptedStore{Store: real}, decided: make(chan int, 1<<16)} // never full: a blocked hook would stall the loop
 	h.p = h.start(cfg)
 	return h
 }
@@ -397,6 +408,74 @@ func TestPipelineBatchWithinAppendLimit(t *testing.T) {
 	}
 	if got := h.posted(h.p, "b"); got != n*domain.MaxBatchLegs {
 		t.Fatalf("b: want %d, got %d", n*domain.MaxBatchLegs, got)
+	}
+}
+
+// Invariant 8: when the store refuses a shared batch for one command's input, only that
+// command fails; the others are tried again alone and succeed.
+func TestPipelineMalformedBatchIsolated(t *testing.T) {
+	for _, shared := range []bool{false, true} {
+		t.Run(fmt.Sprintf("shared=%v", shared), func(t *testing.T) {
+			h := newHarness(t, Config{SharedStore: shared})
+			h.seed(h.p, map[domain.AccountID]int64{"a": 0, "b": 0})
+			h.store.mu.Lock()
+			h.store.refuse = func(appends []eventstore.StreamAppend) error {
+				for _, a := range appends {
+					for _, e := range a.Events {
+						if e.Metadata.Actor == "poison" {
+							return fmt.Errorf("%w: the store cannot record this actor", eventstore.ErrInvalidAppend)
+						}
+					}
+				}
+				return nil
+			}
+			h.store.mu.Unlock()
+			stalls := h.store.on(h.store.next(), &appendScript{entered: make(chan struct{}), stall: make(chan struct{})})
+			first := h.async(h.p, transfer("first", "world", "a", 1))
+			h.waitDecided()
+			<-stalls.entered
+			const good, poison = 60, 6
+			var goods, poisons []<-chan error
+			for i := range good + poison {
+				meta := eventstore.Metadata{Actor: "client"}
+				if i%((good+poison)/poison) == 0 {
+					meta.Actor = "poison"
+				}
+				out := make(chan error, 1)
+				cmd := transfer(domain.PaymentID(fmt.Sprintf("p-%d", i)), "world", "b", 1)
+				go func() {
+					_, err := h.p.Execute(ctxFor(t), Request{Command: cmd, Meta: meta})
+					out <- err
+				}()
+				if meta.Actor == "poison" {
+					poisons = append(poisons, out)
+				} else {
+					goods = append(goods, out)
+				}
+			}
+			decided := 0
+			h.until("every request queued or decided", func() bool {
+				for {
+					select {
+					case k := <-h.decided:
+						decided += k
+					default:
+						return decided+len(h.p.queue) >= good+poison-1
+					}
+				}
+			})
+			close(stalls.stall)
+			wantErr(t, "the stalled transfer", first, nil)
+			for i, out := range goods {
+				wantErr(t, fmt.Sprintf("good request %d", i), out, nil)
+			}
+			for i, out := range poisons {
+				wantErr(t, fmt.Sprintf("poison request %d", i), out, eventstore.ErrInvalidAppend)
+			}
+			if got := h.posted(h.p, "b"); got != int64(len(goods)) {
+				t.Fatalf("b: want %d (one per good request), got %d", len(goods), got)
+			}
+		})
 	}
 }
 

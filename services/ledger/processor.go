@@ -180,9 +180,10 @@ type Result struct {
 //     streams leave the cache, no new batch starts until the in-flight ones are
 //     answered (poisoned), and their answers that appended nothing are decided again:
 //     they may rest on the failed batch's speculative state.
-//  8. A batch holds at most MaxBatch commands whose events can never exceed one
-//     append's limit (domain.MaxEvents), so one caller's large command cannot make the
-//     store refuse everyone else's.
+//  8. One caller's command never fails another's: a batch holds at most MaxBatch
+//     commands whose events can never exceed one append's limit (domain.MaxEvents),
+//     metadata is validated per request before it joins a batch (Execute), and if the
+//     store still refuses a batch as malformed, each of its calls is tried again alone.
 //  9. Every retry is bounded: a call is decided at most MaxAttempts times, then fails
 //     with an error wrapping eventstore.ErrConflict.
 //  10. Close answers every queued call with ErrClosed, waits for the batches in flight
@@ -258,6 +259,11 @@ func (p *Processor) Close() error {
 func (p *Processor) Execute(ctx context.Context, req Request) (Result, error) {
 	if req.Command == nil {
 		return Result{}, fmt.Errorf("%w: no command", domain.ErrInvalidInput)
+	}
+	// Checked here, alone, because the store would refuse the whole batch this request
+	// joins: one caller's bad metadata must never fail anyone else's payment.
+	if err := eventstore.ValidateMetadata(req.Meta); err != nil {
+		return Result{}, fmt.Errorf("%w: %w", domain.ErrInvalidInput, err)
 	}
 	c := &call{ctx: ctx, kind: callCommand, req: req, done: make(chan struct{})}
 	if err := p.submit(ctx, c); err != nil {

@@ -29,6 +29,7 @@ type call struct {
 	replayStream  string // for a replay: where the original was recorded ...
 	replayVersion uint64 // ... and at which stream version
 	attempt       int    // failed attempts so far (conflicts)
+	alone         bool   // a batch it was in was refused as malformed: it goes in a batch of its own
 	done          chan struct{}
 }
 
@@ -59,10 +60,17 @@ func (p *Processor) submit(ctx context.Context, c *call) error {
 // every command in it for the size of the others. A call that does not fit stays first
 // in the backlog for the next batch.
 func (p *Processor) fill() []*call {
-	var batch []*call
-	events := 0
+	batch := make([]*call, 0, min(p.cfg.MaxBatch, len(p.backlog)+len(p.queue)))
+	events, taken := 0, 0
+	defer func() {
+		// Compact in place: the backlog keeps its capacity instead of shrinking off the
+		// front and being reallocated by the next append.
+		n := copy(p.backlog, p.backlog[taken:])
+		clear(p.backlog[n:]) // drop references to calls that left, for the collector
+		p.backlog = p.backlog[:n]
+	}()
 	for len(batch) < p.cfg.MaxBatch {
-		if len(p.backlog) == 0 {
+		if taken == len(p.backlog) {
 			select {
 			case c := <-p.queue:
 				p.backlog = append(p.backlog, c)
@@ -70,13 +78,13 @@ func (p *Processor) fill() []*call {
 				return batch
 			}
 		}
-		next := p.backlog[0]
-		if len(batch) > 0 && events+next.maxEvents() > eventstore.MaxEventsPerAppend {
+		next := p.backlog[taken]
+		if len(batch) > 0 && (events+next.maxEvents() > eventstore.MaxEventsPerAppend || next.alone || batch[0].alone) {
 			return batch
 		}
 		events += next.maxEvents()
 		batch = append(batch, next)
-		p.backlog = p.backlog[1:]
+		taken++
 	}
 	return batch
 }
