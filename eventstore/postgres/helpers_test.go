@@ -2,10 +2,7 @@ package postgres
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -15,23 +12,11 @@ import (
 
 	"github.com/securepay/securepay/eventstore"
 	"github.com/securepay/securepay/eventstore/storetest"
+	"github.com/securepay/securepay/internal/pgtest"
 )
-
-const dsnEnv = "SECUREPAY_TEST_POSTGRES_DSN"
 
 func TestMain(m *testing.M) {
 	storetest.CrashChildMain(m, openLocation)
-}
-
-// testDSN is the superuser DSN of the throw-away cluster; without it the test fails, it
-// does not skip: a backend that was not tested must not look green.
-func testDSN(t testing.TB) string {
-	t.Helper()
-	dsn := os.Getenv(dsnEnv)
-	if dsn == "" {
-		t.Fatalf("%s is not set: run infra/local/test.sh (or infra/local/postgres.sh start DIR PORT and export the DSN it prints)", dsnEnv)
-	}
-	return dsn
 }
 
 func testContext(t testing.TB) context.Context {
@@ -45,42 +30,13 @@ func testContext(t testing.TB) context.Context {
 // for doing what the application role must not be able to do.
 func superPool(t testing.TB) *pgxpool.Pool {
 	t.Helper()
-	pc, err := pgxpool.ParseConfig(testDSN(t))
-	if err != nil {
-		t.Fatalf("parse %s: %v", dsnEnv, err)
-	}
-	pc.MaxConns = 4
-	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
-	if err != nil {
-		t.Fatalf("connect to %s: %v (is the test cluster running? run infra/local/test.sh)", dsnEnv, err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
+	return pgtest.Pool(t, 4)
 }
 
 // freshSchema names a schema no other test uses and drops it when the test ends.
 func freshSchema(t testing.TB) string {
 	t.Helper()
-	var b [6]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatalf("random schema name: %v", err)
-	}
-	schema := "sp_test_" + hex.EncodeToString(b[:])
-	dsn := testDSN(t)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, dsn)
-		if err != nil {
-			t.Errorf("drop schema %s: connect: %v", schema, err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
-	return schema
+	return pgtest.Schema(t, "sp_test")
 }
 
 // A location is the DSN and the schema, joined by '#': one string the conformance suite
@@ -98,7 +54,7 @@ func openLocation(loc string) (eventstore.Store, error) {
 // openStore opens a store on schema (migrating it), closed when the test ends.
 func openStore(t testing.TB, schema string, edit ...func(*Config)) *Store {
 	t.Helper()
-	cfg := Config{DSN: testDSN(t), Schema: schema, Migrate: true, MaxConns: 16}
+	cfg := Config{DSN: pgtest.DSN(t), Schema: schema, Migrate: true, MaxConns: 16}
 	for _, f := range edit {
 		f(&cfg)
 	}
@@ -119,7 +75,7 @@ func tamper(t testing.TB, s eventstore.Store, position uint64) {
 		t.Fatalf("tamper: store is %T, want *postgres.Store", s)
 	}
 	ctx := testContext(t)
-	conn, err := pgx.Connect(ctx, testDSN(t))
+	conn, err := pgx.Connect(ctx, pgtest.DSN(t))
 	if err != nil {
 		t.Fatalf("tamper: connect: %v", err)
 	}
@@ -154,7 +110,7 @@ func harness() storetest.Harness {
 			return openStore(t, freshSchema(t), func(c *Config) { c.PollInterval = poll })
 		},
 		NewLocation: func(t testing.TB) string {
-			return location(testDSN(t), freshSchema(t))
+			return location(pgtest.DSN(t), freshSchema(t))
 		},
 		Open:   openLocation,
 		Tamper: tamper,

@@ -17,6 +17,7 @@ import (
 
 	"github.com/securepay/securepay/eventstore"
 	"github.com/securepay/securepay/eventstore/storetest"
+	"github.com/securepay/securepay/internal/pgtest"
 )
 
 func TestConformance(t *testing.T) {
@@ -346,7 +347,7 @@ func TestMigrateConcurrentAndIdempotent(t *testing.T) {
 		t.Fatalf("schema_migrations has %d rows, want %d", rows, len(migs))
 	}
 	// Open without Migrate accepts an up-to-date schema.
-	s, err := Open(ctx, Config{DSN: testDSN(t), Schema: schema})
+	s, err := Open(ctx, Config{DSN: pgtest.DSN(t), Schema: schema})
 	if err != nil {
 		t.Fatalf("open migrated schema without Migrate: %v", err)
 	}
@@ -356,7 +357,7 @@ func TestMigrateConcurrentAndIdempotent(t *testing.T) {
 func TestOpenRefusesUnmigratedSchema(t *testing.T) {
 	ctx := testContext(t)
 	schema := freshSchema(t)
-	s, err := Open(ctx, Config{DSN: testDSN(t), Schema: schema})
+	s, err := Open(ctx, Config{DSN: pgtest.DSN(t), Schema: schema})
 	if err == nil {
 		_ = s.Close()
 	}
@@ -378,7 +379,7 @@ func TestMigrateRefusesEditedMigration(t *testing.T) {
 	if _, err := Migrate(ctx, pool, schema, ""); err == nil || !strings.Contains(err.Error(), "was edited") {
 		t.Fatalf("migrate over an edited migration: want an error saying it was edited, got %v", err)
 	}
-	if _, err := Open(ctx, Config{DSN: testDSN(t), Schema: schema}); err == nil || !strings.Contains(err.Error(), "checksum") {
+	if _, err := Open(ctx, Config{DSN: pgtest.DSN(t), Schema: schema}); err == nil || !strings.Contains(err.Error(), "checksum") {
 		t.Fatalf("open over an edited migration: want a checksum error, got %v", err)
 	}
 }

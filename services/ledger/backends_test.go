@@ -8,12 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/securepay/securepay/eventstore"
 	"github.com/securepay/securepay/eventstore/embedded"
 	"github.com/securepay/securepay/eventstore/kurrentdb"
 	"github.com/securepay/securepay/eventstore/postgres"
+	"github.com/securepay/securepay/internal/pgtest"
 )
 
 // backend opens stores of one kind for the processor's tests. Every test that is about
@@ -74,32 +73,9 @@ func openEmbedded(t testing.TB) (eventstore.Store, func() eventstore.Store) {
 	return s, nil
 }
 
-const pgEnv = "SECUREPAY_TEST_POSTGRES_DSN"
-
 func openPostgres(t testing.TB) (eventstore.Store, func() eventstore.Store) {
 	t.Helper()
-	dsn := os.Getenv(pgEnv)
-	if dsn == "" {
-		t.Fatalf("%s is not set: run infra/local/test.sh, which starts a throw-away PostgreSQL", pgEnv)
-	}
-	var b [6]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
-	}
-	schema := "ledger_test_" + hex.EncodeToString(b[:])
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, dsn)
-		if err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
+	dsn, schema := pgtest.DSN(t), pgtest.Schema(t, "ledger_test")
 	open := func() eventstore.Store {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
