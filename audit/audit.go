@@ -19,7 +19,7 @@ import (
 
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore"
-	"github.com/securepay/securepay/projections"
+	"github.com/securepay/securepay/internal/progress"
 )
 
 // DefaultPageSize is how many events a tool reads per request.
@@ -106,7 +106,7 @@ func Export(ctx context.Context, s eventstore.Store, w io.Writer, opts ExportOpt
 	if opts.To != 0 {
 		total = min(total, opts.To)
 	}
-	prog := projections.NewProgress(opts.Progress, "export", projections.ProgressOptions{})
+	prog := progress.New(opts.Progress, "export", progress.Options{})
 	var n uint64
 	write := func(e *eventstore.RecordedEvent) error {
 		if err := enc.Encode(exported(e)); err != nil {
@@ -186,7 +186,7 @@ func Verify(ctx context.Context, s eventstore.Store, w io.Writer, opts VerifyOpt
 	if err != nil {
 		return 0, fmt.Errorf("audit verify: head: %w", err)
 	}
-	prog := projections.NewProgress(opts.Progress, "verify", projections.ProgressOptions{})
+	prog := progress.New(opts.Progress, "verify", progress.Options{})
 	n, err := eventstore.VerifyChain(ctx, s, pageSize(opts.PageSize), func(done uint64) { prog.Update(done, max(head, done)) })
 	var brk *eventstore.ChainBreak
 	switch {

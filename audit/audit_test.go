@@ -19,8 +19,10 @@ import (
 	"github.com/securepay/securepay/audit"
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore"
+	"github.com/securepay/securepay/internal/pgtest"
+	"github.com/securepay/securepay/internal/projtest"
 	"github.com/securepay/securepay/projections"
-	"github.com/securepay/securepay/projections/projtest"
+	"github.com/securepay/securepay/projections/pg"
 )
 
 func testContext(t testing.TB) context.Context {
@@ -169,7 +171,7 @@ func TestExportIsVerifiableWithoutOurCode(t *testing.T) {
 func tamper(t testing.TB, schema string, position uint64) {
 	t.Helper()
 	ctx := testContext(t)
-	conn, err := pgx.Connect(ctx, projtest.DSN(t))
+	conn, err := pgx.Connect(ctx, pgtest.DSN(t))
 	if err != nil {
 		t.Fatalf("tamper: connect: %v", err)
 	}
@@ -193,7 +195,7 @@ func tamper(t testing.TB, schema string, position uint64) {
 }
 
 func TestVerifyNamesTheTamperedPosition(t *testing.T) {
-	schema := projtest.Schema(t, "sp_log")
+	schema := pgtest.Schema(t, "sp_log")
 	store := projtest.PostgresStoreIn(t, schema)
 	_, last := writeLog(t, store, 300)
 	ctx := testContext(t)
@@ -232,9 +234,9 @@ func TestVerifyNamesTheTamperedPosition(t *testing.T) {
 
 func TestBalancesAsOfAgreeWithTheViewsAndCatchDifferences(t *testing.T) {
 	store := projtest.PostgresStore(t)
-	pool := projtest.Pool(t, 8)
-	schema := projtest.Schema(t, "sp_views")
-	views, err := projections.OpenPG(testContext(t), projections.PGConfig{Pool: pool, Schema: schema, Migrate: true})
+	pool := pgtest.Pool(t, 8)
+	schema := pgtest.Schema(t, "sp_views")
+	views, err := pg.Open(testContext(t), pg.Config{Pool: pool, Schema: schema, Migrate: true})
 	if err != nil {
 		t.Fatal(err)
 	}

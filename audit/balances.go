@@ -13,6 +13,7 @@ import (
 
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore"
+	"github.com/securepay/securepay/internal/progress"
 	"github.com/securepay/securepay/projections"
 )
 
@@ -96,7 +97,7 @@ func Balances(ctx context.Context, s eventstore.Store, w io.Writer, opts Balance
 		bound = min(bound, opts.AsOf.Position)
 	}
 	accounts := map[domain.AccountID]*domain.Account{}
-	prog := projections.NewProgress(opts.Progress, "balances", projections.ProgressOptions{})
+	prog := progress.New(opts.Progress, "balances", progress.Options{})
 	limit := pageSize(opts.PageSize)
 	var after uint64
 	var lastAt time.Time
@@ -294,7 +295,7 @@ func appendDiffs(out []Difference, a *domain.Account, b projections.Balance, det
 	for _, c := range []struct {
 		what      string
 		log, view int64
-	}{{"posted", a.Posted, b.Posted}, {"held", a.Held, b.Held}, {"available", a.Available(), b.Available}} {
+	}{{"posted", a.Posted, b.Posted}, {"held", a.Held, b.Held}, {"available", a.Available(), b.Available()}} {
 		if c.log != c.view {
 			out = append(out, Difference{AccountID: a.ID, Asset: a.Asset, What: c.what, Log: c.log, View: c.view, Detail: detail})
 		}

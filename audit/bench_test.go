@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/securepay/securepay/audit"
-	"github.com/securepay/securepay/projections/projtest"
+	"github.com/securepay/securepay/internal/projtest"
 )
 
 // Throughput and peak memory of the auditor's tools over the PostgreSQL benchmark log

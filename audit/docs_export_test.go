@@ -20,7 +20,7 @@ import (
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore"
 	"github.com/securepay/securepay/eventstore/embedded"
-	"github.com/securepay/securepay/projections/projtest"
+	"github.com/securepay/securepay/internal/projtest"
 	"github.com/securepay/securepay/services/ledger"
 )
 

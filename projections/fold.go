@@ -3,7 +3,6 @@ package projections
 import (
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore"
@@ -38,35 +37,26 @@ func (e *ApplyError) Unwrap() error { return e.Err }
 // Is makes errors.Is(err, ErrPoison) true for every *ApplyError.
 func (e *ApplyError) Is(target error) bool { return target == ErrPoison }
 
-// AccountRow is an account as the balances view stores it.
-type AccountRow struct {
-	ID             domain.AccountID
-	Asset          domain.Asset
-	Kind           domain.AccountKind
-	Status         domain.AccountStatus
-	CreditLimit    int64
-	Posted         int64
-	Held           int64
-	OpenHolds      int64
-	Position       uint64 // last log position that changed the account
-	OpenedPosition uint64
-	OpenedAt       time.Time
-	UpdatedAt      time.Time
+// Projector names of the accounts and payments views. The PostgreSQL and the in-memory
+// views use the same names because they run the same folds; a change of the fold is a new
+// version in the name, and the views built by the old one are rebuilt.
+const (
+	AccountsProjector = "accounts.v1" // balances + history
+	PaymentsProjector = "payments.v1"
+)
+
+// Poison names rec as the event projector cannot apply, for err.
+func Poison(projector string, rec *eventstore.RecordedEvent, err error) *ApplyError {
+	return &ApplyError{Projector: projector, Position: rec.Position, Type: rec.Type, Stream: rec.Stream, Err: err}
 }
 
-// Balance converts the row to the query type.
-func (a *AccountRow) Balance() Balance {
-	return Balance{AccountID: a.ID, Asset: a.Asset, Kind: a.Kind, Status: a.Status, Posted: a.Posted, Held: a.Held,
-		Available: a.Posted - a.Held, Position: a.Position, UpdatedAt: a.UpdatedAt}
-}
-
-// HistoryRow is one line of the history view: an Entry plus the held balance after it, so
-// the line alone gives every balance as of its position.
-type HistoryRow struct {
-	Entry
-	HeldAfter int64
-}
-
+// addChecked and subChecked are the fold's own overflow checks, written apart from the
+// domain's on purpose. The fold is the second half of an assertion pair (STYLE 12): it
+// recomputes from the amounts what Decide claimed in each event (posted after, held after,
+// captured total) and stops on a difference, and a recomputation that borrowed the write
+// side's arithmetic would repeat a mistake there instead of catching it. An overflow also
+// means something else here: for Decide a refused command, for the fold a poison event.
+// fold_internal_test.go pins both against math/big.
 func addChecked(a, b int64) (int64, bool) {
 	s := a + b
 	// Overflow iff both operands have the same sign and the sum's sign differs.
@@ -74,15 +64,15 @@ func addChecked(a, b int64) (int64, bool) {
 }
 
 func subChecked(a, b int64) (int64, bool) {
-	if b == -1<<63 {
-		return 0, false
-	}
-	return addChecked(a, -b)
+	d := a - b
+	// Overflow iff the operands have different signs and the difference's sign is not a's.
+	return d, !((a >= 0) != (b >= 0) && (d >= 0) != (a >= 0))
 }
 
-// decodeFor decodes a recorded event and checks that it belongs to the stream it was stored
-// in; a mismatch means the log is not what the domain wrote.
-func decodeFor(rec *eventstore.RecordedEvent) (domain.Event, error) {
+// Decode decodes a recorded event and checks that it belongs to the stream it was stored
+// in; a mismatch means the log is not what the domain wrote. Every projector decodes
+// through it, so none applies an event the others would refuse.
+func Decode(rec *eventstore.RecordedEvent) (domain.Event, error) {
 	ev, err := domain.DecodeEvent(rec.Type, rec.Data)
 	if err != nil {
 		return nil, err
@@ -93,10 +83,6 @@ func decodeFor(rec *eventstore.RecordedEvent) (domain.Event, error) {
 	return ev, nil
 }
 
-// accountLookup loads an account the fold has not seen yet; found is false for an account
-// that does not exist in the view.
-type accountLookup func(id domain.AccountID) (row AccountRow, found bool, err error)
-
 // foldAccount applies one account event to row (which is the zero row with exists=false for
 // an account the view does not have) and returns the history line it produces, if any.
 func foldAccount(row *AccountRow, exists bool, rec *eventstore.RecordedEvent, ev domain.Event) (line *HistoryRow, err error) {
@@ -105,9 +91,14 @@ func foldAccount(row *AccountRow, exists bool, rec *eventstore.RecordedEvent, ev
 		if exists {
 			return nil, fmt.Errorf("account %s opened twice (first at position %d)", acct, row.OpenedPosition)
 		}
-		*row = AccountRow{ID: opened.AccountID, Asset: opened.Asset, Kind: opened.Kind, Status: domain.AccountStatusOpen,
-			CreditLimit: opened.CreditLimit, Position: rec.Position, OpenedPosition: rec.Position,
-			OpenedAt: rec.RecordedAt, UpdatedAt: rec.RecordedAt}
+		*row = AccountRow{
+			Balance: Balance{
+				Account: domain.Account{ID: opened.AccountID, Asset: opened.Asset, Kind: opened.Kind,
+					Status: domain.AccountStatusOpen, CreditLimit: opened.CreditLimit},
+				Position: rec.Position, UpdatedAt: rec.RecordedAt,
+			},
+			OpenedPosition: rec.Position, OpenedAt: rec.RecordedAt,
+		}
 		return nil, nil
 	}
 	if !exists {
@@ -206,12 +197,11 @@ func foldAccount(row *AccountRow, exists bool, rec *eventstore.RecordedEvent, ev
 // foldPayment applies one payment event to p (exists=false for an unknown payment).
 func foldPayment(p *Payment, exists bool, rec *eventstore.RecordedEvent, ev domain.Event) error {
 	id := ev.(domain.PaymentEvent).Payment()
-	create := func(np Payment) error {
+	create := func(np domain.Payment) error {
 		if exists {
 			return fmt.Errorf("payment %s created twice", id)
 		}
-		np.CreatedAt = rec.RecordedAt
-		*p = np
+		*p = Payment{Payment: np, CreatedAt: rec.RecordedAt}
 		return nil
 	}
 	if !exists {
@@ -226,13 +216,13 @@ func foldPayment(p *Payment, exists bool, rec *eventstore.RecordedEvent, ev doma
 	}
 	switch e := ev.(type) {
 	case domain.PaymentTransferred:
-		if err := create(Payment{ID: id, Kind: domain.PaymentKindTransfer, Status: domain.PaymentStatusCompleted,
+		if err := create(domain.Payment{ID: id, Kind: domain.PaymentKindTransfer, Status: domain.PaymentStatusCompleted,
 			Legs:      []domain.Leg{{Source: e.Source, Destination: e.Destination, Amount: e.Amount}},
 			Reference: e.Reference, Metadata: e.Metadata, Captured: e.Amount.Minor}); err != nil {
 			return err
 		}
 	case domain.PaymentBatchTransferred:
-		np := Payment{ID: id, Kind: domain.PaymentKindBatch, Status: domain.PaymentStatusCompleted,
+		np := domain.Payment{ID: id, Kind: domain.PaymentKindBatch, Status: domain.PaymentStatusCompleted,
 			Legs: append([]domain.Leg(nil), e.Legs...), Reference: e.Reference, Metadata: e.Metadata}
 		for _, l := range e.Legs {
 			var ok bool
@@ -244,7 +234,7 @@ func foldPayment(p *Payment, exists bool, rec *eventstore.RecordedEvent, ev doma
 			return err
 		}
 	case domain.PaymentAuthorised:
-		if err := create(Payment{ID: id, Kind: domain.PaymentKindAuthorisation, Status: domain.PaymentStatusAuthorised,
+		if err := create(domain.Payment{ID: id, Kind: domain.PaymentKindAuthorisation, Status: domain.PaymentStatusAuthorised,
 			Legs:      []domain.Leg{{Source: e.Source, Destination: e.Destination, Amount: e.Amount}},
 			Reference: e.Reference, Metadata: e.Metadata, Authorised: e.Amount.Minor, ExpiresAt: e.ExpiresAt}); err != nil {
 			return err
@@ -253,8 +243,8 @@ func foldPayment(p *Payment, exists bool, rec *eventstore.RecordedEvent, ev doma
 		if p.Kind != domain.PaymentKindAuthorisation || p.Status != domain.PaymentStatusAuthorised {
 			return fmt.Errorf("payment %s is a %s in state %s and cannot be captured", id, p.Kind, p.Status)
 		}
-		p.Captured += e.Amount.Minor
-		if p.Captured != e.CapturedTotal || p.Captured > p.Authorised {
+		var ok bool
+		if p.Captured, ok = addChecked(p.Captured, e.Amount.Minor); !ok || p.Captured != e.CapturedTotal || p.Captured > p.Authorised {
 			return fmt.Errorf("payment %s: event says captured total %d, the view computes %d of %d authorised", id, e.CapturedTotal, p.Captured, p.Authorised)
 		}
 		if p.Captured == p.Authorised {
@@ -277,8 +267,8 @@ func foldPayment(p *Payment, exists bool, rec *eventstore.RecordedEvent, ev doma
 		}
 		p.Released += released.Minor
 	case domain.PaymentRefunded:
-		p.Refunded += e.Amount.Minor
-		if p.Refunded != e.RefundedTotal || p.Refunded > p.Captured {
+		var ok bool
+		if p.Refunded, ok = addChecked(p.Refunded, e.Amount.Minor); !ok || p.Refunded != e.RefundedTotal || p.Refunded > p.Captured {
 			return fmt.Errorf("payment %s: event says refunded total %d, the view computes %d of %d captured", id, e.RefundedTotal, p.Refunded, p.Captured)
 		}
 	default:
@@ -311,21 +301,21 @@ func kindOf(stream string) streamKind {
 	return streamOther
 }
 
-// accountsResult is what folding a batch into the account views produced: the final rows
+// AccountsResult is what folding a batch into the account views produced: the final rows
 // of the accounts that changed (in first-touched order) and the history lines in log order.
 // Last is the position of the last event applied (0 if none); Poison is set when an event
 // could not be applied, and everything before it is in the result.
-type accountsResult struct {
+type AccountsResult struct {
 	Rows   []AccountRow
 	Lines  []HistoryRow
 	Last   uint64
 	Poison *ApplyError
 }
 
-// foldAccounts folds the account events of batch. load returns the current rows of the
+// FoldAccounts folds the account events of batch. load returns the current rows of the
 // given accounts (absent ones are missing from the map); it is called once per batch with
 // every account the batch touches, so a database view needs one query.
-func foldAccounts(projector string, batch []eventstore.RecordedEvent, load func([]domain.AccountID) (map[domain.AccountID]AccountRow, error)) (accountsResult, error) {
+func FoldAccounts(projector string, batch []eventstore.RecordedEvent, load func([]domain.AccountID) (map[domain.AccountID]AccountRow, error)) (AccountsResult, error) {
 	var ids []domain.AccountID
 	seen := make(map[domain.AccountID]struct{})
 	for i := range batch {
@@ -336,7 +326,7 @@ func foldAccounts(projector string, batch []eventstore.RecordedEvent, load func(
 			}
 		}
 	}
-	var res accountsResult
+	var res AccountsResult
 	current := map[domain.AccountID]AccountRow{}
 	if len(ids) > 0 {
 		var err error
@@ -351,7 +341,7 @@ func foldAccounts(projector string, batch []eventstore.RecordedEvent, load func(
 	}
 	states := make(map[domain.AccountID]*state, len(ids))
 	var order []domain.AccountID // accounts in the order the batch first changed them
-	finish := func() accountsResult {
+	finish := func() AccountsResult {
 		for _, id := range order {
 			res.Rows = append(res.Rows, states[id].row)
 		}
@@ -363,11 +353,11 @@ func foldAccounts(projector string, batch []eventstore.RecordedEvent, load func(
 			res.Last = rec.Position
 			continue
 		}
-		poison := func(err error) (accountsResult, error) {
-			res.Poison = &ApplyError{Projector: projector, Position: rec.Position, Type: rec.Type, Stream: rec.Stream, Err: err}
+		poison := func(err error) (AccountsResult, error) {
+			res.Poison = Poison(projector, rec, err)
 			return finish(), nil
 		}
-		ev, err := decodeFor(rec)
+		ev, err := Decode(rec)
 		if err != nil {
 			return poison(err)
 		}
@@ -395,15 +385,15 @@ func foldAccounts(projector string, batch []eventstore.RecordedEvent, load func(
 	return finish(), nil
 }
 
-// paymentsResult is the payments counterpart of accountsResult.
-type paymentsResult struct {
+// PaymentsResult is the payments counterpart of AccountsResult.
+type PaymentsResult struct {
 	Rows   []Payment
 	Last   uint64
 	Poison *ApplyError
 }
 
-// foldPayments folds the payment events of batch; load works as in foldAccounts.
-func foldPayments(projector string, batch []eventstore.RecordedEvent, load func([]domain.PaymentID) (map[domain.PaymentID]Payment, error)) (paymentsResult, error) {
+// FoldPayments folds the payment events of batch; load works as in FoldAccounts.
+func FoldPayments(projector string, batch []eventstore.RecordedEvent, load func([]domain.PaymentID) (map[domain.PaymentID]Payment, error)) (PaymentsResult, error) {
 	var ids []domain.PaymentID
 	seen := make(map[domain.PaymentID]struct{})
 	for i := range batch {
@@ -414,7 +404,7 @@ func foldPayments(projector string, batch []eventstore.RecordedEvent, load func(
 			}
 		}
 	}
-	var res paymentsResult
+	var res PaymentsResult
 	current := map[domain.PaymentID]Payment{}
 	if len(ids) > 0 {
 		var err error
@@ -429,7 +419,7 @@ func foldPayments(projector string, batch []eventstore.RecordedEvent, load func(
 	}
 	states := make(map[domain.PaymentID]*state, len(ids))
 	var order []domain.PaymentID
-	finish := func() paymentsResult {
+	finish := func() PaymentsResult {
 		for _, id := range order {
 			res.Rows = append(res.Rows, states[id].p)
 		}
@@ -441,7 +431,7 @@ func foldPayments(projector string, batch []eventstore.RecordedEvent, load func(
 			res.Last = rec.Position
 			continue
 		}
-		ev, err := decodeFor(rec)
+		ev, err := Decode(rec)
 		if err == nil {
 			id := ev.(domain.PaymentEvent).Payment()
 			st := states[id]
@@ -461,7 +451,7 @@ func foldPayments(projector string, batch []eventstore.RecordedEvent, load func(
 				continue
 			}
 		}
-		res.Poison = &ApplyError{Projector: projector, Position: rec.Position, Type: rec.Type, Stream: rec.Stream, Err: err}
+		res.Poison = Poison(projector, rec, err)
 		return finish(), nil
 	}
 	return finish(), nil

@@ -1,11 +1,3 @@
-// Package projections builds the read side of SecurePay: projectors that follow the global
-// log from a checkpoint and maintain views (balances, history, payments, notifications) in
-// PostgreSQL, Redis or memory, and the rebuild machinery that replaces a view without
-// downtime.
-//
-// query.go is the contract between the views and the API: the Connect handlers depend on
-// Reader only, so the same API serves views kept in PostgreSQL (`securepay serve`) or in
-// memory (`securepay dev`).
 package projections
 
 import (
@@ -16,6 +8,10 @@ import (
 	"github.com/securepay/securepay/domain"
 )
 
+// The query contract between the views and the API: the Connect handlers depend on Reader
+// only, so the same API serves views kept in PostgreSQL (`securepay serve`) or in memory
+// (`securepay dev`).
+
 // ErrNotCaughtUp is returned when a view has not reached a requested log position within
 // the caller's bound (read-your-writes timed out).
 var ErrNotCaughtUp = errors.New("projections: view has not caught up to the requested position")
@@ -23,6 +19,11 @@ var ErrNotCaughtUp = errors.New("projections: view has not caught up to the requ
 // ErrNotFound is returned for an account or payment the view does not know (at the
 // requested point in time).
 var ErrNotFound = errors.New("projections: not found")
+
+// ErrHistoryTrimmed is returned by views that keep only the newest part of each account's
+// history (the in-memory views) for a point in history they no longer keep. It is an
+// answer a Reader may give, never a wrong balance.
+var ErrHistoryTrimmed = errors.New("projections: history before this point was trimmed from the in-memory view")
 
 // AsOf selects a point in the past. The zero value means "now". When both are set the
 // earlier point wins.
@@ -34,15 +35,28 @@ type AsOf struct {
 // IsNow reports whether a is the zero AsOf.
 func (a AsOf) IsNow() bool { return a.Position == 0 && a.Time.IsZero() }
 
-// Balance is an account's balances as a view knows them.
+// Includes reports whether an event at (position, at) is inside the point a.
+func (a AsOf) Includes(position uint64, at time.Time) bool {
+	if a.Position != 0 && position > a.Position {
+		return false
+	}
+	if !a.Time.IsZero() && at.After(a.Time) {
+		return false
+	}
+	return true
+}
+
+// Balance is an account as a view knows it, at the log position that last changed it.
+//
+// It is the domain's account plus that position, so that an account has one type whether
+// it comes from the write side (a command's result) or from a view, and the API converts
+// it once. Every view fills ID, Asset, Kind, Status, Posted and Held (Available() follows);
+// CreditLimit and OpenHolds only the views that keep them (PostgreSQL, memory; not the
+// Redis cache). Metadata, Version and Fingerprint belong to the write side and are zero
+// in a view's answer. In an answer as of a past point, Posted, Held, Position and
+// UpdatedAt are as of that point and the rest is the account as it is now.
 type Balance struct {
-	AccountID domain.AccountID
-	Asset     domain.Asset
-	Kind      domain.AccountKind
-	Status    domain.AccountStatus
-	Posted    int64 // minor units
-	Held      int64
-	Available int64  // Posted - Held
+	domain.Account
 	Position  uint64 // the last log position that changed this account (as of the query)
 	UpdatedAt time.Time
 }
@@ -71,22 +85,18 @@ type Entry struct {
 	RecordedAt     time.Time
 }
 
-// Payment is a payment as the payments view knows it.
+// Payment is a payment as the payments view knows it, at the log position that last
+// changed it.
+//
+// Like Balance it is the domain's payment plus where it stands in the log: one payment
+// type for a command's result and a view's answer. The view keeps every field of
+// domain.Payment except Ops and Version, which only the write side needs (to recognise a
+// retried capture or refund, and to append with an expected version); they are zero here.
 type Payment struct {
-	ID         domain.PaymentID
-	Kind       domain.PaymentKind
-	Status     domain.PaymentStatus
-	Legs       []domain.Leg
-	Reference  string
-	Metadata   domain.Metadata
-	Authorised int64
-	Captured   int64
-	Refunded   int64
-	Released   int64
-	ExpiresAt  time.Time
-	Position   uint64 // last log position that changed it
-	CreatedAt  time.Time
-	UpdatedAt  time.Time
+	domain.Payment
+	Position  uint64 // last log position that changed it
+	CreatedAt time.Time
+	UpdatedAt time.Time
 }
 
 // MaxHistoryPage bounds a history page.

@@ -48,6 +48,15 @@ type Rechecker interface {
 	Recheck() <-chan struct{}
 }
 
+// Waiter waits until a projector has applied a position; *Runner implements it. Views
+// that answer read-your-writes reads in the process that runs their projectors take one,
+// to be woken as soon as a batch commits instead of polling.
+type Waiter interface {
+	Wait(ctx context.Context, projector string, position uint64) error
+}
+
+var _ Waiter = (*Runner)(nil)
+
 // errRecheck ends a follow because a reader found the view behind the runner's checkpoint.
 var errRecheck = errors.New("projections: a reader found the view behind the checkpoint")
 

@@ -51,7 +51,7 @@ func (s *balanceService) GetBalance(ctx context.Context, req *connect.Request[le
 	if err != nil {
 		return nil, unknownAccount(err, id)
 	}
-	return connect.NewResponse(&ledgerv1.GetBalanceResponse{Balance: balanceOfView(b)}), nil
+	return connect.NewResponse(&ledgerv1.GetBalanceResponse{Balance: balanceToProto(b)}), nil
 }
 
 func (s *balanceService) ListHistory(ctx context.Context, req *connect.Request[ledgerv1.ListHistoryRequest]) (*connect.Response[ledgerv1.ListHistoryResponse], error) {
@@ -103,7 +103,7 @@ func (s *balanceService) WatchAccount(ctx context.Context, req *connect.Request[
 	if err != nil {
 		return unknownAccount(err, id)
 	}
-	bal := balanceOfView(b)
+	bal := balanceToProto(b)
 	if err := stream.Send(&ledgerv1.WatchAccountResponse{Balance: bal}); err != nil {
 		return err
 	}

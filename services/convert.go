@@ -146,35 +146,20 @@ func timeToProto(t time.Time) *timestamppb.Timestamp {
 	return timestamppb.New(t)
 }
 
-// balanceOfAccount is an account's balance on the write side, as of log position pos.
-func balanceOfAccount(a domain.Account, pos uint64) *ledgerv1.Balance {
+// balanceToProto converts an account's balances, from a view or from a command's result
+// (wrapped with its position: projections.Balance is the one account type of both).
+func balanceToProto(b projections.Balance) *ledgerv1.Balance {
 	return &ledgerv1.Balance{
-		AccountId:      string(a.ID),
-		Asset:          a.Asset.String(),
-		Kind:           kindToProto(a.Kind),
-		Status:         statusToProto(a.Status),
-		Posted:         domain.FormatMinor(a.Posted, a.Asset),
-		Held:           domain.FormatMinor(a.Held, a.Asset),
-		Available:      domain.FormatMinor(a.Available(), a.Asset),
-		PostedMinor:    a.Posted,
-		HeldMinor:      a.Held,
-		AvailableMinor: a.Available(),
-		Position:       pos,
-	}
-}
-
-func balanceOfView(b projections.Balance) *ledgerv1.Balance {
-	return &ledgerv1.Balance{
-		AccountId:      string(b.AccountID),
+		AccountId:      string(b.ID),
 		Asset:          b.Asset.String(),
 		Kind:           kindToProto(b.Kind),
 		Status:         statusToProto(b.Status),
 		Posted:         domain.FormatMinor(b.Posted, b.Asset),
 		Held:           domain.FormatMinor(b.Held, b.Asset),
-		Available:      domain.FormatMinor(b.Available, b.Asset),
+		Available:      domain.FormatMinor(b.Available(), b.Asset),
 		PostedMinor:    b.Posted,
 		HeldMinor:      b.Held,
-		AvailableMinor: b.Available,
+		AvailableMinor: b.Available(),
 		Position:       b.Position,
 		UpdatedAt:      timeToProto(b.UpdatedAt),
 	}
@@ -188,7 +173,7 @@ func accountToProto(a domain.Account, pos uint64) *ledgerv1.Account {
 		Status:      statusToProto(a.Status),
 		CreditLimit: domain.FormatMinor(a.CreditLimit, a.Asset),
 		Metadata:    metadataToProto(a.Metadata),
-		Balance:     balanceOfAccount(a, pos),
+		Balance:     balanceToProto(projections.Balance{Account: a, Position: pos}),
 		OpenHolds:   uint32(a.OpenHolds),
 		Version:     a.Version,
 	}
@@ -198,7 +183,7 @@ func accountToProto(a domain.Account, pos uint64) *ledgerv1.Account {
 func writeResult(r ledger.Result) *ledgerv1.WriteResult {
 	out := &ledgerv1.WriteResult{Position: r.Position, Replayed: r.Replayed}
 	for _, a := range r.Accounts {
-		out.Balances = append(out.Balances, balanceOfAccount(a, r.Position))
+		out.Balances = append(out.Balances, balanceToProto(projections.Balance{Account: a, Position: r.Position}))
 	}
 	return out
 }
@@ -230,7 +215,10 @@ func singleAsset(legs []domain.Leg) (domain.Asset, bool) {
 	return a, true
 }
 
-func paymentToProto(p domain.Payment, pos uint64) *ledgerv1.Payment {
+// paymentToProto converts a payment, from a view or from a command's result (wrapped with
+// its position: projections.Payment is the one payment type of both). A view does not keep
+// the payment's Version, so its answer carries none, as before the types were one.
+func paymentToProto(p projections.Payment) *ledgerv1.Payment {
 	out := &ledgerv1.Payment{
 		PaymentId: string(p.ID),
 		Kind:      paymentKindToProto(p.Kind),
@@ -240,26 +228,6 @@ func paymentToProto(p domain.Payment, pos uint64) *ledgerv1.Payment {
 		Metadata:  metadataToProto(p.Metadata),
 		ExpiresAt: timeToProto(p.ExpiresAt),
 		Version:   p.Version,
-		Position:  pos,
-	}
-	if a, ok := singleAsset(p.Legs); ok {
-		out.Authorised = minorToProto(p.Authorised, a)
-		out.Captured = minorToProto(p.Captured, a)
-		out.Refunded = minorToProto(p.Refunded, a)
-		out.Released = minorToProto(p.Released, a)
-	}
-	return out
-}
-
-func paymentOfView(p projections.Payment) *ledgerv1.Payment {
-	out := &ledgerv1.Payment{
-		PaymentId: string(p.ID),
-		Kind:      paymentKindToProto(p.Kind),
-		Status:    paymentStatusToProto(p.Status),
-		Legs:      legsToProto(p.Legs),
-		Reference: p.Reference,
-		Metadata:  metadataToProto(p.Metadata),
-		ExpiresAt: timeToProto(p.ExpiresAt),
 		Position:  p.Position,
 	}
 	if a, ok := singleAsset(p.Legs); ok {

@@ -26,6 +26,7 @@ import (
 	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
 	"github.com/securepay/securepay/eventstore/embedded"
 	"github.com/securepay/securepay/projections"
+	"github.com/securepay/securepay/projections/memory"
 	"github.com/securepay/securepay/services"
 	"github.com/securepay/securepay/services/ledger"
 )
@@ -92,7 +93,7 @@ func startNode(t testing.TB, o nodeOptions) *node {
 	if err != nil {
 		t.Fatalf("start processor: %v", err)
 	}
-	views := projections.NewMemoryViews(0)
+	views := memory.New(0)
 	runner, err := projections.NewRunner(projections.RunnerConfig{Store: store, Projectors: views.Projectors()})
 	if err != nil {
 		t.Fatalf("projections runner: %v", err)

@@ -34,7 +34,7 @@ func (s *paymentService) paymentWrite(ctx context.Context, h connect.AnyRequest,
 	if res.Payment == nil {
 		return nil, nil, fmt.Errorf("processor result for %T has no payment", cmd)
 	}
-	return paymentToProto(*res.Payment, res.Position), writeResult(res), nil
+	return paymentToProto(projections.Payment{Payment: *res.Payment, Position: res.Position}), writeResult(res), nil
 }
 
 func (s *paymentService) Transfer(ctx context.Context, req *connect.Request[ledgerv1.TransferRequest]) (*connect.Response[ledgerv1.TransferResponse], error) {
@@ -123,5 +123,5 @@ func (s *paymentService) GetPayment(ctx context.Context, req *connect.Request[le
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ledgerv1.GetPaymentResponse{Payment: paymentOfView(p)}), nil
+	return connect.NewResponse(&ledgerv1.GetPaymentResponse{Payment: paymentToProto(p)}), nil
 }

@@ -20,7 +20,10 @@ import (
 	"github.com/securepay/securepay/eventstore"
 	"github.com/securepay/securepay/eventstore/embedded"
 	"github.com/securepay/securepay/eventstore/postgres"
+	"github.com/securepay/securepay/internal/progress"
 	"github.com/securepay/securepay/projections"
+	"github.com/securepay/securepay/projections/pg"
+	redisviews "github.com/securepay/securepay/projections/redis"
 )
 
 // storeFlags say where the log (and the views) are: a PostgreSQL database, or the
@@ -34,7 +37,7 @@ func (f *storeFlags) register(fs *flag.FlagSet, e env, withRedis bool) {
 	ef := envFlags{fs, e}
 	ef.String(&f.dsn, "postgres-dsn", "SECUREPAY_POSTGRES_DSN", "", "PostgreSQL `DSN` of the event store and views")
 	ef.String(&f.eventSchema, "event-schema", "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema, "`schema` of the event store")
-	ef.String(&f.viewSchema, "view-schema", "SECUREPAY_VIEW_SCHEMA", projections.DefaultViewSchema, "`schema` of the views")
+	ef.String(&f.viewSchema, "view-schema", "SECUREPAY_VIEW_SCHEMA", pg.DefaultSchema, "`schema` of the views")
 	if withRedis {
 		ef.String(&f.redisAddr, "redis-addr", "SECUREPAY_REDIS_ADDR", "", "Redis `host:port`, to include the Redis projectors")
 		fs.IntVar(&f.redisDB, "redis-db", 0, "Redis database `number`")
@@ -49,8 +52,8 @@ func (f *storeFlags) registerDir(fs *flag.FlagSet) {
 // opened is what a command works on; close releases everything.
 type opened struct {
 	store eventstore.Store
-	pg    *projections.PGViews // nil for an embedded ledger
-	redis *projections.RedisViews
+	pg    *pg.Views // nil for an embedded ledger
+	redis *redisviews.Views
 	close func()
 }
 
@@ -78,16 +81,16 @@ func (f *storeFlags) open(ctx context.Context, e env, cmd string) (*opened, erro
 			closers[i]()
 		}
 	}
-	pg, err := projections.OpenPG(ctx, projections.PGConfig{Pool: s.Pool(), Schema: f.viewSchema})
+	views, err := pg.Open(ctx, pg.Config{Pool: s.Pool(), Schema: f.viewSchema})
 	if err != nil {
 		o.close()
 		return nil, fmt.Errorf("%s: open the views in schema %s (run `securepay migrate`?): %w", cmd, f.viewSchema, err)
 	}
-	o.pg = pg
+	o.pg = views
 	if f.redisAddr != "" {
 		rdb := redis.NewClient(&redis.Options{Addr: f.redisAddr, DB: f.redisDB})
 		closers = append(closers, func() { rdb.Close() })
-		rv, err := projections.NewRedisViews(projections.RedisConfig{Client: rdb})
+		rv, err := redisviews.New(redisviews.Config{Client: rdb})
 		if err != nil {
 			o.close()
 			return nil, fmt.Errorf("%s: redis views: %w", cmd, err)
@@ -151,7 +154,11 @@ func (c *projectionsCmd) admin(ctx context.Context, e env) (*projections.Admin, 
 	if err != nil {
 		return nil, nil, err
 	}
-	return &projections.Admin{Store: o.store, PG: o.pg, Redis: o.redis}, o.close, nil
+	admin := &projections.Admin{Store: o.store, Views: []projections.Views{o.pg}}
+	if o.redis != nil {
+		admin.Views = append(admin.Views, o.redis)
+	}
+	return admin, o.close, nil
 }
 
 func (c *projectionsCmd) list(ctx context.Context, e env, _ []string) error {
@@ -197,7 +204,7 @@ func (c *projectionsCmd) rebuild(ctx context.Context, e env, args []string) erro
 	// A misspelt name is refused before any connection, so its error cannot read like an
 	// interrupted rebuild that a rerun would resume.
 	resumable := slices.Contains(known, name)
-	if !resumable && name != projections.BalanceCacheProjector && name != projections.NotificationsProjector {
+	if !resumable && name != redisviews.BalanceCacheProjector && name != redisviews.NotificationsProjector {
 		return usagef("projections rebuild: unknown projector %q: say %s", name, strings.Join(known, " or "))
 	}
 	admin, done, err := c.admin(ctx, e)
@@ -206,7 +213,7 @@ func (c *projectionsCmd) rebuild(ctx context.Context, e env, args []string) erro
 	}
 	defer done()
 	_, err = admin.Rebuild(ctx, name, e.stdout, projections.RebuildOptions{
-		Progress: e.stderr, ProgressOptions: projections.ProgressOptions{ForcePlain: c.plain},
+		Progress: progress.New(e.stderr, "rebuild "+name, progress.Options{ForcePlain: c.plain}),
 	})
 	switch {
 	case err != nil && resumable:

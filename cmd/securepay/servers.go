@@ -20,6 +20,9 @@ import (
 	"github.com/securepay/securepay/eventstore/embedded"
 	"github.com/securepay/securepay/eventstore/postgres"
 	"github.com/securepay/securepay/projections"
+	"github.com/securepay/securepay/projections/memory"
+	"github.com/securepay/securepay/projections/pg"
+	redisviews "github.com/securepay/securepay/projections/redis"
 	"github.com/securepay/securepay/services"
 	"github.com/securepay/securepay/services/ledger"
 )
@@ -131,7 +134,7 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 		return fmt.Errorf("dev: start the ledger: %w", err)
 	}
 	defer proc.Close()
-	views := projections.NewMemoryViews(cfg.HistoryCap)
+	views := memory.New(cfg.HistoryCap)
 	runner, err := projections.NewRunner(projections.RunnerConfig{Store: store, Projectors: views.Projectors(), Logger: log})
 	if err != nil {
 		ln.Close()
@@ -306,7 +309,7 @@ func serveCommand(e env) *Command {
 	ef.String(&c.cfg.Listen, "listen", "SECUREPAY_LISTEN", ":8443", "`address` to listen on")
 	ef.String(&c.cfg.PostgresDSN, "postgres-dsn", "SECUREPAY_POSTGRES_DSN", "", "PostgreSQL `DSN` of the event store and views")
 	ef.String(&c.cfg.EventSchema, "event-schema", "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema, "`schema` of the event store")
-	ef.String(&c.cfg.ViewSchema, "view-schema", "SECUREPAY_VIEW_SCHEMA", projections.DefaultViewSchema, "`schema` of the views")
+	ef.String(&c.cfg.ViewSchema, "view-schema", "SECUREPAY_VIEW_SCHEMA", pg.DefaultSchema, "`schema` of the views")
 	ef.String(&c.cfg.RedisAddr, "redis-addr", "SECUREPAY_REDIS_ADDR", "", "Redis `host:port` for idempotency keys and the balance cache")
 	fs.IntVar(&c.cfg.RedisDB, "redis-db", 0, "Redis logical database `number`")
 	ef.String(&c.cfg.TLSCert, "tls-cert", "SECUREPAY_TLS_CERT", "", "PEM certificate chain `file`")
@@ -349,7 +352,7 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 	}
 	defer store.Close()
 	waiter := &lateWaiter{}
-	pgViews, err := projections.OpenPG(ctx, projections.PGConfig{Pool: store.Pool(), Schema: cfg.ViewSchema, Waiter: waiter})
+	pgViews, err := pg.Open(ctx, pg.Config{Pool: store.Pool(), Schema: cfg.ViewSchema, Waiter: waiter})
 	if err != nil {
 		return fmt.Errorf("serve: open the views: %w (run `securepay migrate` first?)", err)
 	}
@@ -361,7 +364,7 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 	if err != nil {
 		return fmt.Errorf("serve: Redis at %s does not answer: %w", cfg.RedisAddr, err)
 	}
-	redisViews, err := projections.NewRedisViews(projections.RedisConfig{Client: rdb})
+	redisViews, err := redisviews.New(redisviews.Config{Client: rdb, Logger: log})
 	if err != nil {
 		return fmt.Errorf("serve: redis views: %w", err)
 	}
@@ -437,7 +440,7 @@ func migrateCommand(e env) *Command {
 	ef := envFlags{&cmd.Flag, e}
 	ef.String(&c.dsn, "postgres-dsn", "SECUREPAY_POSTGRES_DSN", "", "PostgreSQL `DSN` (a role that may CREATE in the database)")
 	ef.String(&c.eventSchema, "event-schema", "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema, "`schema` of the event store")
-	ef.String(&c.viewSchema, "view-schema", "SECUREPAY_VIEW_SCHEMA", projections.DefaultViewSchema, "`schema` of the views")
+	ef.String(&c.viewSchema, "view-schema", "SECUREPAY_VIEW_SCHEMA", pg.DefaultSchema, "`schema` of the views")
 	ef.String(&c.appRole, "app-role", "SECUREPAY_APP_ROLE", postgres.DefaultAppRole, "`role` the event store writes as")
 	return cmd
 }
@@ -456,7 +459,7 @@ func (c *migrateCmd) run(ctx context.Context, e env, _ []string) error {
 		return fmt.Errorf("migrate: event store schema %s: %w", c.eventSchema, err)
 	}
 	fmt.Fprintf(e.stdout, "event store schema %s: %d migration(s) applied %v\n", c.eventSchema, len(applied), applied)
-	if _, err := projections.OpenPG(ctx, projections.PGConfig{Pool: pool, Schema: c.viewSchema, Migrate: true}); err != nil {
+	if _, err := pg.Open(ctx, pg.Config{Pool: pool, Schema: c.viewSchema, Migrate: true}); err != nil {
 		return fmt.Errorf("migrate: views schema %s: %w", c.viewSchema, err)
 	}
 	fmt.Fprintf(e.stdout, "views schema %s: up to date\n", c.viewSchema)

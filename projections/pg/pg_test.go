@@ -1,4 +1,4 @@
-package projections_test
+package pg_test
 
 import (
 	"bufio"
@@ -19,8 +19,12 @@ import (
 
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore"
+	"github.com/securepay/securepay/internal/pgtest"
+	"github.com/securepay/securepay/internal/progress"
+	"github.com/securepay/securepay/internal/projtest"
 	"github.com/securepay/securepay/projections"
-	"github.com/securepay/securepay/projections/projtest"
+	"github.com/securepay/securepay/projections/pg"
+	redisviews "github.com/securepay/securepay/projections/redis"
 )
 
 // The kill test re-executes this test binary as a child that runs the PostgreSQL
@@ -47,7 +51,7 @@ func TestMain(m *testing.M) {
 func childMain() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	dsn := os.Getenv(projtest.PostgresEnv)
+	dsn := os.Getenv(pgtest.Env)
 	store, err := projtest.OpenPostgresStore(dsn, os.Getenv(childStoreEnv))
 	if err != nil {
 		return err
@@ -58,7 +62,7 @@ func childMain() error {
 		return err
 	}
 	defer pool.Close()
-	v, err := projections.OpenPG(ctx, projections.PGConfig{Pool: pool, Schema: os.Getenv(childViewsEnv), Migrate: true})
+	v, err := pg.Open(ctx, pg.Config{Pool: pool, Schema: os.Getenv(childViewsEnv), Migrate: true})
 	if err != nil {
 		return err
 	}
@@ -67,7 +71,7 @@ func childMain() error {
 		return err
 	}
 	var batches atomic.Int64
-	projections.SetBeforeCommit(v, func(name string, batch []eventstore.RecordedEvent) {
+	pg.SetBeforeCommit(v, func(name string, batch []eventstore.RecordedEvent) {
 		if int(batches.Add(1)) == killAt {
 			fmt.Printf("MIDBATCH %s %d %d\n", name, batch[0].Position, batch[len(batch)-1].Position)
 			<-ctx.Done() // the parent kills us here, inside the open transaction
@@ -95,12 +99,12 @@ func checkpointOf(t testing.TB, pool *pgxpool.Pool, schema, name string) uint64 
 }
 
 func TestKilledInTheMiddleOfABatchNothingCountedTwiceOrLost(t *testing.T) {
-	storeSchema := projtest.Schema(t, "sp_log")
+	storeSchema := pgtest.Schema(t, "sp_log")
 	store := projtest.PostgresStoreIn(t, storeSchema)
-	pool := projtest.Pool(t, 8)
-	viewsSchema := projtest.Schema(t, "sp_views")
+	pool := pgtest.Pool(t, 8)
+	viewsSchema := pgtest.Schema(t, "sp_views")
 	l := projtest.NewLedger(11, "k-")
-	ctx := testContext(t, 3*time.Minute)
+	ctx := projtest.Context(t, 3*time.Minute)
 	last, err := projtest.NewWriter(store, l).Write(ctx, 2500, 60, 10)
 	if err != nil {
 		t.Fatalf("write log: %v", err)
@@ -139,10 +143,10 @@ func TestKilledInTheMiddleOfABatchNothingCountedTwiceOrLost(t *testing.T) {
 		t.Logf("round %d: killed %s inside batch %d..%d", round, name, first, end)
 	}
 	// A normal run resumes from the checkpoints and finishes.
-	v := openPG(t, pool, viewsSchema)
-	r := startRunner(t, store, v.Projectors())
-	waitAll(t, r, last, projections.AccountsProjector, projections.PaymentsProjector)
-	checkAgainstModel(t, v.Reader(), l, last)
+	v := projtest.PGViews(t, pool, viewsSchema)
+	r := projtest.StartRunner(t, store, v.Projectors())
+	projtest.WaitAll(t, r, last, projections.AccountsProjector, projections.PaymentsProjector)
+	projtest.CheckAgainstModel(t, v.Reader(), l, last)
 	// Every history line exactly once: as many lines as the log has postings and holds.
 	var lines int64
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+pgx.Identifier{viewsSchema, "history"}.Sanitize()).Scan(&lines); err != nil {
@@ -195,12 +199,12 @@ func appendPoison(t testing.TB, w *projtest.Writer, l *projtest.Ledger, id domai
 
 func TestPoisonEventStopsOnlyItsProjector(t *testing.T) {
 	store := projtest.PostgresStore(t)
-	pool := projtest.Pool(t, 8)
-	v := openPG(t, pool, projtest.Schema(t, "sp_views"))
-	rv := newRedisViews(t, projtest.Redis(t, 1), projections.Thresholds{})
+	pool := pgtest.Pool(t, 8)
+	v := projtest.PGViews(t, pool, pgtest.Schema(t, "sp_views"))
+	rv := projtest.RedisViews(t, projtest.Redis(t, 1), redisviews.Thresholds{})
 	l := projtest.NewLedger(3, "p-")
 	w := projtest.NewWriter(store, l)
-	ctx := testContext(t, 2*time.Minute)
+	ctx := projtest.Context(t, 2*time.Minute)
 	if _, err := w.Write(ctx, 300, 10, 5); err != nil {
 		t.Fatal(err)
 	}
@@ -209,9 +213,9 @@ func TestPoisonEventStopsOnlyItsProjector(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := startRunner(t, store, append(v.Projectors(), rv.Projectors()...))
+	r := projtest.StartRunner(t, store, append(v.Projectors(), rv.Projectors()...))
 	// The others reach the head.
-	waitAll(t, r, last, projections.PaymentsProjector, projections.BalanceCacheProjector, projections.NotificationsProjector)
+	projtest.WaitAll(t, r, last, projections.PaymentsProjector, redisviews.BalanceCacheProjector, redisviews.NotificationsProjector)
 	// The accounts projector stops right before the poison, with a status that names it.
 	err = r.Wait(ctx, projections.AccountsProjector, last)
 	if !errors.Is(err, projections.ErrNotCaughtUp) {
@@ -237,7 +241,7 @@ func TestPoisonEventStopsOnlyItsProjector(t *testing.T) {
 		}
 	}
 	// Another process sees the same from the view's records.
-	admin := &projections.Admin{Store: store, PG: v, Redis: rv}
+	admin := &projections.Admin{Store: store, Views: []projections.Views{v, rv}}
 	sts, err := admin.Status(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -272,15 +276,15 @@ func tableRows(t testing.TB, pool *pgxpool.Pool, schema, table, orderBy string) 
 
 func TestRebuildWhileWritesContinueEqualsReplay(t *testing.T) {
 	store := projtest.PostgresStore(t)
-	pool := projtest.Pool(t, 16)
-	live := openPG(t, pool, projtest.Schema(t, "sp_views"))
+	pool := pgtest.Pool(t, 16)
+	live := projtest.PGViews(t, pool, pgtest.Schema(t, "sp_views"))
 	l := projtest.NewLedger(5, "r-")
 	w := projtest.NewWriter(store, l)
-	ctx := testContext(t, 3*time.Minute)
+	ctx := projtest.Context(t, 3*time.Minute)
 	if _, err := w.Write(ctx, 3000, 80, 10); err != nil {
 		t.Fatal(err)
 	}
-	r := startRunner(t, store, live.Projectors(), func(c *projections.RunnerConfig) { c.MaxBatch = 500 })
+	r := projtest.StartRunner(t, store, live.Projectors(), func(c *projections.RunnerConfig) { c.MaxBatch = 500 })
 
 	// Writers keep appending during the whole rebuild.
 	// (Stopped between appends, never inside one, so the model holds exactly what the log has.)
@@ -307,7 +311,7 @@ func TestRebuildWhileWritesContinueEqualsReplay(t *testing.T) {
 		if !errors.Is(err, projections.ErrRebuildStopped) {
 			t.Fatalf("rebuild %s with StopAfter: err = %v, want ErrRebuildStopped", name, err)
 		}
-		admin := &projections.Admin{Store: store, PG: live}
+		admin := &projections.Admin{Store: store, Views: []projections.Views{live}}
 		sts, err := admin.Status(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -321,19 +325,19 @@ func TestRebuildWhileWritesContinueEqualsReplay(t *testing.T) {
 		if !found {
 			t.Fatalf("status during an interrupted rebuild of %s: %+v; want rebuilding with shadow at 2100", name, sts)
 		}
-		var progress strings.Builder
-		res, err := live.Rebuild(ctx, store, name, projections.RebuildOptions{BatchSize: 700, SwapLag: 300, Progress: &progress,
-			ProgressOptions: projections.ProgressOptions{Interval: time.Nanosecond}})
+		var out strings.Builder
+		res, err := live.Rebuild(ctx, store, name, projections.RebuildOptions{BatchSize: 700, SwapLag: 300,
+			Progress: progress.New(&out, "rebuild "+name, progress.Options{Interval: time.Nanosecond})})
 		if err != nil {
 			t.Fatalf("resume rebuild %s: %v", name, err)
 		}
 		if res.ResumedFrom != 2100 {
 			t.Fatalf("resumed rebuild of %s started at %d; want 2100", name, res.ResumedFrom)
 		}
-		if !strings.Contains(progress.String(), "events/s") {
-			t.Fatalf("rebuild progress output %q has no rate", progress.String())
+		if !strings.Contains(out.String(), "events/s") {
+			t.Fatalf("rebuild progress output %q has no rate", out.String())
 		}
-		t.Logf("rebuild %s: %+v; last progress line: %s", name, res, lastLine(progress.String()))
+		t.Logf("rebuild %s: %+v; last progress line: %s", name, res, lastLine(out.String()))
 	}
 	headAfterRebuilds, err := store.Head(ctx)
 	if err != nil {
@@ -352,13 +356,13 @@ func TestRebuildWhileWritesContinueEqualsReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The live projectors go on after the swap, from the swapped-in checkpoint.
-	waitAll(t, r, head, projections.AccountsProjector, projections.PaymentsProjector)
-	checkAgainstModel(t, live.Reader(), l, head)
+	projtest.WaitAll(t, r, head, projections.AccountsProjector, projections.PaymentsProjector)
+	projtest.CheckAgainstModel(t, live.Reader(), l, head)
 
 	// A from-scratch replay into another schema must hold exactly the same rows.
-	fresh := openPG(t, pool, projtest.Schema(t, "sp_fresh"))
-	r2 := startRunner(t, store, fresh.Projectors())
-	waitAll(t, r2, head, projections.AccountsProjector, projections.PaymentsProjector)
+	fresh := projtest.PGViews(t, pool, pgtest.Schema(t, "sp_fresh"))
+	r2 := projtest.StartRunner(t, store, fresh.Projectors())
+	projtest.WaitAll(t, r2, head, projections.AccountsProjector, projections.PaymentsProjector)
 	for _, tc := range []struct{ table, order string }{
 		{"balances", "account_id"}, {"history", "account_id, position"}, {"payments", "payment_id"},
 	} {
@@ -385,11 +389,11 @@ func lastLine(s string) string {
 
 func TestAdminStatusFromAnotherProcess(t *testing.T) {
 	store := projtest.PostgresStore(t)
-	pool := projtest.Pool(t, 8)
-	v := openPG(t, pool, projtest.Schema(t, "sp_views"))
+	pool := pgtest.Pool(t, 8)
+	v := projtest.PGViews(t, pool, pgtest.Schema(t, "sp_views"))
 	l := projtest.NewLedger(8, "s-")
 	w := projtest.NewWriter(store, l)
-	ctx := testContext(t, time.Minute)
+	ctx := projtest.Context(t, time.Minute)
 	first, err := w.Write(ctx, 100, 10, 5)
 	if err != nil {
 		t.Fatal(err)
@@ -401,7 +405,7 @@ func TestAdminStatusFromAnotherProcess(t *testing.T) {
 	rctx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = r.Run(rctx) }()
-	waitAll(t, r, first, projections.AccountsProjector, projections.PaymentsProjector)
+	projtest.WaitAll(t, r, first, projections.AccountsProjector, projections.PaymentsProjector)
 	stop()
 	<-done
 	// The projectors are gone; the log moves on; a minute passes (on the checkpoints' clock).
@@ -412,7 +416,7 @@ func TestAdminStatusFromAnotherProcess(t *testing.T) {
 	if _, err := pool.Exec(ctx, `UPDATE `+pgx.Identifier{v.Schema(), "checkpoints"}.Sanitize()+` SET updated_at = now() - interval '1 minute'`); err != nil {
 		t.Fatal(err)
 	}
-	admin := &projections.Admin{Store: store, PG: v}
+	admin := &projections.Admin{Store: store, Views: []projections.Views{v}}
 	sts, err := admin.Status(ctx)
 	if err != nil {
 		t.Fatal(err)

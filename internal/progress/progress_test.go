@@ -1,4 +1,4 @@
-package projections
+package progress
 
 import (
 	"strings"
@@ -7,11 +7,11 @@ import (
 )
 
 // On a terminal the progress is one line redrawn in place: a bar, the rate and the time left.
-// (term.IsTerminal decides tty in NewProgress; here it is set directly.)
+// (term.IsTerminal decides tty in New; here it is set directly.)
 func TestProgressBarOnATerminal(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	var out strings.Builder
-	p := NewProgress(&out, "rebuild accounts.v1", ProgressOptions{Clock: func() time.Time { return now }})
+	p := New(&out, "rebuild accounts.v1", Options{Clock: func() time.Time { return now }})
 	p.tty, p.width, p.interval = true, 100, 100*time.Millisecond
 	p.Begin(0)
 	now = now.Add(2 * time.Second)
@@ -38,7 +38,7 @@ func TestProgressBarOnATerminal(t *testing.T) {
 func TestProgressPlainLines(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	var out strings.Builder
-	p := NewProgress(&out, "verify", ProgressOptions{Clock: func() time.Time { return now }})
+	p := New(&out, "verify", Options{Clock: func() time.Time { return now }})
 	p.Begin(0)
 	for i := 1; i <= 10; i++ {
 		now = now.Add(time.Second)
@@ -56,7 +56,7 @@ func TestProgressPlainLines(t *testing.T) {
 func TestProgressETABelowASecond(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	var out strings.Builder
-	p := NewProgress(&out, "export", ProgressOptions{Clock: func() time.Time { return now }})
+	p := New(&out, "export", Options{Clock: func() time.Time { return now }})
 	p.Begin(0)
 	now = now.Add(time.Second)
 	p.Update(4000, 7000) // 3000 left at 4000/s: 0.75s, shown rounded to 1s

@@ -1,4 +1,8 @@
-package projections
+// Package progress draws how far a long run (a rebuild, an export, a verification, an as-of
+// recomputation) has come. It is its own package so that what reports progress links only
+// this and x/term: the auditor's recomputation must not link the views' database drivers
+// to draw a bar.
+package progress
 
 import (
 	"fmt"
@@ -10,10 +14,10 @@ import (
 	"golang.org/x/term"
 )
 
-// Progress shows how far a long run (rebuild, export, verify, as-of recomputation) is: on a
-// terminal a bar redrawn in place with events/s and time left, otherwise a plain line every
-// few seconds, so logs of a CI run or `| tee` stay readable.
-type Progress struct {
+// Reporter shows progress on a terminal as a bar redrawn in place with events/s and time
+// left, and elsewhere as a plain line every few seconds, so logs of a CI run or `| tee`
+// stay readable.
+type Reporter struct {
 	w        io.Writer
 	label    string
 	tty      bool
@@ -29,8 +33,8 @@ type Progress struct {
 	drawnWidth int
 }
 
-// ProgressOptions tune a Progress; the zero value detects the terminal itself.
-type ProgressOptions struct {
+// Options tune a Reporter; the zero value detects the terminal itself.
+type Options struct {
 	// ForcePlain prints plain lines even on a terminal.
 	ForcePlain bool
 	// Interval between plain lines; default 2s (a terminal bar redraws every 100ms).
@@ -39,10 +43,10 @@ type ProgressOptions struct {
 	Clock func() time.Time
 }
 
-// NewProgress reports to w (nil: report nothing). w is a terminal when it is an *os.File
-// whose descriptor is one.
-func NewProgress(w io.Writer, label string, opts ProgressOptions) *Progress {
-	p := &Progress{w: w, label: label, interval: opts.Interval, now: opts.Clock, width: 80}
+// New reports to w (nil: report nothing). w is a terminal when it is an *os.File whose
+// descriptor is one.
+func New(w io.Writer, label string, opts Options) *Reporter {
+	p := &Reporter{w: w, label: label, interval: opts.Interval, now: opts.Clock, width: 80}
 	if p.now == nil {
 		p.now = time.Now
 	}
@@ -64,13 +68,16 @@ func NewProgress(w io.Writer, label string, opts ProgressOptions) *Progress {
 
 // Begin records where the run starts (a resumed run starts past 0, and its rate counts
 // only this run's events).
-func (p *Progress) Begin(done uint64) {
+func (p *Reporter) Begin(done uint64) {
+	if p == nil {
+		return
+	}
 	p.startDone, p.lastDone = done, done
 	p.start = p.now()
 }
 
 // Update reports done of total events; it draws at most once per interval.
-func (p *Progress) Update(done, total uint64) {
+func (p *Reporter) Update(done, total uint64) {
 	if p == nil || p.w == nil {
 		return
 	}
@@ -84,7 +91,7 @@ func (p *Progress) Update(done, total uint64) {
 }
 
 // Finish draws the final state and ends the line.
-func (p *Progress) Finish(done, total uint64) {
+func (p *Reporter) Finish(done, total uint64) {
 	if p == nil || p.w == nil {
 		return
 	}
@@ -92,7 +99,7 @@ func (p *Progress) Finish(done, total uint64) {
 	p.draw(p.now(), true)
 }
 
-func (p *Progress) draw(now time.Time, final bool) {
+func (p *Reporter) draw(now time.Time, final bool) {
 	elapsed := now.Sub(p.start).Seconds()
 	rate := 0.0
 	if elapsed > 0 {

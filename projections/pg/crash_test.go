@@ -1,4 +1,4 @@
-package projections_test
+package pg_test
 
 import (
 	"bytes"
@@ -22,8 +22,10 @@ import (
 
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore/postgres"
+	"github.com/securepay/securepay/internal/projtest"
 	"github.com/securepay/securepay/projections"
-	"github.com/securepay/securepay/projections/projtest"
+	"github.com/securepay/securepay/projections/pg"
+	redisviews "github.com/securepay/securepay/projections/redis"
 )
 
 // crashCluster is a throw-away PostgreSQL cluster of the test's own (infra/local/postgres.sh),
@@ -99,7 +101,7 @@ func startCrashCluster(t testing.TB) *crashCluster {
 }
 
 func (c *crashCluster) script(args ...string) (string, error) {
-	cmd := exec.Command("bash", append([]string{filepath.Join("..", "infra", "local", "postgres.sh")}, args...)...)
+	cmd := exec.Command("bash", append([]string{filepath.Join("..", "..", "infra", "local", "postgres.sh")}, args...)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -159,7 +161,7 @@ func TestReadsAfterAPostgresCrashReflectThePositionTheyWaitedFor(t *testing.T) {
 	// test; with the WAL writer's 10s delay nearly every crash does), at most six.
 	const wantLosses, maxCrashes = 3, 6
 	cl := startCrashCluster(t)
-	ctx := testContext(t, 3*time.Minute)
+	ctx := projtest.Context(t, 3*time.Minute)
 	admin, err := pgxpool.New(ctx, cl.dsn)
 	if err != nil {
 		t.Fatal(err)
@@ -184,13 +186,13 @@ func TestReadsAfterAPostgresCrashReflectThePositionTheyWaitedFor(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	v, err := projections.OpenPG(ctx, projections.PGConfig{Pool: pool, Schema: "sp_views", Migrate: true})
+	v, err := pg.Open(ctx, pg.Config{Pool: pool, Schema: "sp_views", Migrate: true})
 	if err != nil {
 		t.Fatalf("open views: %v", err)
 	}
-	rv := newRedisViews(t, projtest.Redis(t, 5), projections.Thresholds{})
+	rv := projtest.RedisViews(t, projtest.Redis(t, 5), redisviews.Thresholds{})
 	// Retries outlast a restart (bounded all the same: backoff doubles up to 5s).
-	r := startRunner(t, store, append(v.Projectors(), rv.Projectors()...), func(c *projections.RunnerConfig) {
+	r := projtest.StartRunner(t, store, append(v.Projectors(), rv.Projectors()...), func(c *projections.RunnerConfig) {
 		c.MaxRetries, c.RetryBackoff, c.MaxBatch = 100, 10*time.Millisecond, 200
 	})
 	// As `securepay serve` reads: the PostgreSQL reader woken by the runner, under the cache.
@@ -304,7 +306,7 @@ func TestReadsAfterAPostgresCrashReflectThePositionTheyWaitedFor(t *testing.T) {
 		// The views catch up with the last acknowledged append, as a client's read-your-writes
 		// wait sees them; their last commits now sit in the WAL buffers only.
 		acked := latest.Load().position
-		waitAll(t, r, acked, projections.AccountsProjector, projections.PaymentsProjector)
+		projtest.WaitAll(t, r, acked, projections.AccountsProjector, projections.PaymentsProjector)
 		// Since the last append flushed the WAL, the views' commits are (nearly) all that was
 		// written: WAL not flushed now is view commits the crash takes.
 		var unflushed int64
@@ -402,7 +404,7 @@ func readLogFacts(t testing.TB, s *postgres.Store) logFacts {
 				case domain.HoldReleased:
 					st.line, st.kind, st.amount = true, projections.EntryHoldReleased, e.Amount.Minor
 				}
-				dp, dh := entryDelta(st.kind, st.amount)
+				dp, dh := projtest.EntryDelta(st.kind, st.amount)
 				st.posted, st.held = st.posted+dp, st.held+dh
 				f.accounts[e.Account()] = append(steps, st)
 			case domain.PaymentEvent:

@@ -1,16 +1,15 @@
-package projections
+package pg
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"hash/fnv"
-	"io"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/securepay/securepay/eventstore"
+	"github.com/securepay/securepay/projections"
 )
 
 // Rebuild without downtime.
@@ -28,40 +27,12 @@ import (
 //     either the old view or the new one, never a mix or an empty table. The live projector,
 //     unblocked, finds its checkpoint moved and resubscribes from the new one.
 
-// RebuildOptions tune a rebuild.
-type RebuildOptions struct {
-	// Progress receives a bar (terminal) or progress lines; nil prints nothing.
-	Progress io.Writer
-	// ProgressOptions tune the progress output.
-	ProgressOptions ProgressOptions
-	// BatchSize is the events per shadow transaction; default 5,000.
-	BatchSize int
-	// SwapLag is how close to the head the shadow must be before the swap transaction;
-	// default 5,000 events. The swap holds the live view's locks while it applies at most
-	// this many events (plus what arrives meanwhile), so it bounds the pause of writers.
-	SwapLag uint64
-	// StopAfter, when > 0, stops the rebuild (without swapping) once the shadow checkpoint
-	// reaches it: for tests of a killed rebuild, and for throttled rebuilds.
-	StopAfter uint64
-}
-
-// ErrRebuildStopped is returned when RebuildOptions.StopAfter stopped a rebuild early; run
-// it again to resume.
-var ErrRebuildStopped = errors.New("projections: rebuild stopped before the swap (resume by running it again)")
-
-// RebuildResult says what a rebuild did.
-type RebuildResult struct {
-	Name        string
-	ResumedFrom uint64 // shadow checkpoint found at start (0 for a fresh rebuild)
-	Position    uint64 // checkpoint of the swapped-in view
-	Events      uint64 // events folded by this run
-	Elapsed     time.Duration
-}
+var _ projections.Rebuilder = (*Views)(nil)
 
 // Rebuild rebuilds projector name's view from the log in store; see the comment above. It
 // uses two pool connections at once (the rebuild lock and the batch transactions).
-func (v *PGViews) Rebuild(ctx context.Context, store eventstore.Store, name string, opts RebuildOptions) (RebuildResult, error) {
-	res := RebuildResult{Name: name}
+func (v *Views) Rebuild(ctx context.Context, store eventstore.Store, name string, opts projections.RebuildOptions) (projections.RebuildResult, error) {
+	res := projections.RebuildResult{Name: name}
 	started := time.Now()
 	if opts.BatchSize <= 0 || opts.BatchSize > eventstore.MaxReadLimit {
 		opts.BatchSize = 5000
@@ -75,7 +46,7 @@ func (v *PGViews) Rebuild(ctx context.Context, store eventstore.Store, name stri
 		return res, err
 	}
 	shadow := sp.(interface {
-		Projector
+		projections.Projector
 		base() *pgBase
 		writer() batchWriter
 	})
@@ -107,7 +78,10 @@ func (v *PGViews) Rebuild(ctx context.Context, store eventstore.Store, name stri
 		return res, fmt.Errorf("rebuild %s: %w", name, err)
 	}
 	res.ResumedFrom = cp
-	prog := NewProgress(opts.Progress, "rebuild "+name, opts.ProgressOptions)
+	prog := opts.Progress
+	if prog == nil {
+		prog = noProgress{}
+	}
 	prog.Begin(cp)
 	// The log is read one page ahead of the apply (a reader goroutine, a channel of one), so
 	// reading and writing overlap; memory stays at two pages.
@@ -122,7 +96,7 @@ func (v *PGViews) Rebuild(ctx context.Context, store eventstore.Store, name stri
 		if p.events == nil { // the reader is done: near the head, or at StopAfter
 			if opts.StopAfter > 0 && cp >= opts.StopAfter {
 				prog.Finish(cp, p.head)
-				return res, fmt.Errorf("rebuild %s at %d: %w", name, cp, ErrRebuildStopped)
+				return res, fmt.Errorf("rebuild %s at %d: %w", name, cp, projections.ErrRebuildStopped)
 			}
 			break
 		}
@@ -144,13 +118,20 @@ func (v *PGViews) Rebuild(ctx context.Context, store eventstore.Store, name stri
 	return res, nil
 }
 
+// noProgress reports nothing, for a rebuild nobody watches.
+type noProgress struct{}
+
+func (noProgress) Begin(uint64)          {}
+func (noProgress) Update(uint64, uint64) {}
+func (noProgress) Finish(uint64, uint64) {}
+
 func (p *pgAccounts) base() *pgBase       { return &p.pgBase }
 func (p *pgPayments) base() *pgBase       { return &p.pgBase }
 func (p *pgAccounts) writer() batchWriter { return p.write }
 func (p *pgPayments) writer() batchWriter { return p.write }
 
 // prepareShadow creates the shadow tables and checkpoint unless a killed rebuild left them.
-func (v *PGViews) prepareShadow(ctx context.Context, name string) error {
+func (v *Views) prepareShadow(ctx context.Context, name string) error {
 	live, shadow := v.live, shadowTables(v.schema)
 	liveNames, shadowNames := tablesOf(name, live), tablesOf(name, shadow)
 	return pgx.BeginFunc(ctx, v.pool, func(tx pgx.Tx) error {
@@ -187,7 +168,7 @@ func (v *PGViews) prepareShadow(ctx context.Context, name string) error {
 }
 
 // swap finishes the shadow up to the head and swaps it in, in one transaction.
-func (v *PGViews) swap(ctx context.Context, store eventstore.Store, name string, shadow *pgBase, write batchWriter, batchSize int) (uint64, uint64, error) {
+func (v *Views) swap(ctx context.Context, store eventstore.Store, name string, shadow *pgBase, write batchWriter, batchSize int) (uint64, uint64, error) {
 	var final, events uint64
 	live := v.live
 	err := pgx.BeginFunc(ctx, v.pool, func(tx pgx.Tx) error {
@@ -263,7 +244,7 @@ type rebuildPage struct {
 
 // readAhead sends pages of the log after position at until the shadow would be within
 // SwapLag of the head (or at StopAfter), then a final page without events.
-func readAhead(ctx context.Context, store eventstore.Store, at uint64, opts RebuildOptions, out chan<- rebuildPage) {
+func readAhead(ctx context.Context, store eventstore.Store, at uint64, opts projections.RebuildOptions, out chan<- rebuildPage) {
 	defer close(out)
 	send := func(p rebuildPage) bool {
 		select {

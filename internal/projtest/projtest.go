@@ -1,6 +1,8 @@
-// Package projtest helps the tests of projections and audit: it writes realistic ledger
-// logs (commands decided by domain.Decide against a reference state, so every event is one
-// the command processor could have written) and connects to the test PostgreSQL and Redis.
+// Package projtest helps the tests of the projections and of the audit: it writes
+// realistic ledger logs (commands decided by domain.Decide against a reference state, so
+// every event is one the command processor could have written), opens the stores and the
+// test Redis they run on, and checks views against the reference state (views.go), the
+// same checks for every backend of the views.
 //
 // It is imported only by tests.
 package projtest
@@ -8,7 +10,6 @@ package projtest
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"math/big"
 	mrand "math/rand/v2"
@@ -18,86 +19,28 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore"
 	"github.com/securepay/securepay/eventstore/embedded"
 	"github.com/securepay/securepay/eventstore/postgres"
+	"github.com/securepay/securepay/internal/pgtest"
 )
 
-// Environment variables naming the throw-away services.
-const (
-	PostgresEnv = "SECUREPAY_TEST_POSTGRES_DSN"
-	RedisEnv    = "SECUREPAY_TEST_REDIS_ADDR"
-)
-
-// DSN returns the superuser DSN of the test cluster or fails the test.
-func DSN(t testing.TB) string {
-	t.Helper()
-	dsn := os.Getenv(PostgresEnv)
-	if dsn == "" {
-		t.Fatalf("%s is not set: run infra/local/test.sh (or infra/local/postgres.sh start DIR PORT and export the DSN it prints)", PostgresEnv)
-	}
-	return dsn
-}
-
-// Pool connects to the test cluster with up to maxConns connections; closed at cleanup.
-func Pool(t testing.TB, maxConns int32) *pgxpool.Pool {
-	t.Helper()
-	pc, err := pgxpool.ParseConfig(DSN(t))
-	if err != nil {
-		t.Fatalf("parse %s: %v", PostgresEnv, err)
-	}
-	pc.MaxConns = maxConns
-	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
-	if err != nil {
-		t.Fatalf("connect to %s: %v (run infra/local/test.sh)", PostgresEnv, err)
-	}
-	if err := pool.Ping(context.Background()); err != nil {
-		t.Fatalf("ping %s: %v (is the test cluster running? run infra/local/test.sh)", PostgresEnv, err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
-}
-
-// Schema returns a fresh schema name, dropped at cleanup.
-func Schema(t testing.TB, prefix string) string {
-	t.Helper()
-	var b [6]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatalf("random schema name: %v", err)
-	}
-	schema := prefix + "_" + hex.EncodeToString(b[:])
-	dsn := DSN(t)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, dsn)
-		if err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
-	return schema
-}
+// RedisEnv names the address of the throw-away Redis (infra/local/test.sh sets it).
+const RedisEnv = "SECUREPAY_TEST_REDIS_ADDR"
 
 // PostgresStore opens a PostgreSQL event store in a fresh schema.
 func PostgresStore(t testing.TB) *postgres.Store {
 	t.Helper()
-	return PostgresStoreIn(t, Schema(t, "sp_log"))
+	return PostgresStoreIn(t, pgtest.Schema(t, "sp_log"))
 }
 
 // PostgresStoreIn opens (migrating) a PostgreSQL event store in schema, closed at cleanup.
 func PostgresStoreIn(t testing.TB, schema string) *postgres.Store {
 	t.Helper()
-	s, err := OpenPostgresStore(DSN(t), schema)
+	s, err := OpenPostgresStore(pgtest.DSN(t), schema)
 	if err != nil {
 		t.Fatalf("open postgres event store in %s: %v", schema, err)
 	}
@@ -482,7 +425,7 @@ func BenchLog(b testing.TB) (*postgres.Store, uint64) {
 		n = v
 	}
 	schema := fmt.Sprintf("bench_log_%d", n)
-	store, err := OpenPostgresStore(DSN(b), schema)
+	store, err := OpenPostgresStore(pgtest.DSN(b), schema)
 	if err != nil {
 		b.Fatalf("open benchmark log %s: %v", schema, err)
 	}

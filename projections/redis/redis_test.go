@@ -1,46 +1,37 @@
-package projections_test
+package redis_test
 
 import (
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/securepay/securepay/domain"
+	"github.com/securepay/securepay/internal/pgtest"
+	"github.com/securepay/securepay/internal/projtest"
 	"github.com/securepay/securepay/projections"
-	"github.com/securepay/securepay/projections/projtest"
+	"github.com/securepay/securepay/projections/memory"
+	redisviews "github.com/securepay/securepay/projections/redis"
 )
-
-func newRedisViews(t testing.TB, c *redis.Client, low projections.Thresholds) *projections.RedisViews {
-	t.Helper()
-	v, err := projections.NewRedisViews(projections.RedisConfig{Client: c, CacheTTL: time.Minute, NotifyMaxLen: 50, LowBalance: low,
-		ExpiringWithin: time.Hour})
-	if err != nil {
-		t.Fatalf("redis views: %v", err)
-	}
-	return v
-}
 
 func TestRedisCacheHealsAfterFlush(t *testing.T) {
 	store := projtest.PostgresStore(t)
-	pool := projtest.Pool(t, 8)
-	pg := openPG(t, pool, projtest.Schema(t, "sp_views"))
+	pool := pgtest.Pool(t, 8)
+	pg := projtest.PGViews(t, pool, pgtest.Schema(t, "sp_views"))
 	rc := projtest.Redis(t, 2)
-	rv := newRedisViews(t, rc, projections.Thresholds{})
+	rv := projtest.RedisViews(t, rc, redisviews.Thresholds{})
 	l := projtest.NewLedger(21, "c-")
 	w := projtest.NewWriter(store, l)
-	ctx := testContext(t, 2*time.Minute)
-	r := startRunner(t, store, append(pg.Projectors(), rv.Projectors()...))
+	ctx := projtest.Context(t, 2*time.Minute)
+	r := projtest.StartRunner(t, store, append(pg.Projectors(), rv.Projectors()...))
 	reader := rv.CachedReader(pg.ReaderWaitingOn(r)) // waits woken in-process by the runner
 
 	last, err := w.Write(ctx, 500, 20, 5)
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitAll(t, r, last, projections.AccountsProjector, projections.BalanceCacheProjector)
+	projtest.WaitAll(t, r, last, projections.AccountsProjector, redisviews.BalanceCacheProjector)
 	// Fill the cache, then keep writing: the projector must keep the entries current.
-	checkAgainstModel(t, reader, l, last)
+	projtest.CheckAgainstModel(t, reader, l, last)
 	for _, id := range l.Accounts() {
 		if n, err := rc.Exists(ctx, rv.BalanceKey(id)).Result(); err != nil || n != 1 {
 			t.Fatalf("cache entry of %s after a read: exists = %d, %v; want 1", id, n, err)
@@ -49,7 +40,7 @@ func TestRedisCacheHealsAfterFlush(t *testing.T) {
 	if last, err = w.Write(ctx, 500, 20, 5); err != nil {
 		t.Fatal(err)
 	}
-	waitAll(t, r, last, projections.AccountsProjector, projections.BalanceCacheProjector)
+	projtest.WaitAll(t, r, last, projections.AccountsProjector, redisviews.BalanceCacheProjector)
 	// Read only the cache: every entry must equal the model without help from PostgreSQL.
 	for _, id := range l.Accounts() {
 		m, err := rc.HGetAll(ctx, rv.BalanceKey(id)).Result()
@@ -70,13 +61,13 @@ func TestRedisCacheHealsAfterFlush(t *testing.T) {
 	if last, err = w.Write(ctx, 300, 20, 5); err != nil {
 		t.Fatal(err)
 	}
-	waitAll(t, r, last, projections.AccountsProjector)
-	checkAgainstModel(t, reader, l, last) // misses fill from PostgreSQL
+	projtest.WaitAll(t, r, last, projections.AccountsProjector)
+	projtest.CheckAgainstModel(t, reader, l, last) // misses fill from PostgreSQL
 	// The projectors notice the lost checkpoint and replay; their checkpoints come back.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		cp, _ := rc.Get(ctx, rv.CheckpointKey(projections.NotificationsProjector)).Uint64()
-		cc, _ := rc.Get(ctx, rv.CheckpointKey(projections.BalanceCacheProjector)).Uint64()
+		cp, _ := rc.Get(ctx, rv.CheckpointKey(redisviews.NotificationsProjector)).Uint64()
+		cc, _ := rc.Get(ctx, rv.CheckpointKey(redisviews.BalanceCacheProjector)).Uint64()
 		if cp == last && cc == last {
 			break
 		}
@@ -88,8 +79,8 @@ func TestRedisCacheHealsAfterFlush(t *testing.T) {
 	if last, err = w.Write(ctx, 200, 20, 5); err != nil {
 		t.Fatal(err)
 	}
-	waitAll(t, r, last, projections.AccountsProjector, projections.BalanceCacheProjector)
-	checkAgainstModel(t, reader, l, last)
+	projtest.WaitAll(t, r, last, projections.AccountsProjector, redisviews.BalanceCacheProjector)
+	projtest.CheckAgainstModel(t, reader, l, last)
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
@@ -98,7 +89,7 @@ func TestNotifications(t *testing.T) {
 	store := projtest.EmbeddedStore(t)
 	rc := projtest.Redis(t, 3)
 	l := projtest.NewLedger(1, "n-")
-	ctx := testContext(t, time.Minute)
+	ctx := projtest.Context(t, time.Minute)
 	usd := l.USD
 	// A small scripted ledger: alice is funded, pays bob, drops under her threshold, and
 	// authorises a payment that later expires.
@@ -124,9 +115,9 @@ func TestNotifications(t *testing.T) {
 		}
 		last = pos
 	}
-	rv := newRedisViews(t, rc, projections.Thresholds{Accounts: map[domain.AccountID]int64{"alice": 1000}})
-	r := startRunner(t, store, rv.Projectors())
-	waitAll(t, r, last, projections.NotificationsProjector)
+	rv := projtest.RedisViews(t, rc, redisviews.Thresholds{Accounts: map[domain.AccountID]int64{"alice": 1000}})
+	r := projtest.StartRunner(t, store, rv.Projectors())
+	projtest.WaitAll(t, r, last, redisviews.NotificationsProjector)
 	// The sweeper announces the authorisation expiring within the hour.
 	if n, err := rv.SweepExpiring(ctx, l.Now); err != nil || n != 1 {
 		t.Fatalf("sweep: %d announced, %v; want 1", n, err)
@@ -143,7 +134,7 @@ func TestNotifications(t *testing.T) {
 	if last, err = w.AppendEvents(ctx, evs); err != nil {
 		t.Fatal(err)
 	}
-	waitAll(t, r, last, projections.NotificationsProjector)
+	projtest.WaitAll(t, r, last, redisviews.NotificationsProjector)
 
 	got, err := rv.ReadNotifications(ctx, "alice", "0", 100, 0)
 	if err != nil {
@@ -172,7 +163,7 @@ func TestNotifications(t *testing.T) {
 	} else {
 		bobLast = bob[0].ID
 	}
-	follow := make(chan []projections.Notification, 1)
+	follow := make(chan []redisviews.Notification, 1)
 	go func() {
 		ns, _ := rv.ReadNotifications(ctx, "bob", bobLast, 10, 10*time.Second)
 		follow <- ns
@@ -196,7 +187,7 @@ func TestNotifications(t *testing.T) {
 
 	// The checkpoint alone is lost (the streams survive): the projector replays the log
 	// from the start, and Redis refuses every entry id it already has, so nothing doubles.
-	if err := rc.Del(ctx, rv.CheckpointKey(projections.NotificationsProjector)).Err(); err != nil {
+	if err := rc.Del(ctx, rv.CheckpointKey(redisviews.NotificationsProjector)).Err(); err != nil {
 		t.Fatal(err)
 	}
 	evs, err = l.Do(domain.Transfer{PaymentID: "tip2", Source: "world", Destination: "bob", Amount: domain.Money{Minor: 7, Asset: usd}})
@@ -208,7 +199,7 @@ func TestNotifications(t *testing.T) {
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		cp, _ := rc.Get(ctx, rv.CheckpointKey(projections.NotificationsProjector)).Uint64()
+		cp, _ := rc.Get(ctx, rv.CheckpointKey(redisviews.NotificationsProjector)).Uint64()
 		if cp == last {
 			break
 		}
@@ -230,10 +221,10 @@ func TestNotifications(t *testing.T) {
 func TestRedisCacheRefusesStaleFill(t *testing.T) {
 	store := projtest.EmbeddedStore(t)
 	rc := projtest.Redis(t, 4)
-	rv := newRedisViews(t, rc, projections.Thresholds{})
+	rv := projtest.RedisViews(t, rc, redisviews.Thresholds{})
 	l := projtest.NewLedger(31, "f-")
 	w := projtest.NewWriter(store, l)
-	ctx := testContext(t, time.Minute)
+	ctx := projtest.Context(t, time.Minute)
 	early, err := w.Write(ctx, 50, 3, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -243,9 +234,9 @@ func TestRedisCacheRefusesStaleFill(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The cache projector has seen everything; the memory view only the early part.
-	cache := startRunner(t, store, rv.Projectors())
-	waitAll(t, cache, late, projections.BalanceCacheProjector)
-	lagging := projections.NewMemoryViews(0)
+	cache := projtest.StartRunner(t, store, rv.Projectors())
+	projtest.WaitAll(t, cache, late, redisviews.BalanceCacheProjector)
+	lagging := memory.New(0)
 	all, err := store.ReadAll(ctx, 0, int(early))
 	if err != nil {
 		t.Fatal(err)
@@ -290,5 +281,34 @@ func TestRedisCacheRefusesStaleFill(t *testing.T) {
 	m, err := rc.HGetAll(ctx, rv.BalanceKey(id)).Result()
 	if err != nil || m["posted"] != itoa(l.State.Accounts[id].Posted) {
 		t.Fatalf("cache entry after an up-to-date fill = %v, %v; want posted %d", m, err, l.State.Accounts[id].Posted)
+	}
+}
+
+// A cache entry that does not parse (written by something else, or half by an old
+// version) is a miss, not an error: the read answers from the view, and the entry is
+// replaced by the view's, not left to block fills until it expires.
+func TestRedisCacheReplacesAnEntryThatDoesNotParse(t *testing.T) {
+	store := projtest.EmbeddedStore(t)
+	rc := projtest.Redis(t, 6)
+	rv := projtest.RedisViews(t, rc, redisviews.Thresholds{})
+	l := projtest.NewLedger(41, "x-")
+	ctx := projtest.Context(t, time.Minute)
+	last, err := projtest.NewWriter(store, l).Write(ctx, 50, 3, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	views := memory.New(0)
+	projtest.WaitAll(t, projtest.StartRunner(t, store, views.Projectors()), last, projections.AccountsProjector)
+	id := l.Accounts()[0]
+	// "x" as the position also makes the fill script fail if the entry were kept.
+	if err := rc.HSet(ctx, rv.BalanceKey(id), "posted", "a lot", "position", "x").Err(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := rv.CachedReader(views.Reader()).Balance(ctx, id, projections.AsOf{}, 0)
+	if want := l.State.Accounts[id]; err != nil || b.Posted != want.Posted {
+		t.Fatalf("balance over a corrupt cache entry = %+v, %v; want posted %d from the view", b, err, want.Posted)
+	}
+	if m, err := rc.HGetAll(ctx, rv.BalanceKey(id)).Result(); err != nil || m["posted"] != itoa(l.State.Accounts[id].Posted) {
+		t.Fatalf("cache entry after the read = %v, %v; want the view's balance", m, err)
 	}
 }

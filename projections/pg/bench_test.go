@@ -1,4 +1,4 @@
-package projections_test
+package pg_test
 
 import (
 	"context"
@@ -12,15 +12,16 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/securepay/securepay/eventstore/postgres"
+	"github.com/securepay/securepay/internal/pgtest"
+	"github.com/securepay/securepay/internal/projtest"
 	"github.com/securepay/securepay/projections"
-	"github.com/securepay/securepay/projections/projtest"
 )
 
 // Benchmarks of the PostgreSQL views over a PostgreSQL log of SECUREPAY_BENCH_EVENTS events
 // (default 200,000; the figure is 1,000,000). The log is written once into the
 // schema bench_log_N and kept between runs, so repeated runs measure only the projection.
 //
-//	SECUREPAY_BENCH_EVENTS=1000000 go test ./projections -run '^$' -bench PostgresViews -benchtime 1x -timeout 60m
+//	SECUREPAY_BENCH_EVENTS=1000000 go test ./projections/pg -run '^$' -bench PostgresViews -benchtime 1x -timeout 60m
 
 func benchLog(b *testing.B) (*postgres.Store, uint64) {
 	b.Helper()
@@ -29,11 +30,11 @@ func benchLog(b *testing.B) (*postgres.Store, uint64) {
 
 func BenchmarkPostgresViews(b *testing.B) {
 	store, head := benchLog(b)
-	pool := projtest.Pool(b, 16)
+	pool := pgtest.Pool(b, 16)
 	for _, batch := range []int{2000, 5000} {
 		b.Run(fmt.Sprintf("project/batch=%d", batch), func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				v := openPG(b, pool, projtest.Schema(b, "sp_bench"))
+				v := projtest.PGViews(b, pool, pgtest.Schema(b, "sp_bench"))
 				start := time.Now()
 				r, err := projections.NewRunner(projections.RunnerConfig{Store: store, Projectors: v.Projectors(), MaxBatch: batch})
 				if err != nil {
@@ -61,7 +62,7 @@ func BenchmarkPostgresViews(b *testing.B) {
 	}
 	b.Run("rebuild", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
-			v := openPG(b, pool, projtest.Schema(b, "sp_bench"))
+			v := projtest.PGViews(b, pool, pgtest.Schema(b, "sp_bench"))
 			start := time.Now()
 			for _, name := range []string{projections.AccountsProjector, projections.PaymentsProjector} {
 				res, err := v.Rebuild(context.Background(), store, name, projections.RebuildOptions{})
@@ -98,15 +99,15 @@ func BenchmarkLagAtSteadyLoad(b *testing.B) {
 	}
 	for i := 0; i < b.N; i++ {
 		store := projtest.PostgresStore(b)
-		pool := projtest.Pool(b, 16)
-		v := openPG(b, pool, projtest.Schema(b, "sp_lag"))
+		pool := pgtest.Pool(b, 16)
+		v := projtest.PGViews(b, pool, pgtest.Schema(b, "sp_lag"))
 		l := projtest.NewLedger(9, "lag-")
 		w := projtest.NewWriter(store, l)
 		ctx := context.Background()
 		if _, err := w.Write(ctx, 2000, 5000, 200); err != nil { // accounts opened and funded
 			b.Fatal(err)
 		}
-		r := startRunner(b, store, v.Projectors(), func(c *projections.RunnerConfig) { c.MaxBatch = 5000 })
+		r := projtest.StartRunner(b, store, v.Projectors(), func(c *projections.RunnerConfig) { c.MaxBatch = 5000 })
 		const tick = 100 * time.Millisecond
 		perTick := rate * int(tick) / int(time.Second)
 		var lags []time.Duration
