@@ -27,7 +27,11 @@ var _ ledgerv1connect.AccountServiceHandler = (*accountService)(nil)
 
 // accountWrite runs an account command and shapes the common part of the response.
 func (s *accountService) accountWrite(ctx context.Context, h connect.AnyRequest, id domain.AccountID, cmd domain.Command) (*ledgerv1.Account, *ledgerv1.WriteResult, error) {
-	res, err := s.cmds.Execute(ctx, ledger.Request{Command: cmd, Meta: s.meta(ctx, h, string(id))})
+	meta, err := s.meta(ctx, h, string(id))
+	if err != nil {
+		return nil, nil, err
+	}
+	res, err := s.cmds.Execute(ctx, ledger.Request{Command: cmd, Meta: meta})
 	if err != nil {
 		return nil, nil, err
 	}

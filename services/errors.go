@@ -159,6 +159,11 @@ func mapError(ctx context.Context, log *slog.Logger, procedure string, err error
 		return newError(connect.CodeInternal, ReasonInternal, "internal error")
 	}
 	switch {
+	case errors.Is(err, eventstore.ErrInvalidAppend):
+		// The ledger validates requests before they join a batch, so this is one request
+		// whose events a store would not record, retried alone and refused alone.
+		log.WarnContext(ctx, "store refused a request's events", "procedure", procedure, "error", err)
+		return newError(connect.CodeInvalidArgument, ReasonInvalidInput, "the request carries text the ledger cannot record (invalid UTF-8, a NUL byte, or a field too long)")
 	case errors.Is(err, eventstore.ErrConflict):
 		return newError(connect.CodeAborted, ReasonConflict, "the accounts changed concurrently too many times; retry the request")
 	case errors.Is(err, projections.ErrNotCaughtUp):

@@ -27,7 +27,11 @@ var _ ledgerv1connect.PaymentServiceHandler = (*paymentService)(nil)
 
 // paymentWrite runs a payment command; the payment id is the correlation id of its events.
 func (s *paymentService) paymentWrite(ctx context.Context, h connect.AnyRequest, id domain.PaymentID, cmd domain.Command) (*ledgerv1.Payment, *ledgerv1.WriteResult, error) {
-	res, err := s.cmds.Execute(ctx, ledger.Request{Command: cmd, Meta: s.meta(ctx, h, string(id))})
+	meta, err := s.meta(ctx, h, string(id))
+	if err != nil {
+		return nil, nil, err
+	}
+	res, err := s.cmds.Execute(ctx, ledger.Request{Command: cmd, Meta: meta})
 	if err != nil {
 		return nil, nil, err
 	}

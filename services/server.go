@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"connectrpc.com/connect"
 	connectcors "connectrpc.com/cors"
@@ -22,6 +24,7 @@ import (
 
 	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
 	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
+	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore"
 	"github.com/securepay/securepay/projections"
 )
@@ -329,17 +332,19 @@ func (t timeoutInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFu
 	return next
 }
 
-// metaFunc builds the metadata recorded with a command's events.
-type metaFunc func(ctx context.Context, req connect.AnyRequest, correlationID string) eventstore.Metadata
-
-const maxMetaBytes = 256
+// metaFunc builds the metadata recorded with a command's events. It refuses what the
+// request carries that cannot be recorded (a malformed traceparent), so the one request is
+// refused instead of the batch it would have joined.
+type metaFunc func(ctx context.Context, req connect.AnyRequest, correlationID string) (eventstore.Metadata, error)
 
 func newMetaFunc(caller CallerFunc) metaFunc {
-	return func(ctx context.Context, req connect.AnyRequest, correlationID string) eventstore.Metadata {
+	return func(ctx context.Context, req connect.AnyRequest, correlationID string) (eventstore.Metadata, error) {
 		h := req.Header()
 		m := eventstore.Metadata{CorrelationID: correlationID, Actor: bounded(caller(ctx, h))}
-		// W3C traceparent is 55 characters; anything else is not one.
-		if tp := h.Get("traceparent"); len(tp) == 55 {
+		if tp := h.Get("traceparent"); tp != "" {
+			if !validTraceParent(tp) {
+				return m, fmt.Errorf("%w: the traceparent header is not a W3C trace context (version-traceid-parentid-flags in lower-case hex, e.g. 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01)", domain.ErrInvalidInput)
+			}
 			m.TraceParent = tp
 		}
 		// Most writes carry no key: checking first spares building the parse error.
@@ -348,15 +353,48 @@ func newMetaFunc(caller CallerFunc) metaFunc {
 				m.CausationID = key
 			}
 		}
-		return m
+		return m, eventstore.ValidateMetadata(m)
 	}
 }
 
-func bounded(s string) string {
-	if len(s) > maxMetaBytes {
-		return s[:maxMetaBytes]
+// validTraceParent reports whether tp is a W3C traceparent we can record: version 00's
+// exact shape (55 bytes), lower-case hex, trace and parent ids not all zero. A higher
+// version may append fields after a dash, which we keep only if the first 55 bytes parse.
+func validTraceParent(tp string) bool {
+	if len(tp) < 55 || (len(tp) > 55 && tp[55] != '-') || len(tp) > 256 {
+		return false
 	}
-	return s
+	if tp[2] != '-' || tp[35] != '-' || tp[52] != '-' || tp[:2] == "ff" || (tp[:2] == "00" && len(tp) != 55) {
+		return false
+	}
+	hex := func(s string) bool {
+		zero := true
+		for i := 0; i < len(s); i++ {
+			c := s[i]
+			switch {
+			case c >= '0' && c <= '9', c >= 'a' && c <= 'f':
+			default:
+				return false
+			}
+			zero = zero && c == '0'
+		}
+		return !zero || len(s) == 2 // version and flags may be zero, the ids may not
+	}
+	return hex(tp[0:2]) && hex(tp[3:35]) && hex(tp[36:52]) && hex(tp[53:55]) && utf8.ValidString(tp)
+}
+
+// bounded cuts s to what metadata may hold, at a rune boundary so the cut never makes
+// valid UTF-8 invalid, and replaces invalid bytes so a caller's name is always recordable.
+func bounded(s string) string {
+	s = strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", ""), "\uFFFD")
+	if len(s) <= eventstore.MaxMetadataBytes {
+		return s
+	}
+	cut := eventstore.MaxMetadataBytes
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut]
 }
 
 // streamLimiter bounds concurrent server streams and ends them at shutdown.
