@@ -1,9 +1,14 @@
 package redis_test
 
 import (
+	"context"
+	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/internal/pgtest"
@@ -168,7 +173,9 @@ func TestNotifications(t *testing.T) {
 		ns, _ := rv.ReadNotifications(ctx, "bob", bobLast, 10, 10*time.Second)
 		follow <- ns
 	}()
-	time.Sleep(50 * time.Millisecond)
+	// The follower must be blocked in XREAD before the tip is written, or it would read it
+	// without waiting and the wake-up would go untested.
+	waitBlockedXRead(t, rc, 3)
 	evs, err = l.Do(domain.Transfer{PaymentID: "tip", Source: "world", Destination: "bob", Amount: domain.Money{Minor: 5, Asset: usd}})
 	if err != nil {
 		t.Fatal(err)
@@ -310,5 +317,30 @@ func TestRedisCacheReplacesAnEntryThatDoesNotParse(t *testing.T) {
 	}
 	if m, err := rc.HGetAll(ctx, rv.BalanceKey(id)).Result(); err != nil || m["posted"] != itoa(l.State.Accounts[id].Posted) {
 		t.Fatalf("cache entry after the read = %v, %v; want the view's balance", m, err)
+	}
+}
+
+// waitBlockedXRead waits until a client of database db is blocked in XREAD (Redis lists
+// it in CLIENT LIST with flags b); other packages' tests use other databases.
+func waitBlockedXRead(t *testing.T, rc *goredis.Client, db int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	want := fmt.Sprintf(" db=%d ", db)
+	for {
+		list, err := rc.ClientList(ctx).Result()
+		if err != nil {
+			t.Fatalf("client list: %v", err)
+		}
+		for _, line := range strings.Split(list, "\n") {
+			if strings.Contains(line, want) && strings.Contains(line, " cmd=xread") && strings.Contains(line, " flags=b") {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no client of database %d blocked in XREAD within 10s:\n%s", db, list)
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
 }
