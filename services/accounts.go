@@ -15,7 +15,9 @@ import (
 // Commands is the write side the handlers need: *ledger.Processor.
 type Commands interface {
 	Execute(ctx context.Context, r ledger.Request) (ledger.Result, error)
-	Account(ctx context.Context, id domain.AccountID) (domain.Account, error)
+	// AccountAt is the account as the write side knows it now, with the log position
+	// that state is true at.
+	AccountAt(ctx context.Context, id domain.AccountID) (domain.Account, uint64, error)
 }
 
 type accountService struct {
@@ -35,9 +37,9 @@ func (s *accountService) accountWrite(ctx context.Context, h connect.AnyRequest,
 	if err != nil {
 		return nil, nil, err
 	}
-	for _, a := range res.Accounts {
+	for i, a := range res.Accounts {
 		if a.ID == id {
-			return accountToProto(a, res.Position), writeResult(res), nil
+			return accountToProto(a, positionOf(res, i)), writeResult(res), nil
 		}
 	}
 	return nil, nil, fmt.Errorf("processor result for %T has no account %s", cmd, id)
@@ -60,14 +62,14 @@ func (s *accountService) GetAccount(ctx context.Context, req *connect.Request[le
 	if err != nil {
 		return nil, err
 	}
-	a, err := s.cmds.Account(ctx, id)
+	a, pos, err := s.cmds.AccountAt(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	if !a.Exists() {
 		return nil, fmt.Errorf("%w: account %s", domain.ErrAccountUnknown, id)
 	}
-	return connect.NewResponse(&ledgerv1.GetAccountResponse{Account: accountToProto(a, 0)}), nil
+	return connect.NewResponse(&ledgerv1.GetAccountResponse{Account: accountToProto(a, pos)}), nil
 }
 
 func (s *accountService) FreezeAccount(ctx context.Context, req *connect.Request[ledgerv1.FreezeAccountRequest]) (*connect.Response[ledgerv1.FreezeAccountResponse], error) {

@@ -180,12 +180,23 @@ func accountToProto(a domain.Account, pos uint64) *ledgerv1.Account {
 }
 
 // writeResult is the part every write response shares.
+// writeResult labels each balance with the position it is true at (the account's own last
+// event up to the command), never with the command's position: a replay returns today's
+// balances, and in a batch another command may have moved an account after this one.
 func writeResult(r ledger.Result) *ledgerv1.WriteResult {
 	out := &ledgerv1.WriteResult{Position: r.Position, Replayed: r.Replayed}
-	for _, a := range r.Accounts {
-		out.Balances = append(out.Balances, balanceToProto(projections.Balance{Account: a, Position: r.Position}))
+	for i, a := range r.Accounts {
+		out.Balances = append(out.Balances, balanceToProto(projections.Balance{Account: a, Position: positionOf(r, i)}))
 	}
 	return out
+}
+
+// positionOf is the position r.Accounts[i] is true at.
+func positionOf(r ledger.Result, i int) uint64 {
+	if i < len(r.AccountPositions) {
+		return r.AccountPositions[i]
+	}
+	return 0
 }
 
 func legsToProto(legs []domain.Leg) []*ledgerv1.Leg {

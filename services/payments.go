@@ -38,7 +38,7 @@ func (s *paymentService) paymentWrite(ctx context.Context, h connect.AnyRequest,
 	if res.Payment == nil {
 		return nil, nil, fmt.Errorf("processor result for %T has no payment", cmd)
 	}
-	return paymentToProto(projections.Payment{Payment: *res.Payment, Position: res.Position}), writeResult(res), nil
+	return paymentToProto(projections.Payment{Payment: *res.Payment, Position: res.PaymentPosition}), writeResult(res), nil
 }
 
 func (s *paymentService) Transfer(ctx context.Context, req *connect.Request[ledgerv1.TransferRequest]) (*connect.Response[ledgerv1.TransferResponse], error) {

@@ -13,6 +13,10 @@ type aggregate struct {
 	account domain.Account
 	payment domain.Payment
 	version uint64
+	// position is the log position of the stream's event at version, so that a state can
+	// be labelled with the point of the log it is true at. It is 0 while the state is only
+	// decided (a batch in flight) and set when the store has answered.
+	position uint64
 }
 
 // lru is a bounded cache of aggregates. It is owned by the processor's loop goroutine and

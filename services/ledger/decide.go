@@ -47,18 +47,22 @@ func (p *Processor) decideAll(bs *batchState, calls []*call) (assumed, recheck [
 	for _, c := range calls {
 		switch c.kind {
 		case callReadAccount:
-			a := bs.current(domain.AccountStream(c.account)).account
+			s := domain.AccountStream(c.account)
+			a := bs.current(s).account
 			if !a.Exists() {
 				c.err = fmt.Errorf("%w: account %s does not exist", domain.ErrAccountUnknown, c.account)
 			}
 			c.res.Accounts = []domain.Account{a}
+			c.at = []stateAt{bs.where(s)}
 			continue
 		case callReadPayment:
-			pay := bs.current(domain.PaymentStream(c.payment)).payment
+			s := domain.PaymentStream(c.payment)
+			pay := bs.current(s).payment
 			if !pay.Exists() {
 				c.err = fmt.Errorf("%w: payment %s does not exist", domain.ErrPaymentUnknown, c.payment)
 			}
 			c.res.Payment = &pay
+			c.paymentAt = bs.where(s)
 			continue
 		}
 		cmd := c.req.Command
@@ -179,13 +183,45 @@ func (p *Processor) result(bs *batchState, c *call, accounts []domain.AccountID)
 	for _, id := range accounts {
 		if !seen[id] {
 			seen[id] = true
-			c.res.Accounts = append(c.res.Accounts, bs.current(domain.AccountStream(id)).account)
+			s := domain.AccountStream(id)
+			c.res.Accounts = append(c.res.Accounts, bs.current(s).account)
+			c.at = append(c.at, bs.where(s))
 		}
 	}
 	if ids := c.req.Command.Payments(); len(ids) > 0 {
-		pay := bs.current(domain.PaymentStream(ids[0])).payment
+		s := domain.PaymentStream(ids[0])
+		pay := bs.current(s).payment
 		c.res.Payment = &pay
+		c.paymentAt = bs.where(s)
 	}
+}
+
+// stateAt says where in the log a state taken during decision is true: at an event the
+// batch staged for the stream (known once the store answers), or at the last event of a
+// state from before the batch (whose position a batch still in flight may set later).
+type stateAt struct {
+	staged bool
+	ref    eventRef
+	before *aggregate
+}
+
+// where records where the stream's current working state will be in the log.
+func (bs *batchState) where(stream string) stateAt {
+	if idx, ok := bs.index[stream]; ok {
+		return stateAt{staged: true, ref: eventRef{idx, len(bs.appends[idx].Events) - 1}}
+	}
+	return stateAt{before: bs.base[stream]}
+}
+
+// position resolves a stateAt once the batch's positions are known.
+func (bs *batchState) position(at stateAt) uint64 {
+	switch {
+	case at.staged:
+		return bs.starts[at.ref.stream] + uint64(at.ref.event)
+	case at.before != nil:
+		return at.before.position
+	}
+	return 0 // the stream does not exist
 }
 
 // replayResult answers a command that changes nothing: a retry of an applied command, or

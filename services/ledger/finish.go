@@ -8,7 +8,11 @@ import (
 // speculation it already is), and accounts that crossed a snapshot boundary are
 // snapshotted.
 func (p *Processor) applyAppended(bs *batchState, res eventstore.AppendResult) {
+	bs.resolveStarts(res)
 	for s, agg := range bs.work {
+		if idx, ok := bs.index[s]; ok {
+			agg.position = bs.starts[idx] + uint64(len(bs.appends[idx].Events)) - 1
+		}
 		if v, ok := res.Versions[s]; ok && v != agg.version {
 			// The store and our fold disagree: never trust the cache for this stream again.
 			p.cfg.Logger.Error("stream version mismatch after append", "stream", s, "store", v, "cache", agg.version)
@@ -35,19 +39,19 @@ func (p *Processor) applyAppended(bs *batchState, res eventstore.AppendResult) {
 
 // finishCall computes a call's position and wakes its caller.
 func (p *Processor) finishCall(c *call, bs *batchState, res eventstore.AppendResult) {
-	if bs.starts == nil && len(bs.order) > 0 {
-		bs.starts = make([]uint64, len(bs.appends))
-		next := res.FirstPosition
-		for _, i := range bs.order {
-			bs.starts[i] = next
-			next += uint64(len(bs.appends[i].Events))
-		}
-	}
+	bs.resolveStarts(res)
 	for _, r := range bs.refs[c] {
 		if pos := bs.starts[r.stream] + uint64(r.event); pos > c.res.Position {
 			c.res.Position = pos
 		}
 	}
+	if len(c.at) > 0 {
+		c.res.AccountPositions = make([]uint64, len(c.at))
+		for i, at := range c.at {
+			c.res.AccountPositions[i] = bs.position(at)
+		}
+	}
+	c.res.PaymentPosition = bs.position(c.paymentAt)
 	if c.res.Replayed && c.replayVersion > 0 {
 		// The original may be in this very batch: then its position is known here;
 		// otherwise Execute looks it up in the store.
@@ -59,4 +63,18 @@ func (p *Processor) finishCall(c *call, bs *batchState, res eventstore.AppendRes
 		}
 	}
 	close(c.done)
+}
+
+// resolveStarts computes, once, the first log position of each of the batch's appends from
+// where the store put the first one (the appends are consecutive, in bs.order).
+func (bs *batchState) resolveStarts(res eventstore.AppendResult) {
+	if bs.starts != nil || len(bs.order) == 0 {
+		return
+	}
+	bs.starts = make([]uint64, len(bs.appends))
+	next := res.FirstPosition
+	for _, i := range bs.order {
+		bs.starts[i] = next
+		next += uint64(len(bs.appends[i].Events))
+	}
 }

@@ -36,6 +36,7 @@ func loadStream(ctx context.Context, store eventstore.Store, base *aggregate) (*
 				out.payment = domain.EvolvePayment(out.payment, ev)
 			}
 			out.version = rec.StreamVersion
+			out.position = rec.Position
 		}
 		if len(page) < loadPage {
 			return &out, nil
@@ -71,7 +72,7 @@ func loadAccount(ctx context.Context, store eventstore.Store, snaps eventstore.S
 					return nil, fmt.Errorf("check snapshot of %s: %w", base.stream, err)
 				}
 				if len(last) == 1 && last[0].StreamVersion == snap.Version {
-					base.account, base.version = a, snap.Version
+					base.account, base.version, base.position = a, snap.Version, last[0].Position
 				}
 			}
 		}

@@ -238,6 +238,7 @@ func countCommands(calls []*call) int {
 func (p *Processor) resetResults(calls []*call) {
 	for _, c := range calls {
 		c.res, c.err, c.replayStream, c.replayVersion = Result{}, nil, "", 0
+		c.at, c.paymentAt = c.at[:0], stateAt{}
 	}
 }
 

@@ -152,6 +152,11 @@ type Result struct {
 	Replayed bool             // same id and same input as an earlier command: nothing appended
 	Accounts []domain.Account // every account the command touched, after the command
 	Payment  *domain.Payment  // the payment, for payment commands
+	// AccountPositions[i] is the log position Accounts[i] is true at: the account's last
+	// event up to and including this command's. For a replay the accounts are as they are
+	// now, and so are their positions. PaymentPosition is the same for Payment.
+	AccountPositions []uint64
+	PaymentPosition  uint64
 }
 
 // Processor executes commands. It is safe for concurrent use.
@@ -295,6 +300,19 @@ func (p *Processor) Account(ctx context.Context, id domain.AccountID) (domain.Ac
 		return domain.Account{}, c.err
 	}
 	return c.res.Accounts[0], nil
+}
+
+// AccountAt is Account with the log position the state is true at (the account's last
+// event).
+func (p *Processor) AccountAt(ctx context.Context, id domain.AccountID) (domain.Account, uint64, error) {
+	c := &call{ctx: ctx, kind: callReadAccount, account: id, done: make(chan struct{})}
+	if err := p.submit(ctx, c); err != nil {
+		return domain.Account{}, 0, err
+	}
+	if c.err != nil {
+		return domain.Account{}, 0, c.err
+	}
+	return c.res.Accounts[0], c.res.AccountPositions[0], nil
 }
 
 // Payment returns a payment's current state on the write side.
