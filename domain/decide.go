@@ -77,6 +77,13 @@ func decideOpen(s State, c OpenAccount) ([]Event, error) {
 		}
 		return nil, fmt.Errorf("%w: account %s already exists with other settings", ErrDuplicateID, c.AccountID)
 	}
+	// After the replay check: an account opened before the ceiling was lowered is still
+	// recognised when its open is retried.
+	if c.Kind != KindExternal {
+		if err := checkCreditCeiling(s.Limits, c.CreditLimit, c.Asset); err != nil {
+			return nil, err
+		}
+	}
 	return []Event{AccountOpened{
 		AccountID: c.AccountID, Asset: c.Asset, Kind: c.Kind, CreditLimit: c.CreditLimit,
 		Metadata: cloneMetadata(c.Metadata), Fingerprint: fp,
@@ -160,7 +167,7 @@ func usable(a Account, asset Asset, role string) error {
 // debit returns the account after taking amount from its posted balance, refusing to go
 // below its floor (available balance, i.e. net of holds).
 func debit(a Account, amount int64) (Account, error) {
-	posted, err := subChecked(a.Posted, amount)
+	posted, err := subChecked(a.Posted, amount, a.Asset)
 	if err != nil {
 		return a, err
 	}
@@ -182,12 +189,12 @@ func belowFloor(a Account, posted, held int64) bool {
 	if !limited {
 		return false
 	}
-	available, err := subChecked(posted, held)
+	available, err := subChecked(posted, held, a.Asset)
 	return err != nil || available < floor
 }
 
 func credit(a Account, amount int64) (Account, error) {
-	posted, err := addChecked(a.Posted, amount)
+	posted, err := addChecked(a.Posted, amount, a.Asset)
 	if err != nil {
 		return a, err
 	}
@@ -289,6 +296,9 @@ func applyLegs(s State, id PaymentID, legs []Leg) ([]Event, error) {
 		if err := validAmount(l.Amount, what); err != nil {
 			return nil, err
 		}
+		if err := checkAmountCeiling(s.Limits, l.Amount, what); err != nil {
+			return nil, err
+		}
 		for _, id := range [2]AccountID{l.Source, l.Destination} {
 			if _, err := NewAccountID(string(id)); err != nil {
 				return nil, err
@@ -336,6 +346,11 @@ func decideAuthorise(s State, c Authorise, now time.Time) ([]Event, error) {
 	if p := s.payment(c.PaymentID); p.Exists() {
 		return nil, replayOrConflict(p, fp)
 	}
+	// Only money entering a new payment meets the ceiling: captures and refunds are bounded
+	// by the authorisation and the captured total, which met it when they were created.
+	if err := checkAmountCeiling(s.Limits, c.Amount, "amount"); err != nil {
+		return nil, err
+	}
 	if !expires.After(now) {
 		return nil, fmt.Errorf("%w: expiry %s is not in the future", ErrInvalidInput, expires.Format(time.RFC3339))
 	}
@@ -356,7 +371,7 @@ func decideAuthorise(s State, c Authorise, now time.Time) ([]Event, error) {
 	if err := usable(dst, c.Amount.Asset, "destination"); err != nil {
 		return nil, err
 	}
-	held, err := addChecked(src.Held, c.Amount.Minor)
+	held, err := addChecked(src.Held, c.Amount.Minor, src.Asset)
 	if err != nil {
 		return nil, err
 	}
@@ -438,7 +453,7 @@ func decideCapture(s State, c Capture, now time.Time) ([]Event, error) {
 	if err := usable(dst, asset, "destination"); err != nil {
 		return nil, err
 	}
-	posted, err := subChecked(src.Posted, amount.Minor)
+	posted, err := subChecked(src.Posted, amount.Minor, src.Asset)
 	if err != nil {
 		return nil, err
 	}

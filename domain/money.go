@@ -227,17 +227,28 @@ func (m Money) String() string { return FormatMinor(m.Minor, m.Asset) + " " + m.
 func (m Money) Decimal() string { return FormatMinor(m.Minor, m.Asset) }
 
 // addChecked and subChecked are the only ways balances change: an overflow is a refused
-// command (ErrLimitExceeded), never a wrapped-around balance.
-func addChecked(a, b int64) (int64, error) {
+// command (ErrLimitExceeded), never a wrapped-around balance. The refusal speaks in the
+// units of asset, the balance's own, because minor units mean nothing to the person
+// reading it.
+func addChecked(a, b int64, asset Asset) (int64, error) {
 	if (b > 0 && a > math.MaxInt64-b) || (b < 0 && a < math.MinInt64-b) {
-		return 0, fmt.Errorf("%w: %d + %d overflows", ErrLimitExceeded, a, b)
+		return 0, overflowError(b > 0, asset)
 	}
 	return a + b, nil
 }
 
-func subChecked(a, b int64) (int64, error) {
+func subChecked(a, b int64, asset Asset) (int64, error) {
 	if (b < 0 && a > math.MaxInt64+b) || (b > 0 && a < math.MinInt64+b) {
-		return 0, fmt.Errorf("%w: %d - %d overflows", ErrLimitExceeded, a, b)
+		return 0, overflowError(b < 0, asset)
 	}
 	return a - b, nil
+}
+
+func overflowError(up bool, asset Asset) error {
+	if up {
+		return fmt.Errorf("%w: the resulting balance would exceed the largest amount the ledger can hold for %s (%s)",
+			ErrLimitExceeded, asset.Code, groupDigits(FormatMinor(math.MaxInt64, asset)))
+	}
+	return fmt.Errorf("%w: the resulting balance would go below the lowest amount the ledger can hold for %s (%s)",
+		ErrLimitExceeded, asset.Code, groupDigits(FormatMinor(math.MinInt64, asset)))
 }

@@ -211,6 +211,9 @@ func (p Payment) FindOp(kind OpKind, id OperationID) (Op, bool) {
 type State struct {
 	Accounts map[AccountID]Account
 	Payments map[PaymentID]Payment
+	// Limits are the operator's ceilings on amounts and credit limits; the zero value is
+	// DefaultLimits.
+	Limits Limits
 }
 
 func (s State) account(id AccountID) Account {
