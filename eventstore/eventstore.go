@@ -27,6 +27,13 @@ var ErrConflict = errors.New("eventstore: wrong expected version")
 // ErrClosed is returned by every method of a store after Close.
 var ErrClosed = errors.New("eventstore: store is closed")
 
+// ErrUnavailable reports a store that cannot be reached: the connection was refused, broke,
+// or the server is shutting down. It is transient — the same call may succeed once the
+// store is back. An append that fails with it was not recorded, unless the backend's error
+// also says the outcome is unknown (the connection broke after the commit was sent), in
+// which case a retry must carry the same ids so the store or the ledger can recognise it.
+var ErrUnavailable = errors.New("eventstore: store unreachable")
+
 // ErrInvalidAppend reports an append request that can never succeed (empty stream name,
 // no events, a stream named twice, an oversize event). It is a caller bug, not a conflict.
 var ErrInvalidAppend = errors.New("eventstore: invalid append")

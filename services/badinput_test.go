@@ -211,6 +211,9 @@ func TestBadInputs(t *testing.T) {
 				if codeOf(err) != tc.code || reasonOf(err) != tc.reason {
 					t.Errorf("%s: want %v %s, got %v %q (%v)", tc.name, tc.code, tc.reason, codeOf(err), reasonOf(err), err)
 				}
+				if strings.Contains(err.Error(), "regex") || strings.Contains(err.Error(), "pattern") {
+					t.Errorf("%s: refusal shows the schema's pattern instead of a sentence: %v", tc.name, err)
+				}
 				if strings.Contains(strings.ToLower(err.Error()), "eventstore") || strings.Contains(err.Error(), ".go:") {
 					t.Errorf("%s: internal detail leaked to the client: %v", tc.name, err)
 				}

@@ -172,6 +172,12 @@ func mapError(ctx context.Context, log *slog.Logger, procedure string, err error
 		return newError(connect.CodeFailedPrecondition, ReasonHistoryTrimmed, "this point of the history is no longer kept by the in-memory view")
 	case errors.Is(err, projections.ErrNotFound):
 		return newError(connect.CodeNotFound, ReasonNotFound, "not found")
+	case errors.Is(err, eventstore.ErrUnavailable):
+		// Logged as a warning, not an error: an outage is the operator's to see once in
+		// health, not a bug per request. The client learns only that a retry may help;
+		// writes carry their own ids, so a retry cannot apply one twice.
+		log.WarnContext(ctx, "store unreachable", "procedure", procedure, "error", err)
+		return newError(connect.CodeUnavailable, ReasonUnavailable, "the ledger's store is unreachable; retry with the same ids and Idempotency-Key")
 	case errors.Is(err, ledger.ErrClosed), errors.Is(err, eventstore.ErrClosed):
 		return newError(connect.CodeUnavailable, ReasonUnavailable, "the server is shutting down; retry on another instance")
 	case errors.Is(err, context.Canceled):

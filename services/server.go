@@ -192,6 +192,7 @@ func NewServer(cfg Config) (*Server, error) {
 		connect.WithCompressMinBytes(compressMinBytes),
 		connect.WithInterceptors(
 			validationReasonInterceptor{},
+			validationMessages{}, // services/validation.go: sentences instead of regexes
 			timeoutInterceptor{timeout: cfg.RequestTimeout},
 			validate.NewInterceptor(),
 			idem,

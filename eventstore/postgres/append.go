@@ -53,6 +53,10 @@ type appendOutcome struct {
 // stored. Once the writer has started on it, Append waits for the transaction's outcome
 // whatever ctx does; that wait is bounded because the transaction, the resolution of a
 // lost COMMIT answer and a retry alone each run under Config.AppendTimeout.
+//
+// When the database cannot be reached the error wraps eventstore.ErrUnavailable; if the
+// connection broke after COMMIT was sent and the log could not be read to find out, it
+// wraps ErrOutcomeUnknown as well.
 func (s *Store) Append(ctx context.Context, appends ...eventstore.StreamAppend) (eventstore.AppendResult, error) {
 	if s.closed.Load() {
 		return eventstore.AppendResult{}, eventstore.ErrClosed
@@ -76,7 +80,7 @@ func (s *Store) Append(ctx context.Context, appends ...eventstore.StreamAppend) 
 	}
 	select {
 	case out := <-req.done:
-		return out.res, out.err
+		return out.res, unavailable(out.err)
 	case <-ctx.Done():
 		if req.state.CompareAndSwap(reqQueued, reqWithdrawn) {
 			return eventstore.AppendResult{}, ctx.Err()
@@ -86,13 +90,13 @@ func (s *Store) Append(ctx context.Context, appends ...eventstore.StreamAppend) 
 		// never started.
 		select {
 		case out := <-req.done:
-			return out.res, out.err
+			return out.res, unavailable(out.err)
 		default:
 			return eventstore.AppendResult{}, eventstore.ErrClosed
 		}
 	}
 	out := <-req.done // taken: the writer answers within AppendTimeout
-	return out.res, out.err
+	return out.res, unavailable(out.err)
 }
 
 // runWriter is one of the store's append goroutines. It runs until Close, then answers

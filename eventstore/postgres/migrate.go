@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -176,8 +177,13 @@ func checkMigrated(ctx context.Context, pool *pgxpool.Pool, schema, appRole stri
 		return err
 	}
 	rows, err := pool.Query(ctx, "SELECT version, checksum FROM "+pgx.Identifier{schema}.Sanitize()+".schema_migrations ORDER BY version")
-	if err != nil {
-		return fmt.Errorf("%w: schema %s: read schema_migrations: %w", ErrSchemaNotMigrated, schema, err)
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000"):
+		// undefined_table, invalid_schema_name: nobody has migrated this schema.
+		return fmt.Errorf("%w: schema %s has no schema_migrations table", ErrSchemaNotMigrated, schema)
+	case err != nil:
+		return unavailable(fmt.Errorf("schema %s: read schema_migrations: %w", schema, err))
 	}
 	got := map[int]string{}
 	for rows.Next() {

@@ -22,11 +22,11 @@ func (s *Store) ReadStream(ctx context.Context, stream string, afterVersion uint
 	}
 	rows, err := s.pool.Query(ctx, s.q.readStream, stream, int64(afterVersion), limit)
 	if err != nil {
-		return nil, fmt.Errorf("read stream %s after %d: %w", stream, afterVersion, err)
+		return nil, unavailable(fmt.Errorf("read stream %s after %d: %w", stream, afterVersion, err))
 	}
 	evs, err := scanEvents(rows, limit)
 	if err != nil {
-		return nil, fmt.Errorf("read stream %s after %d: %w", stream, afterVersion, err)
+		return nil, unavailable(fmt.Errorf("read stream %s after %d: %w", stream, afterVersion, err))
 	}
 	return evs, nil
 }
@@ -43,11 +43,11 @@ func (s *Store) ReadAll(ctx context.Context, afterPosition uint64, limit int) ([
 	}
 	rows, err := s.pool.Query(ctx, s.q.readAll, int64(afterPosition), limit)
 	if err != nil {
-		return nil, fmt.Errorf("read all after %d: %w", afterPosition, err)
+		return nil, unavailable(fmt.Errorf("read all after %d: %w", afterPosition, err))
 	}
 	evs, err := scanEvents(rows, limit)
 	if err != nil {
-		return nil, fmt.Errorf("read all after %d: %w", afterPosition, err)
+		return nil, unavailable(fmt.Errorf("read all after %d: %w", afterPosition, err))
 	}
 	return evs, nil
 }
@@ -59,7 +59,7 @@ func (s *Store) Head(ctx context.Context) (uint64, error) {
 	}
 	var head int64
 	if err := s.pool.QueryRow(ctx, s.q.headPos).Scan(&head); err != nil {
-		return 0, fmt.Errorf("read head: %w", err)
+		return 0, unavailable(fmt.Errorf("read head: %w", err))
 	}
 	return uint64(head), nil
 }
@@ -136,7 +136,7 @@ func (s *Store) LoadSnapshot(ctx context.Context, stream string) (eventstore.Sna
 	case errors.Is(err, pgx.ErrNoRows):
 		return eventstore.Snapshot{}, false, nil
 	case err != nil:
-		return eventstore.Snapshot{}, false, fmt.Errorf("load snapshot %s: %w", stream, err)
+		return eventstore.Snapshot{}, false, unavailable(fmt.Errorf("load snapshot %s: %w", stream, err))
 	}
 	snap.Version = uint64(version)
 	return snap, true, nil
@@ -166,7 +166,7 @@ func (s *Store) SaveSnapshot(ctx context.Context, snap eventstore.Snapshot) erro
 	}
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return fmt.Errorf("save snapshot %s: acquire connection: %w", snap.Stream, err)
+		return unavailable(fmt.Errorf("save snapshot %s: acquire connection: %w", snap.Stream, err))
 	}
 	defer conn.Release()
 	b := &pgx.Batch{}
@@ -195,7 +195,7 @@ func (s *Store) SaveSnapshot(ctx context.Context, snap eventstore.Snapshot) erro
 	}
 	if err != nil {
 		s.abort(conn.Conn())
-		return fmt.Errorf("save snapshot %s: %w", snap.Stream, err)
+		return unavailable(fmt.Errorf("save snapshot %s: %w", snap.Stream, err))
 	}
 	return nil
 }

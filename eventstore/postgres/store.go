@@ -154,11 +154,17 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		}
 		return nil, err
 	}
+	if err := CheckConnection(ctx, pool); err != nil {
+		return fail(fmt.Errorf("postgres event store: %w", err))
+	}
 	if cfg.Migrate {
 		if _, err := Migrate(ctx, pool, cfg.Schema, cfg.AppRole); err != nil {
 			return fail(fmt.Errorf("postgres event store: %w", err))
 		}
 	} else if err := checkMigrated(ctx, pool, cfg.Schema, cfg.AppRole); err != nil {
+		if errors.Is(err, ErrSchemaNotMigrated) {
+			return fail(err) // its text already names the store
+		}
 		return fail(fmt.Errorf("postgres event store: %w", err))
 	}
 	closeCtx, closeFunc := context.WithCancel(context.Background())

@@ -20,12 +20,14 @@ import (
 
 // Reader returns the query side of the live views. Read-your-writes waits use
 // Config.Waiter, or poll the view.
-func (v *Views) Reader() projections.Reader { return &pgReader{v: v, waiter: v.cfg.Waiter} }
+func (v *Views) Reader() projections.Reader {
+	return reachableReader{&pgReader{v: v, waiter: v.cfg.Waiter}}
+}
 
 // ReaderWaitingOn is Reader with read-your-writes waits woken by w: pass the *Runner that
 // runs this process's projectors (it needs the projectors first, hence not a config field).
 func (v *Views) ReaderWaitingOn(w projections.Waiter) projections.Reader {
-	return &pgReader{v: v, waiter: w}
+	return reachableReader{&pgReader{v: v, waiter: w}}
 }
 
 type pgReader struct {
