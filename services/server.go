@@ -58,6 +58,19 @@ type Config struct {
 	IdleTimeout       time.Duration // keep-alive; default 120s
 	ShutdownTimeout   time.Duration // in-flight requests get this long to finish; default 30s
 	MaxStreams        int           // concurrent server streams (watch, log); default 256
+
+	// Dependencies are checked by health (grpc.health.v1 and /readyz) besides the store
+	// and the views, which are always checked: for example Redis, which reads degrade
+	// without.
+	Dependencies []Dependency
+	// HealthCheckTimeout bounds one dependency check; default 500ms.
+	HealthCheckTimeout time.Duration
+	// HealthCacheTTL is how long a health answer is reused, so probes cannot hammer the
+	// database; default 1s.
+	HealthCacheTTL time.Duration
+	// MaxViewLag is how many positions the views may trail the log and still be ready;
+	// default 10000.
+	MaxViewLag uint64
 }
 
 // Validate reports the first problem with c.
@@ -74,8 +87,14 @@ func (c Config) Validate() error {
 	case c.TLS == nil && !c.AllowH2C:
 		return errors.New("server config: TLS is required (cleartext h2c only with AllowH2C, for local development)")
 	case c.MaxRequestBytes < 0, c.RequestTimeout < 0, c.ReadWait < 0, c.ReadHeaderTimeout < 0,
-		c.ReadTimeout < 0, c.WriteTimeout < 0, c.IdleTimeout < 0, c.ShutdownTimeout < 0, c.MaxStreams < 0:
+		c.ReadTimeout < 0, c.WriteTimeout < 0, c.IdleTimeout < 0, c.ShutdownTimeout < 0, c.MaxStreams < 0,
+		c.HealthCheckTimeout < 0, c.HealthCacheTTL < 0:
 		return errors.New("server config: sizes and timeouts must not be negative")
+	}
+	for _, d := range c.Dependencies {
+		if d.Name == "" || d.Check == nil {
+			return errors.New("server config: every dependency needs a Name and a Check")
+		}
 	}
 	return nil
 }
@@ -96,6 +115,11 @@ func (c *Config) setDefaults() {
 	def(&c.WriteTimeout, 60*time.Second)
 	def(&c.IdleTimeout, 120*time.Second)
 	def(&c.ShutdownTimeout, 30*time.Second)
+	def(&c.HealthCheckTimeout, defaultHealthCheckTimeout)
+	def(&c.HealthCacheTTL, defaultHealthCacheTTL)
+	if c.MaxViewLag == 0 {
+		c.MaxViewLag = defaultMaxViewLag
+	}
 	if c.MaxStreams == 0 {
 		c.MaxStreams = 256
 	}
@@ -115,7 +139,7 @@ type Server struct {
 	cfg     Config
 	handler http.Handler
 	streams *streamLimiter
-	health  *grpchealth.StaticChecker
+	health  *healthChecker
 }
 
 // ServiceNames are the API's services, as health and reflection name them.
@@ -179,8 +203,9 @@ func NewServer(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:     cfg,
 		streams: newStreamLimiter(cfg.MaxStreams),
-		health:  grpchealth.NewStaticChecker(serviceNames...),
 	}
+	deps := append([]Dependency{storeDependency(cfg.Store), viewsDependency(cfg.Store, cfg.Reader, cfg.MaxViewLag)}, cfg.Dependencies...)
+	s.health = newHealthChecker(deps, serviceNames, cfg.HealthCheckTimeout, cfg.HealthCacheTTL, cfg.Logger)
 	meta := newMetaFunc(cfg.Caller)
 	// Interceptors run outermost first: reasons are added to validation refusals last,
 	// validation happens before the idempotency store is touched, and idempotency sees the
@@ -205,6 +230,7 @@ func NewServer(cfg Config) (*Server, error) {
 	mux.Handle(ledgerv1connect.NewBalanceServiceHandler(&balanceService{reader: cfg.Reader, store: cfg.Store, readWait: cfg.ReadWait, streams: s.streams}, opts...))
 	mux.Handle(ledgerv1connect.NewAuditServiceHandler(&auditService{store: cfg.Store, streams: s.streams}, opts...))
 	mux.Handle(grpchealth.NewHandler(s.health))
+	s.health.healthHTTP(mux)
 	reflector := grpcreflect.NewStaticReflector(append([]string{grpchealth.HealthV1ServiceName}, serviceNames...)...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	// grpcurl and many tools still speak only the v1alpha reflection protocol.
@@ -231,8 +257,8 @@ func NewServer(cfg Config) (*Server, error) {
 // Handler is the server's whole HTTP handler, for tests and for embedding.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Serve serves on ln until ctx ends, then shuts down gracefully: the health check turns to
-// NOT_SERVING, server streams are ended with UNAVAILABLE (clients reconnect elsewhere),
+// Serve serves on ln until ctx ends, then shuts down gracefully: health (gRPC and /readyz)
+// turns to NOT_SERVING, server streams are ended with UNAVAILABLE (clients reconnect elsewhere),
 // in-flight unary requests finish (bounded by ShutdownTimeout), then connections close.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var protocols http.Protocols
@@ -267,7 +293,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("serve %s: %w", ln.Addr(), err)
 	case <-ctx.Done():
 	}
-	s.health.SetStatus("", grpchealth.StatusNotServing)
+	s.health.drain()
 	s.streams.drain()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
 	defer cancel()
