@@ -12,10 +12,19 @@ import (
 // RedisIdempotencyStore keeps idempotency records in Redis, shared by every instance of
 // the service, each with its own TTL. Every operation is one Lua script, so a claim, a
 // completion or a release is atomic with the check that guards it.
+//
+// Every call is bounded by a short timeout (DefaultRedisIdempotencyTimeout): go-redis
+// retries a refused connection with backoff for seconds, and a request must learn that
+// the store is down (IDEMPOTENCY_STORE_UNAVAILABLE, retryable) in milliseconds instead.
 type RedisIdempotencyStore struct {
-	rdb    redis.UniversalClient
-	prefix string
+	rdb     redis.UniversalClient
+	prefix  string
+	timeout time.Duration
 }
+
+// DefaultRedisIdempotencyTimeout bounds one idempotency call to Redis. A healthy Redis
+// answers in well under a millisecond; the margin is for a loaded one.
+const DefaultRedisIdempotencyTimeout = 100 * time.Millisecond
 
 // NewRedisIdempotencyStore uses rdb; keys are prefix + the scoped key hash (prefix ""
 // means "securepay:idem:v1:").
@@ -23,7 +32,15 @@ func NewRedisIdempotencyStore(rdb redis.UniversalClient, prefix string) *RedisId
 	if prefix == "" {
 		prefix = "securepay:idem:v1:"
 	}
-	return &RedisIdempotencyStore{rdb: rdb, prefix: prefix}
+	return &RedisIdempotencyStore{rdb: rdb, prefix: prefix, timeout: DefaultRedisIdempotencyTimeout}
+}
+
+// WithTimeout sets the bound of one call (d <= 0 keeps the default) and returns s.
+func (s *RedisIdempotencyStore) WithTimeout(d time.Duration) *RedisIdempotencyStore {
+	if d > 0 {
+		s.timeout = d
+	}
+	return s
 }
 
 // claimScript: return the existing record, or store the claim and return false.
@@ -57,7 +74,11 @@ func (s *RedisIdempotencyStore) Claim(ctx context.Context, key, owner, fingerpri
 	if err != nil {
 		return IdempotencyRecord{}, false, err
 	}
-	v, err := claimScript.Run(ctx, s.rdb, []string{s.prefix + key}, claim, ttl.Milliseconds()).Result()
+	var v any
+	err = s.bounded(ctx, func(ctx context.Context) (err error) {
+		v, err = claimScript.Run(ctx, s.rdb, []string{s.prefix + key}, claim, ttl.Milliseconds()).Result()
+		return err
+	})
 	if errors.Is(err, redis.Nil) {
 		return IdempotencyRecord{}, true, nil
 	}
@@ -85,7 +106,10 @@ func (s *RedisIdempotencyStore) Complete(ctx context.Context, key, owner string,
 	if err != nil {
 		return err
 	}
-	if err := ownedScript.Run(ctx, s.rdb, []string{s.prefix + key}, claim, done, ttl.Milliseconds()).Err(); err != nil {
+	err = s.bounded(ctx, func(ctx context.Context) error {
+		return ownedScript.Run(ctx, s.rdb, []string{s.prefix + key}, claim, done, ttl.Milliseconds()).Err()
+	})
+	if err != nil {
 		return fmt.Errorf("redis idempotency complete: %w", err)
 	}
 	return nil
@@ -93,7 +117,11 @@ func (s *RedisIdempotencyStore) Complete(ctx context.Context, key, owner string,
 
 // Release needs the fingerprint to rebuild the claim's bytes; it reads the record first.
 func (s *RedisIdempotencyStore) Release(ctx context.Context, key, owner string) error {
-	v, err := s.rdb.Get(ctx, s.prefix+key).Bytes()
+	var v []byte
+	err := s.bounded(ctx, func(ctx context.Context) (err error) {
+		v, err = s.rdb.Get(ctx, s.prefix+key).Bytes()
+		return err
+	})
 	if errors.Is(err, redis.Nil) {
 		return nil
 	}
@@ -107,8 +135,31 @@ func (s *RedisIdempotencyStore) Release(ctx context.Context, key, owner string) 
 	if rec.Owner != owner || rec.Done {
 		return nil
 	}
-	if err := ownedScript.Run(ctx, s.rdb, []string{s.prefix + key}, string(v), "", 0).Err(); err != nil {
+	err = s.bounded(ctx, func(ctx context.Context) error {
+		return ownedScript.Run(ctx, s.rdb, []string{s.prefix + key}, string(v), "", 0).Err()
+	})
+	if err != nil {
 		return fmt.Errorf("redis idempotency release: %w", err)
 	}
 	return nil
+}
+
+// bounded runs call under the store's timeout and returns when it ends or the bound
+// passes, whichever comes first: go-redis honours the context for a command on an
+// established connection but not while it dials and greets a new one, where its own
+// timeouts (seconds) apply. An abandoned call finishes in the background within those.
+// call's results may be read only when bounded returned call's own error.
+func (s *RedisIdempotencyStore) bounded(ctx context.Context, call func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	done := make(chan error, 1)
+	go func() {
+		defer cancel()
+		done <- call(ctx)
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -146,16 +146,52 @@ func (r *cachedReader) Balance(ctx context.Context, id domain.AccountID, asOf pr
 	if !asOf.IsNow() {
 		return r.next.Balance(ctx, id, asOf, minPosition)
 	}
+	if r.v.reads.skip() {
+		return r.next.Balance(ctx, id, asOf, minPosition)
+	}
 	if b, ok := r.lookup(ctx, id, minPosition); ok {
 		return b, nil
 	}
 	b, err := r.next.Balance(ctx, id, asOf, minPosition)
-	if err != nil {
+	if err != nil || r.v.reads.isDown() {
 		return b, err
 	}
 	// A failed fill only costs the next reader a miss.
-	_ = r.v.fill(ctx, b)
+	err = r.v.withinTimeout(ctx, func(ctx context.Context) error { return r.v.fill(ctx, b) })
+	if err != nil && !isScriptRefusal(err) {
+		r.v.reads.failed(ctx, err)
+	}
 	return b, nil
+}
+
+// withinTimeout runs call under ReadTimeout and returns when it ends or the bound passes,
+// whichever comes first. go-redis honours the context for a command on an established
+// connection, but not while it dials and greets a new one (its own DialTimeout and
+// ReadTimeout, seconds, apply there): a hung Redis held a read for five seconds. An
+// abandoned call finishes in the background within go-redis's own timeouts, and while
+// Redis is down the breaker (degradation.skip) lets one read per interval start one, so
+// they stay few. call's results may be read only when withinTimeout returned its error,
+// not the bound's.
+func (v *Views) withinTimeout(ctx context.Context, call func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, v.cfg.ReadTimeout)
+	done := make(chan error, 1)
+	go func() {
+		defer cancel()
+		done <- call(ctx)
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// isScriptRefusal reports an error Redis itself answered (a script error), which says
+// Redis is up; only a call that got no answer counts as an outage.
+func isScriptRefusal(err error) bool {
+	var rerr goredis.Error
+	return errors.As(err, &rerr)
 }
 
 // lookup returns a cached balance that is at least as new as minPosition. The cache is
@@ -171,12 +207,22 @@ func (r *cachedReader) Balance(ctx context.Context, id domain.AccountID, asOf pr
 // a read-aside entry is always safe.
 func (r *cachedReader) lookup(ctx context.Context, id domain.AccountID, minPosition uint64) (projections.Balance, bool) {
 	v := r.v
-	pipe := v.rdb.TxPipeline()
-	cpCmd := pipe.Get(ctx, v.CheckpointKey(BalanceCacheProjector))
-	hCmd := pipe.HGetAll(ctx, v.BalanceKey(id))
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
-		return projections.Balance{}, false // Redis unreachable: the view answers
+	var cpCmd *goredis.StringCmd
+	var hCmd *goredis.MapStringStringCmd
+	err := v.withinTimeout(ctx, func(ctx context.Context) error {
+		pipe := v.rdb.TxPipeline()
+		cpCmd = pipe.Get(ctx, v.CheckpointKey(BalanceCacheProjector))
+		hCmd = pipe.HGetAll(ctx, v.BalanceKey(id))
+		_, err := pipe.Exec(ctx)
+		return err
+	})
+	if err != nil && !errors.Is(err, goredis.Nil) {
+		if !isScriptRefusal(err) {
+			v.reads.failed(ctx, err) // Redis unreachable or too slow: the view answers
+		}
+		return projections.Balance{}, false
 	}
+	v.reads.ok()
 	if minPosition > 0 {
 		cp, err := cpCmd.Uint64()
 		switch {
@@ -196,7 +242,7 @@ func (r *cachedReader) lookup(ctx context.Context, id domain.AccountID, minPosit
 	b, err := balanceFromHash(id, m)
 	if err != nil {
 		v.cfg.Logger.Warn("balance cache: dropping an entry that does not parse", "key", v.BalanceKey(id), "error", err)
-		if err := v.rdb.Del(ctx, v.BalanceKey(id)).Err(); err != nil {
+		if err := v.withinTimeout(ctx, func(ctx context.Context) error { return v.rdb.Del(ctx, v.BalanceKey(id)).Err() }); err != nil {
 			v.cfg.Logger.Warn("balance cache: drop entry", "key", v.BalanceKey(id), "error", err)
 		}
 		return projections.Balance{}, false

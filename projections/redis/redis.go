@@ -86,8 +86,12 @@ type Config struct {
 	LowBalance     Thresholds
 	Clock          func() time.Time
 	// Logger hears what the views cannot return to a caller: a corrupt cache entry that a
-	// read dropped, a sweep that failed and is retried at the next tick. Default: discard.
+	// read dropped, a sweep that failed and is retried at the next tick, Redis becoming
+	// unreachable for reads and answering again (once each). Default: discard.
 	Logger *slog.Logger
+	// ReadTimeout bounds each Redis call a read makes (lookup, fill) before the read falls
+	// back to the views; default DefaultReadTimeout.
+	ReadTimeout time.Duration
 }
 
 // Validate reports problems with c.
@@ -95,8 +99,8 @@ func (c Config) Validate() error {
 	if c.Client == nil {
 		return errors.New("redis views: Client is required")
 	}
-	if c.CacheTTL < 0 || c.NotifyMaxLen < 0 || c.ExpiringWithin < 0 {
-		return errors.New("redis views: CacheTTL, NotifyMaxLen and ExpiringWithin must not be negative")
+	if c.CacheTTL < 0 || c.NotifyMaxLen < 0 || c.ExpiringWithin < 0 || c.ReadTimeout < 0 {
+		return errors.New("redis views: CacheTTL, NotifyMaxLen, ExpiringWithin and ReadTimeout must not be negative")
 	}
 	return nil
 }
@@ -108,6 +112,7 @@ type Views struct {
 	// notifyMu serialises the notifications projector's batches with the expiry sweeper,
 	// which writes the same streams with ids derived from the checkpoint.
 	notifyMu sync.Mutex
+	reads    *degradation
 }
 
 // New checks cfg and returns the views.
@@ -133,7 +138,10 @@ func New(cfg Config) (*Views, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Views{cfg: cfg, rdb: cfg.Client}, nil
+	if cfg.ReadTimeout == 0 {
+		cfg.ReadTimeout = DefaultReadTimeout
+	}
+	return &Views{cfg: cfg, rdb: cfg.Client, reads: &degradation{log: cfg.Logger, clock: cfg.Clock}}, nil
 }
 
 func (v *Views) key(parts ...string) string { return v.cfg.Prefix + strings.Join(parts, ":") }
