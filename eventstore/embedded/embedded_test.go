@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -252,5 +254,35 @@ func TestSecondOpenRefused(t *testing.T) {
 	if s2, err := Open(dir, Options{Logger: quietLogger{}}); err == nil {
 		s2.Close()
 		t.Fatal("a second Open of a directory in use succeeded")
+	}
+}
+
+// The ledger's directory is private to its owner, whether Open creates it or finds it.
+func TestDirectoryIsPrivate(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		prepare func(dir string) error
+	}{
+		{"created by Open", func(string) error { return nil }},
+		{"existing and world-readable", func(dir string) error { return os.Mkdir(dir, 0o755) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "ledger")
+			if err := tc.prepare(dir); err != nil {
+				t.Fatal(err)
+			}
+			s, err := Open(dir, Options{})
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			defer s.Close()
+			fi, err := os.Stat(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if mode := fi.Mode().Perm(); mode != 0o700 {
+				t.Fatalf("ledger directory mode: want 0700, got %#o", mode)
+			}
+		})
 	}
 }
