@@ -26,6 +26,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/services"
 )
 
@@ -205,4 +206,14 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// limitFlags registers the ceilings of dev and serve. They are in major units of every
+// asset (dollars, yen), scaled by each asset's decimals and capped far below the int64
+// edge by domain.Limits; 0 means the default and the ledger config refuses negative values.
+func limitFlags(fs *flag.FlagSet, l *domain.Limits) {
+	fs.Int64Var(&l.MaxAmountMajor, "max-amount", domain.DefaultMaxAmountMajor,
+		"largest amount of one payment or authorisation, in major `units` of its asset")
+	fs.Int64Var(&l.MaxCreditLimitMajor, "max-credit-limit", domain.DefaultMaxCreditLimitMajor,
+		"largest credit limit an account may be opened with, in major `units` of its asset")
 }

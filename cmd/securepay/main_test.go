@@ -35,14 +35,14 @@ func (s *syncBuffer) String() string {
 func noEnv(string) string { return "" }
 
 // startDev runs `securepay dev` in-process on a free port and returns its URL.
-func startDev(t *testing.T) string {
+func startDev(t *testing.T, flags ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	var stderr syncBuffer
 	go func() {
-		done <- run(ctx, []string{"dev", "--listen", "127.0.0.1:0", "--dir", t.TempDir()}, pw, &stderr, noEnv)
+		done <- run(ctx, append([]string{"dev", "--listen", "127.0.0.1:0", "--dir", t.TempDir()}, flags...), pw, &stderr, noEnv)
 		pw.Close()
 	}()
 	var ended error

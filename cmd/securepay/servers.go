@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore/embedded"
 	"github.com/securepay/securepay/eventstore/postgres"
 	"github.com/securepay/securepay/projections"
@@ -40,6 +41,7 @@ type devConfig struct {
 	// GCPercent is the Go runtime's GOGC (0: leave it alone). It is only raised together
 	// with MemoryLimitBytes, which then bounds the heap that a high GOGC would let grow.
 	GCPercent int
+	Limits    domain.Limits // ceilings on amounts and credit limits (limitFlags in main.go)
 }
 
 // devCmd is `securepay dev`'s flags.
@@ -67,6 +69,7 @@ func devCommand(e env) *Command {
 	fs.BoolVar(&c.verbose, "v", false, "log every internal error and store message")
 	fs.IntVar(&c.cfg.HistoryCap, "history-cap", 200, "history lines kept in memory per account (older pages answer HISTORY_TRIMMED)")
 	fs.IntVar(&c.memLimitMiB, "memory-limit-mb", 300, "soft memory limit of the process in MiB, so the dev server stays small on a laptop (0: none; GOMEMLIMIT wins)")
+	limitFlags(fs, &c.cfg.Limits)
 	fs.IntVar(&c.gcPercent, "gc-percent", 400, "heap growth between collections, in percent of the live heap (GOGC); only applied with a memory limit, which caps the heap it lets grow (GOGC wins)")
 	return cmd
 }
@@ -128,7 +131,7 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	defer store.Close()
 	// 20,000 cached aggregates are plenty for a development ledger and keep it small;
 	// the rest are read from the store (and its snapshots) when needed.
-	proc, err := ledger.New(store, ledger.Config{Snapshots: store, CacheSize: 20_000, Logger: log})
+	proc, err := ledger.New(store, ledger.Config{Snapshots: store, CacheSize: 20_000, Logger: log, Limits: cfg.Limits})
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("dev: start the ledger: %w", err)
@@ -217,6 +220,7 @@ type serveConfig struct {
 	IdemTTL     time.Duration
 	Shutdown    time.Duration
 	MaxStreams  int
+	Limits      domain.Limits // ceilings on amounts and credit limits (limitFlags in main.go)
 	MaxReqBytes int
 	ReqTimeout  time.Duration
 	LogLevel    slog.Level
@@ -318,6 +322,7 @@ func serveCommand(e env) *Command {
 	fs.DurationVar(&c.cfg.IdemTTL, "idempotency-ttl", 24*time.Hour, "how long a response is kept for Idempotency-Key replays")
 	fs.DurationVar(&c.cfg.Shutdown, "shutdown-timeout", 30*time.Second, "how long in-flight requests get at shutdown")
 	fs.IntVar(&c.cfg.MaxStreams, "max-streams", 256, "concurrent server streams (watch, log)")
+	limitFlags(fs, &c.cfg.Limits)
 	fs.IntVar(&c.cfg.MaxReqBytes, "max-request-bytes", 1<<20, "largest request message, in bytes")
 	fs.DurationVar(&c.cfg.ReqTimeout, "request-timeout", 30*time.Second, "deadline of one unary request")
 	return cmd
@@ -379,7 +384,7 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 	waiter.r = runner
 	// Other instances append to the same store: refusals made on cached state are
 	// re-checked against it.
-	proc, err := ledger.New(store, ledger.Config{SharedStore: true, Snapshots: store, Logger: log})
+	proc, err := ledger.New(store, ledger.Config{SharedStore: true, Snapshots: store, Logger: log, Limits: cfg.Limits})
 	if err != nil {
 		return fmt.Errorf("serve: start the ledger: %w", err)
 	}

@@ -66,7 +66,7 @@ func (p *Processor) decideAll(bs *batchState, calls []*call) (assumed, recheck [
 			continue
 		}
 		cmd := c.req.Command
-		state := domain.State{Accounts: map[domain.AccountID]domain.Account{}, Payments: map[domain.PaymentID]domain.Payment{}}
+		state := domain.State{Accounts: map[domain.AccountID]domain.Account{}, Payments: map[domain.PaymentID]domain.Payment{}, Limits: p.cfg.Limits}
 		var touched []string
 		for _, id := range cmd.Payments() {
 			s := domain.PaymentStream(id)

@@ -67,6 +67,10 @@ type Config struct {
 	// BatchTimeout bounds the store calls of one batch; default 30s.
 	BatchTimeout time.Duration
 
+	// Limits are the ceilings on amounts and credit limits every decision applies (the
+	// zero value is domain.DefaultLimits).
+	Limits domain.Limits
+
 	Logger *slog.Logger
 }
 
@@ -96,6 +100,9 @@ func (c Config) Validate() error {
 	bounded("LoadWorkers", c.LoadWorkers, maxLoadWorkers)
 	if c.BatchTimeout < 0 {
 		errs = append(errs, fmt.Errorf("ledger config: BatchTimeout is %s, want 0 (the default) or more", c.BatchTimeout))
+	}
+	if err := c.Limits.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("ledger config: %w", err))
 	}
 	return errors.Join(errs...)
 }
