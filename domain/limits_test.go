@@ -164,3 +164,12 @@ func TestOverflowMessageSpeaksInUnits(t *testing.T) {
 		})
 	}
 }
+
+// An amount too large to parse names the largest the ledger can hold, in the asset's units.
+func TestParseAmountTooLargeNamesTheLargest(t *testing.T) {
+	_, err := domain.ParseAmount("99999999999999999999", usd)
+	want := `invalid amount: "99999999999999999999" is not a valid USD amount: too large (the ledger can hold at most 92,233,720,368,547,758.07)`
+	if !errors.Is(err, domain.ErrInvalidAmount) || err.Error() != want {
+		t.Fatalf("ParseAmount: got %v, want %s", err, want)
+	}
+}

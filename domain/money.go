@@ -113,6 +113,11 @@ func ParseAmount(s string, a Asset) (Money, error) {
 	bad := func(why string) (Money, error) {
 		return Money{}, fmt.Errorf("%w: %q is not a valid %s amount: %s", ErrInvalidAmount, s, a.Code, why)
 	}
+	// Names the largest value in the asset's units, since "too large" alone leaves a person
+	// guessing how much smaller to go; built only on refusal, off the hot path.
+	tooLarge := func() (Money, error) {
+		return bad("too large (the ledger can hold at most " + groupDigits(FormatMinor(math.MaxInt64, a)) + ")")
+	}
 	if a.IsZero() {
 		return Money{}, fmt.Errorf("%w: amount %q has no asset", ErrInvalidAmount, s)
 	}
@@ -136,7 +141,7 @@ func ParseAmount(s string, a Asset) (Money, error) {
 		return bad("leading zeros are not allowed")
 	}
 	if len(intPart)+int(a.Scale) > maxAmountDigits+1 {
-		return bad("too large")
+		return tooLarge()
 	}
 	var minor int64
 	digit := func(r byte) (int64, bool) {
@@ -152,7 +157,7 @@ func ParseAmount(s string, a Asset) (Money, error) {
 		}
 		next, ok := mulAdd(minor, 10, d)
 		if !ok {
-			return bad("too large")
+			return tooLarge()
 		}
 		minor = next
 	}
@@ -166,7 +171,7 @@ func ParseAmount(s string, a Asset) (Money, error) {
 		}
 		next, ok := mulAdd(minor, 10, d)
 		if !ok {
-			return bad("too large")
+			return tooLarge()
 		}
 		minor = next
 	}
