@@ -2,27 +2,40 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
+
+	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
+	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
+	"github.com/securepay/securepay/services"
 )
 
 // testCert writes a self-signed certificate for 127.0.0.1 and its key, as PEM files.
@@ -238,5 +251,397 @@ func TestServeWithPostgresRedisTLS(t *testing.T) {
 	var errOut strings.Builder
 	if err := run(context.Background(), []string{"projections", "rebuild", "no-such.v1", "--postgres-dsn", dsn}, io.Discard, &errOut, noEnv); err == nil {
 		t.Fatal("projections rebuild of an unknown projector: want an error")
+	}
+}
+
+// ownServer is a PostgreSQL or Redis of the test's own (infra/local/*.sh), so that the
+// test can stop and restart it without disturbing the shared ones.
+type ownServer struct {
+	t      *testing.T
+	script string // postgres.sh or redis.sh
+	dir    string
+	port   int
+	addr   string // what start printed: a DSN or host:port
+}
+
+func startOwnServer(t *testing.T, script string) *ownServer {
+	t.Helper()
+	// Under the system temp directory and world-traversable: as root postgres.sh runs the
+	// server as the postgres OS user, which must reach it (t.TempDir is private).
+	dir, err := os.MkdirTemp("", "securepay-outage-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	s := &ownServer{t: t, script: script, dir: dir, port: port}
+	t.Cleanup(func() {
+		if _, err := s.run("stop", s.dir); err != nil {
+			t.Errorf("stop %s: %v", script, err)
+		}
+		_ = os.RemoveAll(dir)
+	})
+	addr, err := s.run("start", dir, fmt.Sprint(port))
+	if err != nil {
+		// The scripts install the server when they may; a machine where they cannot has
+		// no outage to test, which CI must never accept silently.
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("start a server of the test's own: %v", err)
+		}
+		t.Skipf("cannot start a server of the test's own (set CI=true to make this fatal): %v", err)
+	}
+	s.addr = addr
+	return s
+}
+
+func (s *ownServer) run(args ...string) (string, error) {
+	cmd := exec.Command("bash", append([]string{filepath.Join("..", "..", "infra", "local", s.script)}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %v\n%s", s.script, strings.Join(args, " "), err, stderr.String())
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func (s *ownServer) stop() {
+	s.t.Helper()
+	if _, err := s.run("stop", s.dir); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func (s *ownServer) start() {
+	s.t.Helper()
+	if _, err := s.run("start", s.dir, fmt.Sprint(s.port)); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// logLines collects serve's JSON log, safe for concurrent use.
+type logLines struct {
+	mu    sync.Mutex
+	lines []map[string]any
+	raw   []string
+}
+
+func (l *logLines) add(line string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.raw = append(l.raw, line)
+	var rec map[string]any
+	if json.Unmarshal([]byte(line), &rec) == nil {
+		l.lines = append(l.lines, rec)
+	}
+}
+
+func (l *logLines) count(msgPrefix string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, r := range l.lines {
+		if m, _ := r["msg"].(string); strings.HasPrefix(m, msgPrefix) {
+			n++
+		}
+	}
+	return n
+}
+
+func (l *logLines) notJSON() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, s := range l.raw {
+		if !json.Valid([]byte(s)) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// TestServeOutages stops serve's own PostgreSQL, then its own Redis, under a running
+// `securepay serve`, and proves what clients and probes see: writes answer UNAVAILABLE
+// (never INTERNAL) while PostgreSQL is down, health and /readyz say so, and everything
+// recovers without a restart; without Redis balance reads still answer within a few
+// milliseconds each, and the log says so once each way, as JSON.
+func TestServeOutages(t *testing.T) {
+	pgSrv := startOwnServer(t, "postgres.sh")
+	redisSrv := startOwnServer(t, "redis.sh")
+	certFile, keyFile := testCert(t)
+	dsn := pgSrv.addr
+	if err := run(context.Background(), []string{"migrate", "--postgres-dsn", dsn}, io.Discard, io.Discard, noEnv); err != nil {
+		t.Fatalf("securepay migrate: %v", err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--listen", "127.0.0.1:0", "--postgres-dsn", dsn, "--redis-addr", redisSrv.addr,
+			"--tls-cert", certFile, "--tls-key", keyFile}, io.Discard, pw, noEnv)
+		pw.Close()
+	}()
+	logs := &logLines{}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			logs.add(sc.Text())
+			var rec struct {
+				Msg  string `json:"msg"`
+				Addr string `json:"addr"`
+			}
+			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "securepay serving" {
+				addr <- rec.Addr
+			}
+		}
+	}()
+	var base string
+	select {
+	case a := <-addr:
+		base = "https://" + a
+	case err := <-done:
+		t.Fatalf("securepay serve ended before listening: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("securepay serve did not start listening within 30s")
+	}
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(40 * time.Second):
+			t.Error("securepay serve did not stop within 40s")
+		}
+	}()
+
+	caPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}, ForceAttemptHTTP2: true}}
+	accounts := ledgerv1connect.NewAccountServiceClient(hc, base)
+	payments := ledgerv1connect.NewPaymentServiceClient(hc, base)
+	balances := ledgerv1connect.NewBalanceServiceClient(hc, base)
+	health := grpchealth.NewClient(hc, base)
+	rctx := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, 10*time.Second) }
+
+	open := func(id string, kind ledgerv1.AccountKind) error {
+		c, cancel := rctx()
+		defer cancel()
+		_, err := accounts.OpenAccount(c, connect.NewRequest(&ledgerv1.OpenAccountRequest{AccountId: id, Asset: "USD", Kind: kind}))
+		return err
+	}
+	n := 0
+	transfer := func() error {
+		n++
+		c, cancel := rctx()
+		defer cancel()
+		_, err := payments.Transfer(c, connect.NewRequest(&ledgerv1.TransferRequest{
+			PaymentId: fmt.Sprintf("outage-%d", n), SourceAccountId: "world", DestinationAccountId: "alice",
+			Amount: &ledgerv1.Money{Value: "1.00", Asset: "USD"}}))
+		return err
+	}
+	status := func(service string) grpchealth.Status {
+		c, cancel := rctx()
+		defer cancel()
+		res, err := health.Check(c, &grpchealth.CheckRequest{Service: service})
+		if err != nil {
+			t.Fatalf("health of %q: %v", service, err)
+		}
+		return res.Status
+	}
+	readyz := func() (int, string) {
+		res, err := hc.Get(base + "/readyz")
+		if err != nil {
+			t.Fatalf("GET /readyz: %v", err)
+		}
+		defer res.Body.Close()
+		body, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(body)
+	}
+	// eventually retries cond for a bounded time: health answers are cached for a second
+	// and the pool redials on demand.
+	eventually := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 30s", what)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+
+	for _, a := range []struct {
+		id   string
+		kind ledgerv1.AccountKind
+	}{{"world", ledgerv1.AccountKind_ACCOUNT_KIND_EXTERNAL}, {"alice", ledgerv1.AccountKind_ACCOUNT_KIND_CUSTOMER}} {
+		if err := open(a.id, a.kind); err != nil {
+			t.Fatalf("open %s: %v", a.id, err)
+		}
+	}
+	if err := transfer(); err != nil {
+		t.Fatalf("transfer before the outage: %v", err)
+	}
+	eventually("health SERVING before the outage", func() bool { return status("") == grpchealth.StatusServing })
+	if code, body := readyz(); code != http.StatusOK {
+		t.Fatalf("/readyz before the outage: want 200, got %d %s", code, body)
+	}
+	if res, err := hc.Get(base + "/healthz"); err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("/healthz: want 200, got %v %v", res, err)
+	} else {
+		res.Body.Close()
+	}
+
+	// A watch stream follows the log; it must end UNAVAILABLE (reconnect), not INTERNAL.
+	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
+	defer wcancel()
+	watch, err := balances.WatchAccount(wctx, connect.NewRequest(&ledgerv1.WatchAccountRequest{AccountId: "alice"}))
+	if err != nil {
+		t.Fatalf("watch alice: %v", err)
+	}
+	watchEnd := make(chan error, 1)
+	go func() {
+		for watch.Receive() {
+		}
+		watchEnd <- watch.Err()
+	}()
+
+	// PostgreSQL stops.
+	pgSrv.stop()
+	codes := map[connect.Code]int{}
+	for range 20 {
+		err := transfer()
+		codes[connect.CodeOf(err)]++
+		if err == nil || connect.CodeOf(err) != connect.CodeUnavailable || services.ReasonOf(err) != services.ReasonUnavailable {
+			t.Errorf("transfer with PostgreSQL stopped: want UNAVAILABLE with reason UNAVAILABLE, got %v (reason %q)", err, services.ReasonOf(err))
+			continue
+		}
+		if !strings.Contains(err.Error(), "unreachable") {
+			t.Errorf("transfer with PostgreSQL stopped: want a message saying the store is unreachable, got %q", err)
+		}
+	}
+	t.Logf("20 transfers with PostgreSQL stopped: codes %v", codes)
+	eventually("health of PaymentService NOT_SERVING without PostgreSQL", func() bool {
+		return status(ledgerv1connect.PaymentServiceName) == grpchealth.StatusNotServing
+	})
+	if s := status(""); s != grpchealth.StatusNotServing {
+		t.Errorf("overall health without PostgreSQL: want NOT_SERVING, got %v", s)
+	}
+	code, body := readyz()
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, `"store"`) || !strings.Contains(body, "unreachable") {
+		t.Errorf("/readyz without PostgreSQL: want 503 naming the store, got %d %s", code, body)
+	}
+	t.Logf("/readyz without PostgreSQL: %d %s", code, strings.TrimSpace(body))
+	select {
+	case err := <-watchEnd:
+		if connect.CodeOf(err) != connect.CodeUnavailable {
+			t.Errorf("watch stream with PostgreSQL stopped: want it ended UNAVAILABLE, got %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("watch stream with PostgreSQL stopped: still open after 30s")
+	}
+
+	// PostgreSQL is back: the same server recovers.
+	pgSrv.start()
+	eventually("a transfer after PostgreSQL restarted", func() bool { return transfer() == nil })
+	eventually("overall health SERVING after PostgreSQL restarted", func() bool { return status("") == grpchealth.StatusServing })
+	if code, body := readyz(); code != http.StatusOK {
+		t.Errorf("/readyz after PostgreSQL restarted: want 200, got %d %s", code, body)
+	}
+
+	// Redis stops: balance reads fall back to PostgreSQL, quickly.
+	redisSrv.stop()
+	const reads = 50
+	took := make([]time.Duration, 0, reads)
+	for range reads {
+		c, cancel := rctx()
+		start := time.Now()
+		_, err := balances.GetBalance(c, connect.NewRequest(&ledgerv1.GetBalanceRequest{AccountId: "alice"}))
+		took = append(took, time.Since(start))
+		cancel()
+		if err != nil {
+			t.Fatalf("balance with Redis stopped: %v", err)
+		}
+	}
+	slices.Sort(took)
+	p50, p99, worst := took[reads/2], took[reads*99/100], took[reads-1]
+	t.Logf("%d balance reads with Redis stopped: p50 %s, p99 %s, max %s", reads, p50, p99, worst)
+	if p99 > 500*time.Millisecond {
+		t.Errorf("balance reads with Redis stopped: want p99 < 500ms, got %s (p50 %s)", p99, p50)
+	}
+	if s := status(ledgerv1connect.BalanceServiceName); s != grpchealth.StatusServing {
+		t.Errorf("BalanceService health without Redis: want SERVING (it falls back), got %v", s)
+	}
+	eventually("/readyz names Redis as degraded", func() bool {
+		code, body := readyz()
+		return code == http.StatusOK && strings.Contains(body, `"degraded":["redis"]`)
+	})
+
+	redisSrv.start()
+	eventually("the recovery log line after Redis restarted", func() bool {
+		c, cancel := rctx()
+		defer cancel()
+		_, err := balances.GetBalance(c, connect.NewRequest(&ledgerv1.GetBalanceRequest{AccountId: "alice"}))
+		return err == nil && logs.count("redis reachable again") == 1
+	})
+	if n := logs.count("redis unreachable"); n != 1 {
+		t.Errorf("want one degradation log line for the Redis outage, got %d", n)
+	}
+	if bad := logs.notJSON(); len(bad) > 0 {
+		t.Errorf("serve's log must be JSON only; got %d other lines, first %q", len(bad), bad[0])
+	}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		t.Fatal("context ended early")
+	}
+}
+
+// A wrong DSN says what is wrong: nothing listens there, the database does not exist, or
+// the schema is not migrated — each once, never one for the other.
+func TestServeSaysWhyItCannotUseThePostgresDSN(t *testing.T) {
+	certFile, keyFile := testCert(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := ln.Addr().String()
+	ln.Close()
+	empty := freshDatabase(t)
+	missing, err := url.Parse(empty)
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing.Path = "/securepay_no_such_database"
+	for _, tc := range []struct {
+		name, dsn, want, notWant string
+	}{
+		{"nothing listens", "postgres://postgres@" + deadAddr + "/postgres?sslmode=disable", "cannot connect to PostgreSQL at " + deadAddr + " (connection refused)", "migrate"},
+		{"missing database", missing.String(), `database "securepay_no_such_database" does not exist`, "not migrated"},
+		{"empty database", empty, "schema is not migrated", "cannot connect"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err := run(ctx, []string{"serve", "--listen", "127.0.0.1:0", "--postgres-dsn", tc.dsn, "--redis-addr", "127.0.0.1:1",
+				"--tls-cert", certFile, "--tls-key", keyFile}, io.Discard, io.Discard, noEnv)
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, tc.want) || strings.Contains(msg, tc.notWant) || strings.Count(msg, "postgres event store:") > 1 {
+				t.Fatalf("want %q (once, and not %q), got %q", tc.want, tc.notWant, msg)
+			}
+		})
 	}
 }

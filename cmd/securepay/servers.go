@@ -190,6 +190,13 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	return nil
 }
 
+// goRedisLogger sends go-redis's own lines to the debug log.
+type goRedisLogger struct{ log *slog.Logger }
+
+func (g goRedisLogger) Printf(ctx context.Context, format string, args ...any) {
+	g.log.DebugContext(ctx, strings.TrimSpace(fmt.Sprintf(format, args...)), "component", "go-redis")
+}
+
 // quietPebble sends the embedded store's chatter to the debug log.
 type quietPebble struct{ log *slog.Logger }
 
@@ -223,8 +230,11 @@ type serveConfig struct {
 	Limits      domain.Limits // ceilings on amounts and credit limits (limitFlags in main.go)
 	MaxReqBytes int
 	ReqTimeout  time.Duration
-	LogLevel    slog.Level
-	tlsCertPair *tls.Certificate
+	// RedisTimeout bounds each Redis call of a read (the balance cache) before it falls
+	// back to PostgreSQL.
+	RedisTimeout time.Duration
+	LogLevel     slog.Level
+	tlsCertPair  *tls.Certificate
 }
 
 // Validate names every problem at once, with the flag and variable that fix it, and
@@ -258,8 +268,8 @@ func (c *serveConfig) Validate() error {
 	if c.IdemTTL <= 0 {
 		errs = append(errs, fmt.Errorf("--idempotency-ttl must be positive, got %s", c.IdemTTL))
 	}
-	if c.MaxStreams <= 0 || c.MaxReqBytes <= 0 || c.ReqTimeout <= 0 || c.Shutdown <= 0 {
-		errs = append(errs, errors.New("--max-streams, --max-request-bytes, --request-timeout and --shutdown-timeout must be positive"))
+	if c.MaxStreams <= 0 || c.MaxReqBytes <= 0 || c.ReqTimeout <= 0 || c.Shutdown <= 0 || c.RedisTimeout <= 0 {
+		errs = append(errs, errors.New("--max-streams, --max-request-bytes, --request-timeout, --shutdown-timeout and --redis-timeout must be positive"))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("serve: configuration is not usable:\n  - %w", joinLines(errs))
@@ -325,6 +335,7 @@ func serveCommand(e env) *Command {
 	limitFlags(fs, &c.cfg.Limits)
 	fs.IntVar(&c.cfg.MaxReqBytes, "max-request-bytes", 1<<20, "largest request message, in bytes")
 	fs.DurationVar(&c.cfg.ReqTimeout, "request-timeout", 30*time.Second, "deadline of one unary request")
+	fs.DurationVar(&c.cfg.RedisTimeout, "redis-timeout", redisviews.DefaultReadTimeout, "bound of one balance-cache call to Redis before a read falls back to PostgreSQL")
 	return cmd
 }
 
@@ -348,12 +359,18 @@ func (w *lateWaiter) Wait(ctx context.Context, projector string, position uint64
 
 func serve(ctx context.Context, e env, cfg serveConfig) error {
 	log := slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	// go-redis logs through one process-wide logger (its own, printing plain lines to
+	// stderr that break the JSON log, once per failed dial). SetLogger is that global: set
+	// here, where the process's logging is wired; it is atomic, so a second serve in the
+	// same process (tests) only redirects it. Outages are reported by the views and health,
+	// once each way, so go-redis's lines are debug detail.
+	redis.SetLogger(goRedisLogger{log})
 	store, err := postgres.Open(ctx, postgres.Config{DSN: cfg.PostgresDSN, Schema: cfg.EventSchema})
 	if errors.Is(err, postgres.ErrSchemaNotMigrated) {
 		return fmt.Errorf("serve: %w: run `securepay migrate` first", err)
 	}
 	if err != nil {
-		return fmt.Errorf("serve: open the event store: %w", err)
+		return fmt.Errorf("serve: %w", err)
 	}
 	defer store.Close()
 	waiter := &lateWaiter{}
@@ -369,7 +386,7 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 	if err != nil {
 		return fmt.Errorf("serve: Redis at %s does not answer: %w", cfg.RedisAddr, err)
 	}
-	redisViews, err := redisviews.New(redisviews.Config{Client: rdb, Logger: log})
+	redisViews, err := redisviews.New(redisviews.Config{Client: rdb, Logger: log, ReadTimeout: cfg.RedisTimeout})
 	if err != nil {
 		return fmt.Errorf("serve: redis views: %w", err)
 	}
@@ -402,6 +419,12 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 		ShutdownTimeout: cfg.Shutdown,
 		MaxStreams:      cfg.MaxStreams,
 		Logger:          log,
+		// Reads fall back to PostgreSQL without Redis, and idempotent writes answer
+		// IDEMPOTENCY_STORE_UNAVAILABLE: degraded, not down.
+		Dependencies: []services.Dependency{{
+			Name:  "redis",
+			Check: func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
+		}},
 	})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -459,6 +482,9 @@ func (c *migrateCmd) run(ctx context.Context, e env, _ []string) error {
 		return fmt.Errorf("migrate: connect: %v", redactDSNError(err))
 	}
 	defer pool.Close()
+	if err := postgres.CheckConnection(ctx, pool); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
 	applied, err := postgres.Migrate(ctx, pool, c.eventSchema, c.appRole)
 	if err != nil {
 		return fmt.Errorf("migrate: event store schema %s: %w", c.eventSchema, err)
