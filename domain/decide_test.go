@@ -562,7 +562,7 @@ func TestDecideRefusesOverflow(t *testing.T) {
 	deepDebit := cat(deep, transferred(xferCmd("d1", "deep", "bob", usdMoney(10)), -10, 10))
 	// The ceilings keep new amounts far from the edge; these scenarios lift them to reach
 	// the arithmetic that must hold for balances recorded before ceilings existed.
-	unbounded := domain.Limits{Assets: map[string]domain.Ceilings{"USD": {MaxAmount: huge, MaxCreditLimit: huge}}}
+	unbounded := domain.Limits{Assets: map[domain.Asset]domain.Ceilings{usd: {MaxAmount: huge, MaxCreditLimit: huge}}}
 	runScenarios(t, []scenario{
 		{name: "external debit past MinInt64", given: given, when: xferCmd("p1", "world", "shop", usdMoney(2)), err: domain.ErrLimitExceeded},
 		{name: "credit past MaxInt64", given: nearTop, when: xferCmd("p1", "alice", "bob", usdMoney(5001)), err: domain.ErrLimitExceeded},

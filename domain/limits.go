@@ -41,9 +41,10 @@ type Limits struct {
 	// result is capped at 1/edgeHeadroom of the int64 range.
 	MaxAmountMajor      int64
 	MaxCreditLimitMajor int64
-	// Assets sets exact ceilings, in minor units, for the assets it names by code. They are
-	// taken as given (not capped), so tests and operators can say precisely what they mean.
-	Assets map[string]Ceilings
+	// Assets sets exact ceilings, in minor units, for the assets it names (code and scale:
+	// POINTS/0 and POINTS/2 are different assets). They are taken as given (not capped), so
+	// tests and operators can say precisely what they mean.
+	Assets map[Asset]Ceilings
 }
 
 // DefaultLimits are the limits of the zero Limits value, spelled out.
@@ -56,12 +57,12 @@ func (l Limits) Validate() error {
 	if l.MaxAmountMajor < 0 || l.MaxCreditLimitMajor < 0 {
 		return fmt.Errorf("%w: limits must not be negative (amount %d, credit limit %d)", ErrInvalidInput, l.MaxAmountMajor, l.MaxCreditLimitMajor)
 	}
-	for code, c := range l.Assets {
-		if err := validAssetCode(code); err != nil {
+	for a, c := range l.Assets {
+		if _, err := NewAsset(a.Code, int(a.Scale)); err != nil {
 			return err
 		}
 		if c.MaxAmount <= 0 || c.MaxCreditLimit < 0 {
-			return fmt.Errorf("%w: limits of %s: the largest amount must be positive and the largest credit limit zero or more", ErrInvalidInput, code)
+			return fmt.Errorf("%w: limits of %s: the largest amount must be positive and the largest credit limit zero or more", ErrInvalidInput, a)
 		}
 	}
 	return nil
@@ -69,7 +70,7 @@ func (l Limits) Validate() error {
 
 // For returns the ceilings of asset a in its minor units.
 func (l Limits) For(a Asset) Ceilings {
-	if c, ok := l.Assets[a.Code]; ok {
+	if c, ok := l.Assets[a]; ok {
 		return c
 	}
 	amount, credit := l.MaxAmountMajor, l.MaxCreditLimitMajor

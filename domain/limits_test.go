@@ -27,8 +27,10 @@ func TestLimitsFor(t *testing.T) {
 		{"defaults, 18 decimals is capped below the edge", domain.Limits{}, wei, domain.Ceilings{MaxAmount: capped, MaxCreditLimit: capped}},
 		{"configured in major units", domain.Limits{MaxAmountMajor: 100, MaxCreditLimitMajor: 5}, usd, domain.Ceilings{MaxAmount: 10000, MaxCreditLimit: 500}},
 		{"configured above the cap is capped", domain.Limits{MaxAmountMajor: math.MaxInt64}, jpy, domain.Ceilings{MaxAmount: capped, MaxCreditLimit: 1e12}},
-		{"per asset, exact", domain.Limits{Assets: map[string]domain.Ceilings{"USD": {MaxAmount: 7, MaxCreditLimit: 0}}}, usd, domain.Ceilings{MaxAmount: 7}},
-		{"per asset leaves others alone", domain.Limits{Assets: map[string]domain.Ceilings{"USD": {MaxAmount: 7}}}, jpy, domain.Ceilings{MaxAmount: 1e12, MaxCreditLimit: 1e12}},
+		{"per asset, exact", domain.Limits{Assets: map[domain.Asset]domain.Ceilings{usd: {MaxAmount: 7, MaxCreditLimit: 0}}}, usd, domain.Ceilings{MaxAmount: 7}},
+		{"per asset is per scale too", domain.Limits{Assets: map[domain.Asset]domain.Ceilings{{Code: "POINTS", Scale: 0}: {MaxAmount: 7}}},
+			domain.Asset{Code: "POINTS", Scale: 2}, domain.Ceilings{MaxAmount: 1e14, MaxCreditLimit: 1e14}},
+		{"per asset leaves others alone", domain.Limits{Assets: map[domain.Asset]domain.Ceilings{usd: {MaxAmount: 7}}}, jpy, domain.Ceilings{MaxAmount: 1e12, MaxCreditLimit: 1e12}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -49,9 +51,9 @@ func TestLimitsValidate(t *testing.T) {
 		{"defaults", domain.DefaultLimits(), true},
 		{"negative amount", domain.Limits{MaxAmountMajor: -1}, false},
 		{"negative credit limit", domain.Limits{MaxCreditLimitMajor: -1}, false},
-		{"per asset zero amount", domain.Limits{Assets: map[string]domain.Ceilings{"USD": {}}}, false},
-		{"per asset bad code", domain.Limits{Assets: map[string]domain.Ceilings{"usd": {MaxAmount: 1}}}, false},
-		{"per asset", domain.Limits{Assets: map[string]domain.Ceilings{"USD": {MaxAmount: 1}}}, true},
+		{"per asset zero amount", domain.Limits{Assets: map[domain.Asset]domain.Ceilings{usd: {}}}, false},
+		{"per asset bad code", domain.Limits{Assets: map[domain.Asset]domain.Ceilings{{Code: "usd", Scale: 2}: {MaxAmount: 1}}}, false},
+		{"per asset", domain.Limits{Assets: map[domain.Asset]domain.Ceilings{usd: {MaxAmount: 1}}}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

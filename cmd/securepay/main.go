@@ -216,4 +216,52 @@ func limitFlags(fs *flag.FlagSet, l *domain.Limits) {
 		"largest amount of one payment or authorisation, in major `units` of its asset")
 	fs.Int64Var(&l.MaxCreditLimitMajor, "max-credit-limit", domain.DefaultMaxCreditLimitMajor,
 		"largest credit limit an account may be opened with, in major `units` of its asset")
+	fs.Func("asset-limits", "exact ceilings of some assets, comma-separated `ASSET=AMOUNT[:CREDIT]` "+
+		"in the asset's units (USD=5000000.00:1000.00, POINTS/0=100000); CREDIT defaults to AMOUNT", func(v string) error {
+		assets, err := parseAssetLimits(v)
+		if err != nil {
+			return err
+		}
+		l.Assets = assets
+		return nil
+	})
+}
+
+// parseAssetLimits reads --asset-limits. Amounts are exact decimals of each asset, parsed
+// as the API parses amounts, so a ceiling cannot carry more decimals than its asset has.
+func parseAssetLimits(v string) (map[domain.Asset]domain.Ceilings, error) {
+	items := splitList(v)
+	out := make(map[domain.Asset]domain.Ceilings, len(items))
+	for _, item := range items {
+		name, amounts, ok := strings.Cut(item, "=")
+		if !ok {
+			return nil, fmt.Errorf("%q: want ASSET=AMOUNT[:CREDIT], e.g. USD=5000000.00:1000.00", item)
+		}
+		asset, err := domain.ParseAsset(name)
+		if err != nil {
+			return nil, err
+		}
+		amountText, creditText, hasCredit := strings.Cut(amounts, ":")
+		amount, err := domain.ParseAmount(amountText, asset)
+		if err != nil {
+			return nil, err
+		}
+		c := domain.Ceilings{MaxAmount: amount.Minor, MaxCreditLimit: amount.Minor}
+		switch {
+		case !hasCredit:
+		case creditText == "0":
+			c.MaxCreditLimit = 0 // no account of this asset may go below zero
+		default:
+			credit, err := domain.ParseAmount(creditText, asset)
+			if err != nil {
+				return nil, err
+			}
+			c.MaxCreditLimit = credit.Minor
+		}
+		if _, dup := out[asset]; dup {
+			return nil, fmt.Errorf("%s is given twice", asset)
+		}
+		out[asset] = c
+	}
+	return out, nil
 }
