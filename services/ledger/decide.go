@@ -53,7 +53,7 @@ func (p *Processor) decideAll(bs *batchState, calls []*call) (assumed, recheck [
 				c.err = fmt.Errorf("%w: account %s does not exist", domain.ErrAccountUnknown, c.account)
 			}
 			c.res.Accounts = []domain.Account{a}
-			c.at = []stateAt{bs.where(s)}
+			c.at = append(c.atBuf[:0], bs.where(s))
 			continue
 		case callReadPayment:
 			s := domain.PaymentStream(c.payment)
@@ -180,6 +180,7 @@ func (p *Processor) stage(bs *batchState, c *call, events []domain.Event) error 
 
 func (p *Processor) result(bs *batchState, c *call, accounts []domain.AccountID) {
 	seen := make(map[domain.AccountID]bool, len(accounts))
+	c.at = c.atBuf[:0]
 	for _, id := range accounts {
 		if !seen[id] {
 			seen[id] = true

@@ -26,12 +26,13 @@ type call struct {
 	// Filled by the loop before done is closed.
 	res           Result
 	err           error
-	replayStream  string    // for a replay: where the original was recorded ...
-	replayVersion uint64    // ... and at which stream version
-	attempt       int       // failed attempts so far (conflicts)
-	alone         bool      // a batch it was in was refused as malformed: it goes in a batch of its own
-	at            []stateAt // where each of res.Accounts is in the log, resolved when the batch is answered
-	paymentAt     stateAt   // the same for res.Payment
+	replayStream  string     // for a replay: where the original was recorded ...
+	replayVersion uint64     // ... and at which stream version
+	attempt       int        // failed attempts so far (conflicts)
+	alone         bool       // a batch it was in was refused as malformed: it goes in a batch of its own
+	at            []stateAt  // where each of res.Accounts is in the log, resolved when the batch is answered
+	atBuf         [4]stateAt // backs at for the usual two to four accounts, saving an allocation per call
+	paymentAt     stateAt    // the same for res.Payment
 	done          chan struct{}
 }
 
