@@ -67,9 +67,9 @@ func TestBalancesCarryTheirOwnPosition(t *testing.T) {
 		}
 	}
 
-	// GetAccount sends no position with the balance.
+	// GetAccount labels the write side's state with the position of its last event.
 	out = mustRun(t, getenv, "account", "get", "alice")
-	if posted, pos := balanceRow(t, out, "", "alice"); posted != "3.00" || pos != "-" {
-		t.Errorf("account get: alice %s at %q, want 3.00 at \"-\" (no position given):\n%s", posted, pos, out)
+	if posted, pos := balanceRow(t, out, "", "alice"); posted != "3.00" || pos != now.Position {
+		t.Errorf("account get: alice %s at %q, want 3.00 at %q (the position that made it):\n%s", posted, pos, now.Position, out)
 	}
 }
