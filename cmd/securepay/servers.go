@@ -234,7 +234,7 @@ type serveConfig struct {
 	// back to PostgreSQL.
 	RedisTimeout time.Duration
 	LogLevel     slog.Level
-	tlsCertPair  *tls.Certificate
+	tlsCerts     *certReloader // the pair of --tls-cert/--tls-key, reloaded when the files change
 }
 
 // Validate names every problem at once, with the flag and variable that fix it, and
@@ -258,11 +258,12 @@ func (c *serveConfig) Validate() error {
 	case c.TLSCert == "" || c.TLSKey == "":
 		errs = append(errs, errors.New("TLS is required: set --tls-cert and --tls-key (SECUREPAY_TLS_CERT, SECUREPAY_TLS_KEY) to PEM files; for a local cleartext server use `securepay dev`"))
 	default:
-		pair, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+		// The logger is the server's, set when it starts; until then reloads are silent.
+		certs, err := newCertReloader(c.TLSCert, c.TLSKey, slog.New(slog.DiscardHandler))
 		if err != nil {
-			errs = append(errs, fmt.Errorf("the TLS certificate %s and key %s do not load as a pair: %v", c.TLSCert, c.TLSKey, err))
+			errs = append(errs, err)
 		} else {
-			c.tlsCertPair = &pair
+			c.tlsCerts = certs
 		}
 	}
 	if c.IdemTTL <= 0 {
@@ -406,13 +407,14 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 		return fmt.Errorf("serve: start the ledger: %w", err)
 	}
 	defer proc.Close()
+	cfg.tlsCerts.log = log // before the first handshake: no reload can run yet
 	srv, err := services.NewServer(services.Config{
 		Commands:        proc,
 		Reader:          redisViews.CachedReader(pgViews.Reader()),
 		Store:           store,
 		Idempotency:     services.NewRedisIdempotencyStore(rdb, ""),
 		IdempotencyTTL:  cfg.IdemTTL,
-		TLS:             &tls.Config{Certificates: []tls.Certificate{*cfg.tlsCertPair}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
+		TLS:             &tls.Config{GetCertificate: cfg.tlsCerts.GetCertificate, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
 		CORSOrigins:     cfg.CORSOrigins,
 		MaxRequestBytes: cfg.MaxReqBytes,
 		RequestTimeout:  cfg.ReqTimeout,
