@@ -217,10 +217,17 @@ func (q quietPebble) Fatalf(format string, args ...any) {
 type serveConfig struct {
 	Listen      string
 	PostgresDSN string
-	EventSchema string
-	ViewSchema  string
-	RedisAddr   string
-	RedisDB     int
+	// PostgresDSNFile names a file holding the DSN instead (secretSetting).
+	PostgresDSNFile string
+	EventSchema     string
+	ViewSchema      string
+	// RedisAddr is host:port or a redis:// or rediss:// URL (redisOptions).
+	RedisAddr string
+	// RedisAddrFile names a file holding RedisAddr instead, for a URL with a password.
+	RedisAddrFile string
+	RedisDB       int
+	// RedisCAFile verifies a rediss:// server against these roots, not the system's.
+	RedisCAFile string
 	TLSCert     string
 	TLSKey      string
 	CORSOrigins []string
@@ -234,22 +241,42 @@ type serveConfig struct {
 	// back to PostgreSQL.
 	RedisTimeout time.Duration
 	LogLevel     slog.Level
-	tlsCerts     *certReloader // the pair of --tls-cert/--tls-key, reloaded when the files change
+	tlsCerts     *certReloader  // the pair of --tls-cert/--tls-key, reloaded when the files change
+	redisOpts    *redis.Options // from RedisAddr, RedisDB and RedisCAFile
 }
 
 // Validate names every problem at once, with the flag and variable that fix it, and
 // loads the TLS files (so a wrong path fails at start, not at the first handshake).
 func (c *serveConfig) Validate() error {
 	var errs []error
-	if c.PostgresDSN == "" {
-		errs = append(errs, errors.New("the PostgreSQL DSN is missing: set --postgres-dsn or SECUREPAY_POSTGRES_DSN (e.g. postgres://securepay@db:5432/securepay)"))
-	} else if _, err := pgxpool.ParseConfig(c.PostgresDSN); err != nil {
-		errs = append(errs, fmt.Errorf("the PostgreSQL DSN does not parse: %v", redactDSNError(err)))
+	dsn, err := secretSetting{what: "the PostgreSQL DSN", value: c.PostgresDSN, file: c.PostgresDSNFile,
+		flag: "postgres-dsn", variable: "SECUREPAY_POSTGRES_DSN", fileFlag: "postgres-dsn-file", fileVar: "SECUREPAY_POSTGRES_DSN_FILE"}.resolve()
+	switch {
+	case err != nil:
+		errs = append(errs, err)
+	case dsn == "":
+		errs = append(errs, errors.New("the PostgreSQL DSN is missing: set --postgres-dsn-file or SECUREPAY_POSTGRES_DSN_FILE to a file holding it (or --postgres-dsn or SECUREPAY_POSTGRES_DSN, which ps shows as a flag; e.g. postgres://securepay@db:5432/securepay?sslmode=verify-full)"))
+	default:
+		if _, err := pgxpool.ParseConfig(dsn); err != nil {
+			errs = append(errs, fmt.Errorf("the PostgreSQL DSN does not parse: %v", redactDSNError(err)))
+		}
+		c.PostgresDSN, c.PostgresDSNFile = dsn, ""
 	}
-	if c.RedisAddr == "" {
-		errs = append(errs, errors.New("the Redis address is missing: set --redis-addr or SECUREPAY_REDIS_ADDR (host:port)"))
-	} else if _, _, err := net.SplitHostPort(c.RedisAddr); err != nil {
-		errs = append(errs, fmt.Errorf("the Redis address %q is not host:port: %v", c.RedisAddr, err))
+	addr, err := secretSetting{what: "the Redis address", value: c.RedisAddr, file: c.RedisAddrFile,
+		flag: "redis-addr", variable: "SECUREPAY_REDIS_ADDR", fileFlag: "redis-addr-file", fileVar: "SECUREPAY_REDIS_ADDR_FILE"}.resolve()
+	switch {
+	case err != nil:
+		errs = append(errs, err)
+	case addr == "":
+		errs = append(errs, errors.New("the Redis address is missing: set --redis-addr or SECUREPAY_REDIS_ADDR (host:port, or redis[s]://[user:password@]host:port[/db]), or --redis-addr-file or SECUREPAY_REDIS_ADDR_FILE to a file holding it"))
+	default:
+		if opts, err := redisOptions(addr, c.RedisDB, c.RedisCAFile); err != nil {
+			errs = append(errs, err)
+		} else {
+			c.redisOpts = opts
+		}
+		// The resolved address may hold a password: kept only in the options from here.
+		c.RedisAddr, c.RedisAddrFile = "", ""
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		errs = append(errs, fmt.Errorf("the listen address %q is not host:port: %v", c.Listen, err))
@@ -312,21 +339,26 @@ type serveCmd struct {
 func serveCommand(e env) *Command {
 	c := &serveCmd{}
 	cmd := &Command{
-		UsageLine: "securepay serve --postgres-dsn DSN --redis-addr HOST:PORT --tls-cert FILE --tls-key FILE [flags]",
+		UsageLine: "securepay serve --postgres-dsn-file FILE --redis-addr HOST:PORT|URL --tls-cert FILE --tls-key FILE [flags]",
 		Short:     "run the production server (PostgreSQL, Redis, TLS)",
 		Long: "Run the production server: the event store and views on PostgreSQL (run migrate\n" +
 			"first), idempotency keys and the balance cache on Redis, TLS on one port. Every\n" +
-			"setting is checked at start and every problem listed at once.",
+			"setting is checked at start and every problem listed at once.\n\n" +
+			"Give secrets (the DSN, a Redis URL with a password) as files readable only by the\n" +
+			"server's user, or in the environment: a flag's value is visible to every user in ps.",
 		Run: c.run,
 	}
 	fs := &cmd.Flag
 	ef := envFlags{fs, e}
 	ef.String(&c.cfg.Listen, "listen", "SECUREPAY_LISTEN", ":8443", "`address` to listen on")
-	ef.String(&c.cfg.PostgresDSN, "postgres-dsn", "SECUREPAY_POSTGRES_DSN", "", "PostgreSQL `DSN` of the event store and views")
+	ef.String(&c.cfg.PostgresDSN, "postgres-dsn", "SECUREPAY_POSTGRES_DSN", "", "PostgreSQL `DSN` of the event store and views (visible in ps: prefer --postgres-dsn-file)")
+	ef.String(&c.cfg.PostgresDSNFile, "postgres-dsn-file", "SECUREPAY_POSTGRES_DSN_FILE", "", "`file` holding the PostgreSQL DSN, readable only by its owner")
 	ef.String(&c.cfg.EventSchema, "event-schema", "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema, "`schema` of the event store")
 	ef.String(&c.cfg.ViewSchema, "view-schema", "SECUREPAY_VIEW_SCHEMA", pg.DefaultSchema, "`schema` of the views")
-	ef.String(&c.cfg.RedisAddr, "redis-addr", "SECUREPAY_REDIS_ADDR", "", "Redis `host:port` for idempotency keys and the balance cache")
-	fs.IntVar(&c.cfg.RedisDB, "redis-db", 0, "Redis logical database `number`")
+	ef.String(&c.cfg.RedisAddr, "redis-addr", "SECUREPAY_REDIS_ADDR", "", "Redis for idempotency keys and the balance cache: `host:port`, or redis://[user:password@]host:port[/db] (rediss:// for TLS); a URL with a password belongs in --redis-addr-file")
+	ef.String(&c.cfg.RedisAddrFile, "redis-addr-file", "SECUREPAY_REDIS_ADDR_FILE", "", "`file` holding the Redis address or URL, readable only by its owner")
+	fs.IntVar(&c.cfg.RedisDB, "redis-db", 0, "Redis logical database `number` (a URL may name it instead)")
+	ef.String(&c.cfg.RedisCAFile, "redis-ca-file", "SECUREPAY_REDIS_CA_FILE", "", "PEM `file` of the CA that signed a rediss:// server's certificate (default: the system's roots)")
 	ef.String(&c.cfg.TLSCert, "tls-cert", "SECUREPAY_TLS_CERT", "", "PEM certificate chain `file`")
 	ef.String(&c.cfg.TLSKey, "tls-key", "SECUREPAY_TLS_KEY", "", "PEM private key `file`")
 	ef.String(&c.cors, "cors-origins", "SECUREPAY_CORS_ORIGINS", "", "comma-separated browser `origins` allowed to call")
@@ -379,13 +411,15 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 	if err != nil {
 		return fmt.Errorf("serve: open the views: %w (run `securepay migrate` first?)", err)
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr, DB: cfg.RedisDB})
+	rdb := redis.NewClient(cfg.redisOpts)
 	defer rdb.Close()
 	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	err = rdb.Ping(pingCtx).Err()
 	cancel()
 	if err != nil {
-		return fmt.Errorf("serve: Redis at %s does not answer: %w", cfg.RedisAddr, err)
+		// Addr is host:port: the password of a URL is not part of it. A wrong password
+		// comes back as WRONGPASS, which does not quote it either.
+		return fmt.Errorf("serve: Redis at %s does not answer: %w", cfg.redisOpts.Addr, err)
 	}
 	redisViews, err := redisviews.New(redisviews.Config{Client: rdb, Logger: log, ReadTimeout: cfg.RedisTimeout})
 	if err != nil {
@@ -435,7 +469,8 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 	if err != nil {
 		return fmt.Errorf("serve: listen on %s: %w", cfg.Listen, err)
 	}
-	log.Info("securepay serving", "addr", ln.Addr().String(), "event_schema", cfg.EventSchema, "view_schema", cfg.ViewSchema, "redis", cfg.RedisAddr)
+	log.Info("securepay serving", "addr", ln.Addr().String(), "event_schema", cfg.EventSchema, "view_schema", cfg.ViewSchema,
+		"redis", cfg.redisOpts.Addr, "redis_db", cfg.redisOpts.DB, "redis_tls", cfg.redisOpts.TLSConfig != nil)
 
 	viewsCtx, stopViews := context.WithCancel(context.Background())
 	defer stopViews()
@@ -457,18 +492,19 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 
 // migrateCmd is `securepay migrate`'s flags.
 type migrateCmd struct {
-	dsn, eventSchema, viewSchema, appRole string
+	dsn, dsnFile, eventSchema, viewSchema, appRole string
 }
 
 func migrateCommand(e env) *Command {
 	c := &migrateCmd{}
 	cmd := &Command{
-		UsageLine: "securepay migrate --postgres-dsn DSN [flags]",
+		UsageLine: "securepay migrate --postgres-dsn-file FILE [flags]",
 		Short:     "create or upgrade the PostgreSQL schemas of the event store and the views",
 		Run:       c.run,
 	}
 	ef := envFlags{&cmd.Flag, e}
-	ef.String(&c.dsn, "postgres-dsn", "SECUREPAY_POSTGRES_DSN", "", "PostgreSQL `DSN` (a role that may CREATE in the database)")
+	ef.String(&c.dsn, "postgres-dsn", "SECUREPAY_POSTGRES_DSN", "", "PostgreSQL `DSN` (a role that may CREATE in the database; visible in ps: prefer --postgres-dsn-file)")
+	ef.String(&c.dsnFile, "postgres-dsn-file", "SECUREPAY_POSTGRES_DSN_FILE", "", "`file` holding the PostgreSQL DSN, readable only by its owner")
 	ef.String(&c.eventSchema, "event-schema", "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema, "`schema` of the event store")
 	ef.String(&c.viewSchema, "view-schema", "SECUREPAY_VIEW_SCHEMA", pg.DefaultSchema, "`schema` of the views")
 	ef.String(&c.appRole, "app-role", "SECUREPAY_APP_ROLE", postgres.DefaultAppRole, "`role` the event store writes as")
@@ -476,10 +512,15 @@ func migrateCommand(e env) *Command {
 }
 
 func (c *migrateCmd) run(ctx context.Context, e env, _ []string) error {
-	if c.dsn == "" {
-		return usagef("migrate: the PostgreSQL DSN is missing: set --postgres-dsn or SECUREPAY_POSTGRES_DSN")
+	dsn, err := secretSetting{what: "the PostgreSQL DSN", value: c.dsn, file: c.dsnFile,
+		flag: "postgres-dsn", variable: "SECUREPAY_POSTGRES_DSN", fileFlag: "postgres-dsn-file", fileVar: "SECUREPAY_POSTGRES_DSN_FILE"}.resolve()
+	if err != nil {
+		return usagef("migrate: %v", err)
 	}
-	pool, err := pgxpool.New(ctx, c.dsn)
+	if dsn == "" {
+		return usagef("migrate: the PostgreSQL DSN is missing: set --postgres-dsn-file or SECUREPAY_POSTGRES_DSN_FILE (or --postgres-dsn or SECUREPAY_POSTGRES_DSN)")
+	}
+	pool, err := pgxpool.New(ctx, dsn)
 	if err != nil {
 		return fmt.Errorf("migrate: connect: %v", redactDSNError(err))
 	}
