@@ -166,6 +166,9 @@ func TestServeSecretFiles(t *testing.T) {
 		t.Fatalf("want the DSN and the Redis URL read from their files, got DSN ok=%v, Redis password ok=%v db %d",
 			c.PostgresDSN == dsn, c.redisOpts.Password == testRedisPassword, c.redisOpts.DB)
 	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("a second Validate of a config whose secrets came from files: %v", err)
+	}
 
 	// migrate reads the same file and refuses the same way.
 	err := run(context.Background(), []string{"migrate", "--postgres-dsn-file", openDSN}, io.Discard, io.Discard, noEnv)

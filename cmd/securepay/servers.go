@@ -260,7 +260,7 @@ func (c *serveConfig) Validate() error {
 		if _, err := pgxpool.ParseConfig(dsn); err != nil {
 			errs = append(errs, fmt.Errorf("the PostgreSQL DSN does not parse: %v", redactDSNError(err)))
 		}
-		c.PostgresDSN, c.PostgresDSNFile = dsn, ""
+		c.PostgresDSN, c.PostgresDSNFile = dsn, "" // serve opens PostgresDSN
 	}
 	addr, err := secretSetting{what: "the Redis address", value: c.RedisAddr, file: c.RedisAddrFile,
 		flag: "redis-addr", variable: "SECUREPAY_REDIS_ADDR", fileFlag: "redis-addr-file", fileVar: "SECUREPAY_REDIS_ADDR_FILE"}.resolve()
@@ -275,8 +275,8 @@ func (c *serveConfig) Validate() error {
 		} else {
 			c.redisOpts = opts
 		}
-		// The resolved address may hold a password: kept only in the options from here.
-		c.RedisAddr, c.RedisAddrFile = "", ""
+		// As for the DSN: the file is read once, and a second Validate sees one value.
+		c.RedisAddr, c.RedisAddrFile = addr, ""
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		errs = append(errs, fmt.Errorf("the listen address %q is not host:port: %v", c.Listen, err))
