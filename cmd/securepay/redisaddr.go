@@ -19,6 +19,7 @@ import (
 //	redis://[user:password@]host:port[/db]   AUTH over plain TCP
 //	rediss://[user:password@]host:port[/db]  AUTH over TLS, the server's certificate verified
 //
+// and the URL parameters ParseURL knows (dial_timeout, pool_size...), except skip_verify.
 // db is --redis-db; a URL that names its own database must agree with it, since the
 // idempotency keys of one database are not seen from another. caFile (--redis-ca-file)
 // holds the roots a rediss:// server's certificate is verified against, for a Redis whose
@@ -28,7 +29,8 @@ import (
 func redisOptions(addr string, db int, caFile string) (*redis.Options, error) {
 	if !strings.Contains(addr, "://") {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
-			return nil, fmt.Errorf("the Redis address %q is not host:port nor a redis:// or rediss:// URL: %v", addr, err)
+			// Quoted redacted: a URL written without its scheme still holds a password.
+			return nil, fmt.Errorf("the Redis address %q is not host:port nor a redis:// or rediss:// URL: %v", redactRedisAddr(addr), redactRedisAddr(err.Error()))
 		}
 		if caFile != "" {
 			return nil, errors.New("--redis-ca-file needs TLS: give --redis-addr as a rediss:// URL")
@@ -48,6 +50,11 @@ func redisOptions(addr string, db int, caFile string) (*redis.Options, error) {
 			return nil, fmt.Errorf("the Redis URL %s does not parse: %v", shown, err2)
 		}
 		return nil, fmt.Errorf("the Redis URL %s does not parse in its user or password part: percent-encode characters such as @ : / %% in them", shown)
+	}
+	if opts.TLSConfig != nil && opts.TLSConfig.InsecureSkipVerify {
+		// Unverified TLS lets whoever sits on the path pose as Redis and collect the
+		// password and every idempotency key: a private CA is what --redis-ca-file is for.
+		return nil, fmt.Errorf("the Redis URL %s turns certificate verification off (skip_verify): give the CA that signed Redis's certificate with --redis-ca-file instead", shown)
 	}
 	if u, err := url.Parse(addr); err == nil && !urlNamesDB(u) {
 		opts.DB = db
@@ -82,17 +89,16 @@ func urlNamesDB(u *url.URL) bool {
 
 // redactRedisAddr is the address as it may be shown: a URL's user information (user and
 // password) replaced by ***. It works on the text, not on a parsed URL, so that a URL too
-// malformed to parse is redacted too; everything up to the last @ is hidden, which hides
-// too much only when a query parameter holds an @.
+// malformed to parse, or written without its scheme, is redacted too; everything up to
+// the last @ is hidden, which hides too much only when a query parameter holds an @.
 func redactRedisAddr(addr string) string {
-	i := strings.Index(addr, "://")
-	if i < 0 {
-		return addr
+	start := 0
+	if i := strings.Index(addr, "://"); i >= 0 {
+		start = i + 3
 	}
-	rest := addr[i+3:]
-	j := strings.LastIndex(rest, "@")
+	j := strings.LastIndex(addr[start:], "@")
 	if j < 0 {
 		return addr
 	}
-	return addr[:i+3] + "***" + rest[j:]
+	return addr[:start] + "***" + addr[start+j:]
 }

@@ -65,12 +65,15 @@ func TestRedisOptions(t *testing.T) {
 		want       string
 	}{
 		{"neither host:port nor URL", "localhost", 0, "", `"localhost" is not host:port nor a redis:// or rediss:// URL`},
+		{"password without a scheme", ":" + pw + "@h:6379", 0, "", `"***@h:6379" is not host:port`},
 		{"other scheme", "http://:" + pw + "@h:6379", 0, "", "the scheme must be redis:// or rediss://"},
 		{"unix socket", "unix:///run/redis.sock", 0, "", "the scheme must be redis:// or rediss://"},
 		{"bad database", "redis://:" + pw + "@h:6379/two", 0, "", `invalid database number: "two"`},
 		{"bad port", "redis://:" + pw + "@h:port", 0, "", "redis://***@h:port does not parse"},
 		{"bad escape in the password", "redis://:" + pw + "%zz@h:6379", 0, "", "does not parse in its user or password part"},
 		{"raw / in the password", "redis://:" + pw + "/x@h:6379", 0, "", "redis://***@h:6379"},
+		{"TLS without verification", "rediss://:" + pw + "@h:6380?skip_verify=true", 0, "", "turns certificate verification off (skip_verify)"},
+		{"unknown parameter", "redis://:" + pw + "@h:6379?timeout=1s", 0, "", "unexpected option: timeout"},
 		{"URL and --redis-db disagree", "redis://:" + pw + "@h:6379/2", 5, "", "names database 2 but --redis-db says 5"},
 		{"CA file without TLS", "redis://:" + pw + "@h:6379", 0, caFile, "--redis-ca-file needs TLS"},
 		{"CA file without TLS, host:port", "h:6379", 0, caFile, "--redis-ca-file needs TLS"},
