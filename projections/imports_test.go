@@ -37,7 +37,7 @@ var importRules = []importRule{
 		why: "the PostgreSQL views link pgx and no other backend",
 	},
 	{
-		pkg: "projections/redis", own: []string{"domain", "eventstore", "projections"},
+		pkg: "projections/redis", own: []string{"domain", "eventstore", "projections", "internal/bounded"},
 		modules: []string{"github.com/redis/go-redis/v9", "github.com/cespare/xxhash/v2", "go.uber.org/atomic",
 			"golang.org/x/sys"}, // go-redis and what go-redis needs
 		why: "the Redis views link go-redis and no other backend",

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	boundedcall "github.com/securepay/securepay/internal/bounded"
 )
 
 // RedisIdempotencyStore keeps idempotency records in Redis, shared by every instance of
@@ -149,21 +151,7 @@ func (s *RedisIdempotencyStore) Release(ctx context.Context, key, owner string) 
 }
 
 // bounded runs call under the store's timeout and returns when it ends or the bound
-// passes, whichever comes first: go-redis honours the context for a command on an
-// established connection but not while it dials and greets a new one, where its own
-// timeouts (seconds) apply. An abandoned call finishes in the background within those.
-// call's results may be read only when bounded returned call's own error.
+// passes (see internal/bounded: go-redis does not honour the context while it dials).
 func (s *RedisIdempotencyStore) bounded(ctx context.Context, call func(context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	done := make(chan error, 1)
-	go func() {
-		defer cancel()
-		done <- call(ctx)
-	}()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return boundedcall.Run(ctx, s.timeout, call)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore"
+	"github.com/securepay/securepay/internal/bounded"
 	"github.com/securepay/securepay/projections"
 )
 
@@ -173,18 +174,7 @@ func (r *cachedReader) Balance(ctx context.Context, id domain.AccountID, asOf pr
 // they stay few. call's results may be read only when withinTimeout returned its error,
 // not the bound's.
 func (v *Views) withinTimeout(ctx context.Context, call func(context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, v.cfg.ReadTimeout)
-	done := make(chan error, 1)
-	go func() {
-		defer cancel()
-		done <- call(ctx)
-	}()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return bounded.Run(ctx, v.cfg.ReadTimeout, call)
 }
 
 // isScriptRefusal reports an error Redis itself answered (a script error), which says
