@@ -507,10 +507,22 @@ func TestServeOutages(t *testing.T) {
 	// A watch stream follows the log; it must end UNAVAILABLE (reconnect), not INTERNAL.
 	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
 	defer wcancel()
-	watch, err := balances.WatchAccount(wctx, connect.NewRequest(&ledgerv1.WatchAccountRequest{AccountId: "alice"}))
-	if err != nil {
-		t.Fatalf("watch alice: %v", err)
-	}
+	// The watch starts from the views, which apply alice's opening a moment after the
+	// write answers: until they have, it ends NOT_FOUND (seen once under -race), so the
+	// test waits for a watch that has sent its first balance.
+	var watch *connect.ServerStreamForClient[ledgerv1.WatchAccountResponse]
+	eventually("a watch of alice that sends her balance", func() bool {
+		w, err := balances.WatchAccount(wctx, connect.NewRequest(&ledgerv1.WatchAccountRequest{AccountId: "alice"}))
+		if err != nil {
+			return false
+		}
+		if !w.Receive() {
+			_ = w.Close()
+			return false
+		}
+		watch = w
+		return true
+	})
 	watchEnd := make(chan error, 1)
 	go func() {
 		for watch.Receive() {
