@@ -38,6 +38,7 @@ const (
 	ReasonUnavailable          Reason = "UNAVAILABLE"
 	ReasonInternal             Reason = "INTERNAL"
 	ReasonTooManyStreams       Reason = "TOO_MANY_STREAMS"
+	ReasonRequestTooLarge      Reason = "REQUEST_TOO_LARGE"
 	ReasonIdempotencyKey       Reason = "IDEMPOTENCY_KEY_INVALID"
 	ReasonIdempotencyMismatch  Reason = "IDEMPOTENCY_KEY_REUSED"
 	ReasonIdempotencyInFlight  Reason = "IDEMPOTENCY_REQUEST_IN_PROGRESS"
@@ -76,6 +77,7 @@ var codes = map[Reason]connect.Code{
 	ReasonUnavailable:          connect.CodeUnavailable,
 	ReasonInternal:             connect.CodeInternal,
 	ReasonTooManyStreams:       connect.CodeResourceExhausted,
+	ReasonRequestTooLarge:      connect.CodeResourceExhausted,
 	ReasonIdempotencyKey:       connect.CodeInvalidArgument,
 	ReasonIdempotencyMismatch:  connect.CodeAlreadyExists,
 	ReasonIdempotencyInFlight:  connect.CodeAborted,

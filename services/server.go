@@ -1,10 +1,12 @@
 package services
 
 import (
+	"compress/gzip"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -212,7 +214,10 @@ func NewServer(cfg Config) (*Server, error) {
 	// final Connect codes that errorInterceptor produced.
 	opts := []connect.HandlerOption{
 		connect.WithCodec(deterministicCodec{}),
+		// requestLimits and boundedGzip refuse oversized messages first, with a message
+		// that says the limit; connect-go's own check stays as the backstop.
 		connect.WithReadMaxBytes(cfg.MaxRequestBytes),
+		connect.WithCompression("gzip", newBoundedGzip(cfg.MaxRequestBytes), func() connect.Compressor { return gzip.NewWriter(io.Discard) }),
 		// Our answers are a few hundred bytes: gzip would cost more CPU than it saves.
 		connect.WithCompressMinBytes(compressMinBytes),
 		connect.WithInterceptors(
@@ -238,9 +243,7 @@ func NewServer(cfg Config) (*Server, error) {
 
 	var h http.Handler = mux
 	h = streamDeadlines(h, streamingPaths())
-	// The envelope and headers of one message stay well under this; bodies beyond it are
-	// cut off before they are read into memory.
-	h = http.MaxBytesHandler(h, int64(cfg.MaxRequestBytes)+64<<10)
+	h = requestLimits(h, cfg.MaxRequestBytes, connect.NewErrorWriter(opts...))
 	if len(cfg.CORSOrigins) > 0 {
 		h = cors.New(cors.Options{
 			AllowedOrigins: cfg.CORSOrigins,
@@ -367,7 +370,7 @@ type metaFunc func(ctx context.Context, req connect.AnyRequest, correlationID st
 func newMetaFunc(caller CallerFunc) metaFunc {
 	return func(ctx context.Context, req connect.AnyRequest, correlationID string) (eventstore.Metadata, error) {
 		h := req.Header()
-		m := eventstore.Metadata{CorrelationID: correlationID, Actor: bounded(caller(ctx, h))}
+		m := eventstore.Metadata{CorrelationID: correlationID, Actor: recordableActor(caller(ctx, h))}
 		if tp := h.Get("traceparent"); tp != "" {
 			if !validTraceParent(tp) {
 				return m, fmt.Errorf("%w: the traceparent header is not a W3C trace context (version-traceid-parentid-flags in lower-case hex, e.g. 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01)", domain.ErrInvalidInput)
@@ -410,9 +413,9 @@ func validTraceParent(tp string) bool {
 	return hex(tp[0:2]) && hex(tp[3:35]) && hex(tp[36:52]) && hex(tp[53:55]) && utf8.ValidString(tp)
 }
 
-// bounded cuts s to what metadata may hold, at a rune boundary so the cut never makes
+// recordableActor cuts s to what metadata may hold, at a rune boundary so the cut never makes
 // valid UTF-8 invalid, and replaces invalid bytes so a caller's name is always recordable.
-func bounded(s string) string {
+func recordableActor(s string) string {
 	s = strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", ""), "\uFFFD")
 	if len(s) <= eventstore.MaxMetadataBytes {
 		return s
