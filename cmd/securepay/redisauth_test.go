@@ -268,7 +268,14 @@ func TestServeWithRedisAuthAndTLS(t *testing.T) {
 			server := "https://" + rec["addr"].(string)
 			c := func(args ...string) string {
 				t.Helper()
-				return mustCLI(t, server, append(args, "--ca-file", certFile)...)
+				out, err := cli(t, server, append(args, "--ca-file", certFile)...)
+				if err != nil {
+					// serve's log says what the client could not: which dependency failed.
+					logs.mu.Lock()
+					defer logs.mu.Unlock()
+					t.Fatalf("securepay %s: %v\nserve's log:\n%s", strings.Join(args, " "), err, strings.Join(logs.raw, "\n"))
+				}
+				return out
 			}
 			c("account", "open", "world", "--kind", "external")
 			c("account", "open", "alice")
