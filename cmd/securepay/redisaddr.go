@@ -40,7 +40,7 @@ func redisOptions(addr string, db int, caFile string) (*redis.Options, error) {
 	shown := redactRedisAddr(addr)
 	scheme, _, _ := strings.Cut(addr, "://")
 	if scheme != "redis" && scheme != "rediss" {
-		return nil, fmt.Errorf("the Redis URL %s: the scheme must be redis:// or rediss:// (TLS), not %s://", shown, scheme)
+		return nil, fmt.Errorf("the Redis URL %s: the scheme must be redis:// or rediss:// (TLS)", shown)
 	}
 	opts, err := redis.ParseURL(addr)
 	if err != nil {
@@ -92,13 +92,15 @@ func urlNamesDB(u *url.URL) bool {
 // malformed to parse, or written without its scheme, is redacted too; everything up to
 // the last @ is hidden, which hides too much only when a query parameter holds an @.
 func redactRedisAddr(addr string) string {
-	start := 0
-	if i := strings.Index(addr, "://"); i >= 0 {
-		start = i + 3
-	}
-	j := strings.LastIndex(addr[start:], "@")
+	j := strings.LastIndex(addr, "@")
 	if j < 0 {
 		return addr
 	}
-	return addr[:start] + "***" + addr[start+j:]
+	// The scheme is kept when it is one (letters, digits, + - .): text before :// that
+	// is not could be the password of a URL mistyped around it.
+	if scheme, _, ok := strings.Cut(addr, "://"); ok && len(scheme) < j && scheme != "" &&
+		strings.Trim(strings.ToLower(scheme), "abcdefghijklmnopqrstuvwxyz0123456789+-.") == "" {
+		return scheme + "://***" + addr[j:]
+	}
+	return "***" + addr[j:]
 }

@@ -66,6 +66,7 @@ func TestRedisOptions(t *testing.T) {
 	}{
 		{"neither host:port nor URL", "localhost", 0, "", `"localhost" is not host:port nor a redis:// or rediss:// URL`},
 		{"password without a scheme", ":" + pw + "@h:6379", 0, "", `"***@h:6379" is not host:port`},
+		{"password before a stray ://", "u:" + pw + "@h:6379?x=a://b", 0, "", "***@h:6379?x=a://b"},
 		{"other scheme", "http://:" + pw + "@h:6379", 0, "", "the scheme must be redis:// or rediss://"},
 		{"unix socket", "unix:///run/redis.sock", 0, "", "the scheme must be redis:// or rediss://"},
 		{"bad database", "redis://:" + pw + "@h:6379/two", 0, "", `invalid database number: "two"`},
