@@ -195,3 +195,29 @@ func TestServeHelpShowsNoSecret(t *testing.T) {
 		t.Fatalf("serve -h shows a password:\n%s%s", out, errOut)
 	}
 }
+
+// FuzzRedisErrorsHideThePassword: whatever surrounds it, a password before the address's
+// last @ appears in no error of redisOptions.
+func FuzzRedisErrorsHideThePassword(f *testing.F) {
+	for _, seed := range [][3]string{
+		{"redis://", "h:6379/2", ""},
+		{"rediss://u", "h:port", ""},
+		{"http://", "h:1", "x"},
+		{"", "h:6379", ""},
+		{"redis://", "h:6379/two?db=x", "%zz"},
+		{"redis:/", "[::1", "/"},
+	} {
+		f.Add(seed[0], seed[1], seed[2])
+	}
+	const pw = "Pw9qXz7Lk"
+	f.Fuzz(func(t *testing.T, before, after, inPW string) {
+		if strings.Contains(after, "@") || strings.Contains(before+after+inPW, pw) {
+			t.Skip("the password is not the only secret-looking part")
+		}
+		addr := before + ":" + pw + inPW + "@" + after
+		_, err := redisOptions(addr, 0, "")
+		if err != nil && strings.Contains(err.Error(), pw) {
+			t.Fatalf("redisOptions(%q): the error shows the password: %v", addr, err)
+		}
+	})
+}
