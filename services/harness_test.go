@@ -76,8 +76,9 @@ type nodeOptions struct {
 	readWait    time.Duration
 	maxStreams  int
 	corsOrigins []string
-	// writeTimeout, readTimeout override the server's whole-request timeouts.
-	writeTimeout, readTimeout time.Duration
+	// writeTimeout, readTimeout override the server's whole-request timeouts,
+	// readHeaderTimeout its header deadline.
+	writeTimeout, readTimeout, readHeaderTimeout time.Duration
 }
 
 func startNode(t testing.TB, o nodeOptions) *node {
@@ -113,16 +114,17 @@ func startNode(t testing.TB, o nodeOptions) *node {
 	exec := &countingCommands{Processor: proc, started: make(chan struct{}, 1)}
 	exec.delay.Store(int64(o.delay))
 	srv, err := services.NewServer(services.Config{
-		Commands:     exec,
-		Reader:       views.Reader(),
-		Store:        store,
-		Idempotency:  o.idem,
-		AllowH2C:     true,
-		ReadWait:     o.readWait,
-		MaxStreams:   o.maxStreams,
-		CORSOrigins:  o.corsOrigins,
-		WriteTimeout: o.writeTimeout,
-		ReadTimeout:  o.readTimeout,
+		Commands:          exec,
+		Reader:            views.Reader(),
+		Store:             store,
+		Idempotency:       o.idem,
+		AllowH2C:          true,
+		ReadWait:          o.readWait,
+		MaxStreams:        o.maxStreams,
+		CORSOrigins:       o.corsOrigins,
+		WriteTimeout:      o.writeTimeout,
+		ReadTimeout:       o.readTimeout,
+		ReadHeaderTimeout: o.readHeaderTimeout,
 	})
 	if err != nil {
 		t.Fatalf("new server: %v", err)

@@ -55,11 +55,11 @@ type Config struct {
 	RequestTimeout    time.Duration // unary handler deadline; default 30s
 	ReadWait          time.Duration // read-your-writes wait bound; default 5s
 	ReadHeaderTimeout time.Duration // default 5s
-	ReadTimeout       time.Duration // whole request read (not streams); default 30s
-	WriteTimeout      time.Duration // whole response write (not streams); default 60s
+	ReadTimeout       time.Duration // whole request read (streams: until the request arrived); default 30s
+	WriteTimeout      time.Duration // whole response write (streams: until the request arrived); default 60s
 	IdleTimeout       time.Duration // keep-alive; default 120s
 	ShutdownTimeout   time.Duration // in-flight requests get this long to finish; default 30s
-	MaxStreams        int           // concurrent server streams (watch, log); default 256
+	MaxStreams        int           // concurrent server streams (watch, log), counted from their headers; default 256
 
 	// Dependencies are checked by health (grpc.health.v1 and /readyz) besides the store
 	// and the views, which are always checked: for example Redis, which reads degrade
@@ -242,8 +242,9 @@ func NewServer(cfg Config) (*Server, error) {
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
 
 	var h http.Handler = mux
-	h = streamDeadlines(h, streamingPaths())
-	h = requestLimits(h, cfg.MaxRequestBytes, connect.NewErrorWriter(opts...))
+	errs := connect.NewErrorWriter(opts...)
+	h = admitStreams(h, streamingPaths(), s.streams, errs)
+	h = requestLimits(h, cfg.MaxRequestBytes, errs)
 	if len(cfg.CORSOrigins) > 0 {
 		h = cors.New(cors.Options{
 			AllowedOrigins: cfg.CORSOrigins,
@@ -324,18 +325,65 @@ func streamingPaths() map[string]bool {
 	return out
 }
 
-// streamDeadlines lifts the server's read and write timeouts for long-lived streams
-// (watch, log following), which would otherwise be cut after WriteTimeout; their lifetime
-// is bounded by the client, MaxStreams and shutdown instead.
-func streamDeadlines(next http.Handler, paths map[string]bool) http.Handler {
+// admitStreams counts a server stream against MaxStreams from its first byte and keeps the
+// server's read and write deadlines on it until its request message has arrived; only
+// then are they lifted, so a long-lived stream (watch, log following) is not cut after
+// WriteTimeout. Its lifetime is then bounded by the client, MaxStreams and shutdown.
+//
+// Lifting the deadlines before the request was read let a slow HTTP/1.1 body hold a watch
+// open past 75 s, and counting only in the handler let 250 half-sent HTTP/2 streams per
+// connection wait outside the bound. The slot taken here is given back when the message
+// has arrived, just before the handler takes its own (services/balances.go, audit.go), so
+// waiting and serving streams together never exceed MaxStreams.
+func admitStreams(next http.Handler, paths map[string]bool, streams *streamLimiter, errs *connect.ErrorWriter) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if paths[r.URL.Path] {
-			rc := http.NewResponseController(w)
-			_ = rc.SetWriteDeadline(time.Time{}) // not supported by every writer; then the server's timeout stays
-			_ = rc.SetReadDeadline(time.Time{})
+		if !paths[r.URL.Path] {
+			next.ServeHTTP(w, r)
+			return
+		}
+		release, err := streams.acquire()
+		if err != nil {
+			var cerr *connect.Error
+			if errors.As(err, &cerr) && errs.IsSupported(r) {
+				_ = errs.Write(w, r, cerr)
+				return
+			}
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		var once sync.Once
+		arrived := func() {
+			once.Do(func() {
+				release()
+				rc := http.NewResponseController(w)
+				_ = rc.SetWriteDeadline(time.Time{}) // not supported by every writer; then the server's timeout stays
+				_ = rc.SetReadDeadline(time.Time{})
+			})
+		}
+		// A request that failed before its message arrived gives its slot back here.
+		defer once.Do(release)
+		if r.Body == nil || r.Body == http.NoBody {
+			arrived()
+		} else {
+			r.Body = &untilEOF{ReadCloser: r.Body, eof: arrived}
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// untilEOF calls eof when the body ends. connect-go reads a server stream's body to its end
+// (one message, then EOF) before it calls the handler, so EOF is "the request arrived".
+type untilEOF struct {
+	io.ReadCloser
+	eof func()
+}
+
+func (b *untilEOF) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if errors.Is(err, io.EOF) {
+		b.eof()
+	}
+	return n, err
 }
 
 // timeoutInterceptor bounds every unary handler, whatever deadline the client sent.
