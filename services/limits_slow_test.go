@@ -183,3 +183,37 @@ func reasonFrom(f *http2.MetaHeadersFrame) string {
 	}
 	return ""
 }
+
+// TestSlowHeadersOnHTTP2AreCut: a HEADERS frame that trickles in a byte at a time ends
+// the HTTP/2 connection about as soon as ReadHeaderTimeout ends an HTTP/1.1 one; before,
+// it lasted until IdleTimeout (121 s).
+func TestSlowHeadersOnHTTP2AreCut(t *testing.T) {
+	n := startNode(t, nodeOptions{readHeaderTimeout: slowTimeout})
+	c := dialH2C(t, n.addr)
+	var frame bytes.Buffer
+	if err := http2.NewFramer(&frame, nil).WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: c.headerBlock(ledgerv1connect.BalanceServiceWatchAccountProcedure), EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	raw := frame.Bytes()
+	start := time.Now()
+	closed := make(chan error, 1)
+	go func() { closed <- closedWithin(c.Conn, cutOff) }()
+	for i := 0; i < len(raw)-1; i++ { // never the last byte
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Fatalf("slow HEADERS, ReadHeaderTimeout %v: %v", slowTimeout, err)
+			}
+			t.Logf("connection cut after %v, %d of %d bytes of HEADERS sent (ReadHeaderTimeout %v)", time.Since(start).Round(time.Millisecond), i, len(raw), slowTimeout)
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		if _, err := c.Write(raw[i : i+1]); err != nil {
+			t.Logf("connection cut after %v, %d of %d bytes of HEADERS sent (ReadHeaderTimeout %v): %v", time.Since(start).Round(time.Millisecond), i, len(raw), slowTimeout, err)
+			return
+		}
+	}
+	if err := <-closed; err != nil {
+		t.Fatalf("slow HEADERS, ReadHeaderTimeout %v: %v", slowTimeout, err)
+	}
+}

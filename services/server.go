@@ -54,7 +54,7 @@ type Config struct {
 	MaxRequestBytes   int           // one request message; default 1 MiB
 	RequestTimeout    time.Duration // unary handler deadline; default 30s
 	ReadWait          time.Duration // read-your-writes wait bound; default 5s
-	ReadHeaderTimeout time.Duration // default 5s
+	ReadHeaderTimeout time.Duration // HTTP/1.1 headers; HTTP/2 frames (see Serve); default 5s
 	ReadTimeout       time.Duration // whole request read (streams: until the request arrived); default 30s
 	WriteTimeout      time.Duration // whole response write (streams: until the request arrived); default 60s
 	IdleTimeout       time.Duration // keep-alive; default 120s
@@ -280,7 +280,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ReadTimeout:       s.cfg.ReadTimeout,
 		WriteTimeout:      s.cfg.WriteTimeout,
 		IdleTimeout:       s.cfg.IdleTimeout,
-		ErrorLog:          slog.NewLogLogger(s.cfg.Logger.Handler(), slog.LevelWarn),
+		// ReadHeaderTimeout covers HTTP/1.1 only: an HTTP/2 HEADERS frame sent a byte a
+		// second held a connection until IdleTimeout (121 s). HTTP/2 has no header
+		// deadline, but a connection on which no whole frame arrives for this long is
+		// pinged, and closed when the answer does not come as soon: a frame stuck half
+		// sent blocks the answer behind it. Healthy idle clients answer pings.
+		HTTP2: &http.HTTP2Config{
+			SendPingTimeout: s.cfg.ReadHeaderTimeout,
+			PingTimeout:     s.cfg.ReadHeaderTimeout,
+		},
+		ErrorLog: slog.NewLogLogger(s.cfg.Logger.Handler(), slog.LevelWarn),
 		// Requests must not be canceled by the caller's ctx ending: shutdown is graceful.
 		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
