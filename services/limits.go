@@ -48,9 +48,13 @@ func requestLimits(next http.Handler, maxMessageBytes int, errs *connect.ErrorWr
 
 // refuse answers err in the request's RPC protocol, or as plain HTTP 413 to anything else.
 func refuse(w http.ResponseWriter, r *http.Request, errs *connect.ErrorWriter, err *connect.Error) {
-	// The unread body is not worth draining: the client is told to stop, and HTTP/1.1
-	// closes the connection rather than read it.
-	w.Header().Set("Connection", "close")
+	// The unread body is not worth draining: an HTTP/1.1 client is told to stop and the
+	// connection is closed rather than read. Not on HTTP/2, where Go's server takes
+	// "Connection: close" as a GOAWAY for every other stream on the connection; the one
+	// stream is reset instead.
+	if r.ProtoMajor == 1 {
+		w.Header().Set("Connection", "close")
+	}
 	if errs.IsSupported(r) {
 		_ = errs.Write(w, r, err)
 		return

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"syscall"
 	"testing"
@@ -52,6 +53,32 @@ func TestOversizedRequestSaysTheLimit(t *testing.T) {
 		res.Body.Close()
 		if res.StatusCode != http.StatusTooManyRequests || !strings.Contains(string(got), "more than 1 MiB; "+limitMessage) {
 			t.Fatalf("want Connect's resource_exhausted (HTTP 429) naming the limit, got %d %q", res.StatusCode, got)
+		}
+	})
+	t.Run("h2c connection survives", func(t *testing.T) {
+		// A refusal ends the one stream, not the HTTP/2 connection others share.
+		hc := h2cClient()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, n.url+ledgerv1connect.PaymentServiceTransferProcedure, bytes.NewReader(make([]byte, 2_000_000)))
+		req.Header.Set("Content-Type", "application/proto")
+		res, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("post 2,000,000 bytes over h2c: %v", err)
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusTooManyRequests {
+			t.Fatalf("want HTTP 429, got %d", res.StatusCode)
+		}
+		var reused bool
+		trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused }}
+		next, _ := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), http.MethodGet, n.url+"/healthz", nil)
+		res, err = hc.Do(next)
+		if err != nil {
+			t.Fatalf("next request on the connection: %v", err)
+		}
+		res.Body.Close()
+		if !reused {
+			t.Fatalf("the HTTP/2 connection was closed after one oversized request; want it kept for the others")
 		}
 	})
 	if got := n.exec.executed.Load(); got != 0 {
