@@ -1,6 +1,7 @@
 package services
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -15,19 +16,39 @@ import (
 // Conversions shared by every service: money, balances, accounts, payments. Each
 // service's own requests are converted in its convert_*.go file.
 
+// fieldError is a refusal of one request field's value: the message names the field for
+// people, and the error mapping puts its path in the ErrorInfo metadata for programs,
+// as protovalidate's refusals already do.
+type fieldError struct {
+	field string // the field's path as the client wrote it: "amount.value", "legs[2].amount.asset"
+	err   error
+}
+
+func (e *fieldError) Error() string { return e.field + ": " + e.err.Error() }
+func (e *fieldError) Unwrap() error { return e.err }
+
+// fieldOf returns the request field a refusal is about, or "".
+func fieldOf(err error) string {
+	var fe *fieldError
+	if errors.As(err, &fe) {
+		return fe.field
+	}
+	return ""
+}
+
 // moneyFromProto parses an exact decimal amount in a named asset. what names the field in
 // the error ("amount", "legs[2].amount").
 func moneyFromProto(m *ledgerv1.Money, what string) (domain.Money, error) {
 	if m == nil {
-		return domain.Money{}, fmt.Errorf("%w: %s is required", domain.ErrInvalidAmount, what)
+		return domain.Money{}, &fieldError{what, fmt.Errorf("%w: %s is required", domain.ErrInvalidAmount, what)}
 	}
 	asset, err := domain.ParseAsset(m.GetAsset())
 	if err != nil {
-		return domain.Money{}, fmt.Errorf("%s: %w", what, err)
+		return domain.Money{}, &fieldError{what + ".asset", err}
 	}
 	money, err := domain.ParseAmount(m.GetValue(), asset)
 	if err != nil {
-		return domain.Money{}, fmt.Errorf("%s: %w", what, err)
+		return domain.Money{}, &fieldError{what + ".value", err}
 	}
 	return money, nil
 }
@@ -66,13 +87,17 @@ func metadataToProto(m domain.Metadata) map[string]string {
 func accountIDFromProto(s, what string) (domain.AccountID, error) {
 	id, err := domain.NewAccountID(s)
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", what, err)
+		return "", &fieldError{what, err}
 	}
 	return id, nil
 }
 
 func paymentIDFromProto(s string) (domain.PaymentID, error) {
-	return domain.NewPaymentID(s)
+	id, err := domain.NewPaymentID(s)
+	if err != nil {
+		return "", &fieldError{"payment_id", err}
+	}
+	return id, nil
 }
 
 func kindToProto(k domain.AccountKind) ledgerv1.AccountKind {

@@ -103,6 +103,17 @@ func newError(code connect.Code, reason Reason, message string) *connect.Error {
 	return cerr
 }
 
+// newFieldError is newError for a refusal of one request field: the ErrorInfo metadata
+// names the field's path, as protovalidate's refusals do, so a program can point at it.
+func newFieldError(code connect.Code, reason Reason, message, field string) *connect.Error {
+	cerr := connect.NewError(code, errors.New(message))
+	info := &errdetails.ErrorInfo{Reason: string(reason), Domain: ErrorDomain, Metadata: map[string]string{"field": field}}
+	if detail, err := connect.NewErrorDetail(info); err == nil {
+		cerr.AddDetail(detail)
+	}
+	return cerr
+}
+
 func addReason(cerr *connect.Error, reason Reason) {
 	detail, err := connect.NewErrorDetail(&errdetails.ErrorInfo{Reason: string(reason), Domain: ErrorDomain})
 	if err != nil {
@@ -151,6 +162,9 @@ func mapError(ctx context.Context, log *slog.Logger, procedure string, err error
 	}
 	if reason := Reason(domain.ReasonOf(err)); reason != "" {
 		if code, ok := table[reason]; ok {
+			if field := fieldOf(err); field != "" {
+				return newFieldError(code, reason, err.Error(), field)
+			}
 			return newError(code, reason, err.Error())
 		}
 		// A refusal without a code is our bug, which TestEveryDomainReasonHasACode exists
