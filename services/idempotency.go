@@ -273,6 +273,16 @@ func (i *idempotencyInterceptor) WrapUnary(next connect.UnaryFunc) connect.Unary
 		existing, claimed, err := i.cfg.Store.Claim(ctx, skey, owner, fp, i.cfg.InFlightTTL)
 		if err != nil {
 			i.cfg.Logger.ErrorContext(ctx, "idempotency store: claim", "procedure", spec.Procedure, "error", err)
+			// The claim may have been stored although its answer was lost (a timeout after
+			// Redis wrote it): then every retry would be told "in progress" until the claim
+			// lapses. Nothing ran under this owner, so its claim, if any, is released.
+			go func() {
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				defer cancel()
+				if err := i.cfg.Store.Release(rctx, skey, owner); err != nil {
+					i.cfg.Logger.WarnContext(rctx, "idempotency store: release after a failed claim", "procedure", spec.Procedure, "error", err)
+				}
+			}()
 			return nil, newError(connect.CodeUnavailable, ReasonIdempotencyStoreDown, "the idempotency store is unavailable; retry later")
 		}
 		if !claimed {
