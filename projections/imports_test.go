@@ -31,7 +31,7 @@ var importRules = []importRule{
 		why: "the views of `securepay dev` keep maps, nothing else",
 	},
 	{
-		pkg: "projections/pg", own: []string{"domain", "eventstore", "projections"},
+		pkg: "projections/pg", own: []string{"domain", "eventstore", "projections", "internal/pgerr"},
 		modules: []string{"github.com/jackc/pgx/v5", "github.com/jackc/pgpassfile", "github.com/jackc/pgservicefile",
 			"github.com/jackc/puddle/v2", "golang.org/x/sync", "golang.org/x/text"}, // pgx and what pgx needs
 		why: "the PostgreSQL views link pgx and no other backend",

@@ -4,60 +4,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/securepay/securepay/eventstore"
+	"github.com/securepay/securepay/internal/pgerr"
 )
 
-// unavailable wraps err with eventstore.ErrUnavailable when it says the database could not
-// be reached (refused or broken connection, a server shutting down), so that callers above
-// the store test one sentinel instead of pgx's types. Other errors, and errors that are
-// already classified, pass as they are. A context that ended is the caller's doing, not
-// the store's, and is never reported as an outage.
-func unavailable(err error) error {
-	if err == nil || errors.Is(err, eventstore.ErrUnavailable) || !connectionLost(err) {
-		return err
-	}
-	return fmt.Errorf("%w: %w", eventstore.ErrUnavailable, err)
-}
+// unavailable and connectionLost are the one classification of pgx errors, shared with the
+// PostgreSQL views (internal/pgerr).
+func unavailable(err error) error { return pgerr.Unavailable(err) }
 
-// connectionLost reports whether err is a connection-level failure. PostgreSQL's own
-// errors count only in class 08 (connection exception) and 57P01..57P03 (admin or crash
-// shutdown, cannot connect now); a constraint or syntax error is a bug or a refusal, and a
-// retry would fail the same way.
-func connectionLost(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return false
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch code := pgErr.Code; {
-		case strings.HasPrefix(code, "08"), code == "57P01", code == "57P02", code == "57P03":
-			return true
-		default:
-			return false
-		}
-	}
-	var connectErr *pgconn.ConnectError
-	var netErr net.Error
-	switch {
-	case errors.As(err, &connectErr), errors.As(err, &netErr),
-		errors.Is(err, pgconn.ErrConnClosed), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
-		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
-		return true
-	}
-	// pgx says a statement is safe to retry when it never reached the server, which, once
-	// the context is ruled out above, means the connection was not usable. Its pool's
-	// "closed pool" is our own Close and stays an ordinary error.
-	return pgconn.SafeToRetry(err) || strings.Contains(err.Error(), "conn closed")
-}
+func connectionLost(err error) bool { return pgerr.ConnectionLost(err) }
 
 // Ping checks that the database answers, within ctx. Its error wraps
 // eventstore.ErrUnavailable when the database cannot be reached, and says where it tried

@@ -2,17 +2,9 @@ package pg
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"io"
-	"net"
-	"strings"
-	"syscall"
-
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/securepay/securepay/domain"
-	"github.com/securepay/securepay/eventstore"
+	"github.com/securepay/securepay/internal/pgerr"
 	"github.com/securepay/securepay/projections"
 )
 
@@ -41,32 +33,5 @@ func (rr reachableReader) Position(ctx context.Context) (uint64, error) {
 	return pos, unavailable(err)
 }
 
-// unavailable and connectionLost are the event store's own classification
-// (eventstore/postgres/unavailable.go), repeated because the import rules keep each
-// backend package apart; change both together.
-func unavailable(err error) error {
-	if err == nil || errors.Is(err, eventstore.ErrUnavailable) || !connectionLost(err) {
-		return err
-	}
-	return fmt.Errorf("%w: %w", eventstore.ErrUnavailable, err)
-}
-
-func connectionLost(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return false
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		code := pgErr.Code
-		return strings.HasPrefix(code, "08") || code == "57P01" || code == "57P02" || code == "57P03"
-	}
-	var connectErr *pgconn.ConnectError
-	var netErr net.Error
-	switch {
-	case errors.As(err, &connectErr), errors.As(err, &netErr),
-		errors.Is(err, pgconn.ErrConnClosed), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
-		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
-		return true
-	}
-	return pgconn.SafeToRetry(err) || strings.Contains(err.Error(), "conn closed")
-}
+// unavailable is the one classification of pgx errors, shared with the event store.
+func unavailable(err error) error { return pgerr.Unavailable(err) }
