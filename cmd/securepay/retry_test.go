@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -514,7 +515,16 @@ func TestRetriesByItself(t *testing.T) {
 					t.Errorf("the printed command: want it to apply the write, got:\n%s", out)
 				}
 			}
-			if got := balanceOf(t, direct, account).Posted; got != "2.50" {
+			// The write went through the proxy, whose address the CLI remembers its last
+			// write under; read at that write's position, not the direct server's.
+			var b struct {
+				Balance balanceJSON `json:"balance"`
+			}
+			js := mustRun(t, direct, "balance", account, "--json", "--min-position", strconv.FormatUint(committedPosition(t, out), 10))
+			if err := json.Unmarshal([]byte(js), &b); err != nil {
+				t.Fatalf("balance %s --json: %v:\n%s", account, err, js)
+			}
+			if got := b.Balance.Posted; got != "2.50" {
 				t.Errorf("%s posted %s, want 2.50: one payment", account, got)
 			}
 		})
