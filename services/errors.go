@@ -106,8 +106,13 @@ func newError(code connect.Code, reason Reason, message string) *connect.Error {
 // newFieldError is newError for a refusal of one request field: the ErrorInfo metadata
 // names the field's path, as protovalidate's refusals do, so a program can point at it.
 func newFieldError(code connect.Code, reason Reason, message, field string) *connect.Error {
+	return newErrorWithMetadata(code, reason, message, map[string]string{"field": field})
+}
+
+// newErrorWithMetadata is newError whose ErrorInfo also carries metadata for programs.
+func newErrorWithMetadata(code connect.Code, reason Reason, message string, metadata map[string]string) *connect.Error {
 	cerr := connect.NewError(code, errors.New(message))
-	info := &errdetails.ErrorInfo{Reason: string(reason), Domain: ErrorDomain, Metadata: map[string]string{"field": field}}
+	info := &errdetails.ErrorInfo{Reason: string(reason), Domain: ErrorDomain, Metadata: metadata}
 	if detail, err := connect.NewErrorDetail(info); err == nil {
 		cerr.AddDetail(detail)
 	}

@@ -8,7 +8,6 @@ import (
 
 	"buf.build/go/protovalidate"
 	"connectrpc.com/connect"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 )
 
 // maxViolationsTold bounds the sentences of one refusal: a request with hundreds of bad
@@ -73,19 +72,11 @@ func validationError(verr *protovalidate.ValidationError, details []*connect.Err
 		told[path] = true
 		sentences = append(sentences, explainViolation(v))
 	}
-	cerr := connect.NewError(connect.CodeInvalidArgument, errors.New(strings.Join(sentences, "; ")))
 	first := verr.Violations[0].Proto
-	info := &errdetails.ErrorInfo{
-		Reason: string(ReasonInvalidInput),
-		Domain: ErrorDomain,
-		Metadata: map[string]string{
-			"field": protovalidate.FieldPathString(first.GetField()),
-			"rule":  first.GetRuleId(),
-		},
-	}
-	if detail, err := connect.NewErrorDetail(info); err == nil {
-		cerr.AddDetail(detail)
-	}
+	cerr := newErrorWithMetadata(connect.CodeInvalidArgument, ReasonInvalidInput, strings.Join(sentences, "; "), map[string]string{
+		"field": protovalidate.FieldPathString(first.GetField()),
+		"rule":  first.GetRuleId(),
+	})
 	for _, d := range details {
 		if d.Type() != "google.rpc.ErrorInfo" {
 			cerr.AddDetail(d)

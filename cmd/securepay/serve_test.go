@@ -41,13 +41,20 @@ import (
 // testCert writes a self-signed certificate for 127.0.0.1 and its key, as PEM files.
 func testCert(t *testing.T) (certFile, keyFile string) {
 	t.Helper()
+	return writeSelfSigned(t, t.TempDir(), "securepay test")
+}
+
+// writeSelfSigned writes into dir (as cert.pem and key.pem, the key private) a fresh
+// self-signed certificate for 127.0.0.1 named commonName.
+func writeSelfSigned(t *testing.T, dir, commonName string) (certFile, keyFile string) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "securepay test"},
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
+		Subject:               pkix.Name{CommonName: commonName},
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(time.Hour),
 		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
@@ -64,7 +71,6 @@ func testCert(t *testing.T) (certFile, keyFile string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
 	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
