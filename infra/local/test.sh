@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): on a fresh machine it installs and starts what the
-# tests need — a throw-away PostgreSQL and Redis on loopback, in a temporary directory —
+# tests need — a throw-away PostgreSQL, Redis and Kafka broker on loopback, in a temporary directory —
 # runs the checks and `go test -race ./...`, and stops everything afterwards.
 #
 #   bash infra/local/test.sh            # everything
@@ -23,6 +23,7 @@ work=$(mktemp -d /tmp/securepay-test.XXXXXX)
 chmod 755 "$work"
 cleanup() {
 	local rc=$?
+	bash infra/local/kafka.sh stop "$work/kafka" || true
 	bash infra/local/redis.sh stop "$work/redis" || true
 	bash infra/local/postgres.sh stop "$work/pg" || true
 	rm -rf "$work"
@@ -36,6 +37,9 @@ export SECUREPAY_TEST_POSTGRES_DSN
 log "Redis"
 SECUREPAY_TEST_REDIS_ADDR=$(bash infra/local/redis.sh start "$work/redis" "$(free_port)")
 export SECUREPAY_TEST_REDIS_ADDR
+log "Kafka"
+SECUREPAY_TEST_KAFKA_ADDR=$(bash infra/local/kafka.sh start "$work/kafka")
+export SECUREPAY_TEST_KAFKA_ADDR
 
 if [[ -x api/check-generated.sh ]]; then
 	log "generated code is fresh"
