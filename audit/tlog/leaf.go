@@ -1,0 +1,39 @@
+// Package tlog makes the event log verifiable by anyone who holds a small signed
+// checkpoint: a Merkle tree over the log's event hashes (RFC 6962 hashing, computed with
+// github.com/transparency-dev/merkle), checkpoints of its size and root signed with
+// Ed25519 in the C2SP tlog-checkpoint format (golang.org/x/mod/sumdb/note), inclusion
+// proofs that make a payment's receipt, and consistency proofs between two checkpoints.
+//
+// The parts, each with one job:
+//   - Tree keeps the tree's node hashes in files, one per level, so a proof reads
+//     O(log n) hashes and the process holds only the tree's right edge in memory.
+//   - Follower tails the global log from the tree's size, like a projector, checking the
+//     hash chain as it goes; it is never on the append path.
+//   - Signer signs and publishes checkpoints of the tree to a directory, at an interval
+//     and on demand; it alone holds the private key.
+//   - VerifySince, CheckReceipt and OpenCheckpoint are the auditor's checks: they need
+//     the public key, the files and (for VerifySince) the log, nothing of the server's.
+//
+// Where the nodes live carries no trust: every answer is checked against a signed root,
+// so a corrupted node store yields proofs that fail, never a false "verified".
+// docs/EVENTS.md ("Signed checkpoints") gives the formats for independent verifiers.
+package tlog
+
+import (
+	"github.com/securepay/securepay/eventstore"
+)
+
+// eventHash is an event's chain hash: the leaf data of its position in the tree.
+type eventHash = eventstore.Hash
+
+// LeafHash is the tree's leaf for an event whose chain hash is h: RFC 6962's
+// SHA-256(0x00 || h). The chain hash already covers every stored field of the event and
+// its position (eventstore.ChainHash), so the leaf commits to all of them.
+func LeafHash(h eventstore.Hash) []byte { return hasher.HashLeaf(h[:]) }
+
+// EventLeaf recomputes an event's leaf from its fields, trusting none of its stored
+// hashes except the previous one, which the chain hash covers: an event whose fields
+// were changed gets a different leaf, whatever its stored hash says.
+func EventLeaf(e *eventstore.RecordedEvent) []byte {
+	return LeafHash(eventstore.ChainHash(e.PrevHash, e))
+}
