@@ -199,10 +199,7 @@ func TestServeWithRedisAuthAndTLS(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rs := startAuthRedis(t, password, tc.tls)
-			dsn := freshDatabase(t)
-			if err := run(context.Background(), []string{"migrate", "--postgres-dsn", dsn}, io.Discard, io.Discard, noEnv); err != nil {
-				t.Fatalf("securepay migrate: %v", err)
-			}
+			dsn := migrateForServing(t, freshDatabase(t), io.Discard)
 			certFile, keyFile := testCert(t)
 			secrets := t.TempDir()
 			urlFile := writeSecret(t, secrets, "redis-url", fmt.Sprintf("%s://:%s@%s/5\n", tc.scheme, password, rs.addr), 0o600)

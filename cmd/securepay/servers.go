@@ -406,6 +406,9 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	defer store.Close()
+	if err := store.CheckServingRole(ctx); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
 	waiter := &lateWaiter{}
 	pgViews, err := pg.Open(ctx, pg.Config{Pool: store.Pool(), Schema: cfg.ViewSchema, Waiter: waiter})
 	if err != nil {
@@ -492,7 +495,7 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 
 // migrateCmd is `securepay migrate`'s flags.
 type migrateCmd struct {
-	dsn, dsnFile, eventSchema, viewSchema, appRole string
+	dsn, dsnFile, eventSchema, viewSchema, appRole, serveRole string
 }
 
 func migrateCommand(e env) *Command {
@@ -508,6 +511,7 @@ func migrateCommand(e env) *Command {
 	ef.String(&c.eventSchema, "event-schema", "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema, "`schema` of the event store")
 	ef.String(&c.viewSchema, "view-schema", "SECUREPAY_VIEW_SCHEMA", pg.DefaultSchema, "`schema` of the views")
 	ef.String(&c.appRole, "app-role", "SECUREPAY_APP_ROLE", postgres.DefaultAppRole, "`role` the event store writes as")
+	ef.String(&c.serveRole, "serve-role", "SECUREPAY_SERVE_ROLE", "", "login `role` of `securepay serve` (created beforehand, owning nothing): granted the app role and the views, nothing more")
 	return cmd
 }
 
@@ -537,5 +541,14 @@ func (c *migrateCmd) run(ctx context.Context, e env, _ []string) error {
 		return fmt.Errorf("migrate: views schema %s: %w", c.viewSchema, err)
 	}
 	fmt.Fprintf(e.stdout, "views schema %s: up to date\n", c.viewSchema)
+	if c.serveRole == "" {
+		fmt.Fprintf(e.stdout, "no --serve-role: no login role was granted %s; serve refuses a login role that owns the tables\n", c.appRole)
+		return nil
+	}
+	if err := postgres.GrantServing(ctx, pool, postgres.ServingGrants{Schema: c.eventSchema, AppRole: c.appRole,
+		LoginRole: c.serveRole, ViewSchemas: []string{c.viewSchema}}); err != nil {
+		return fmt.Errorf("migrate: grant serving to %s: %w", c.serveRole, err)
+	}
+	fmt.Fprintf(e.stdout, "serve role %s: member of %s (INSERT and SELECT on the log; SELECT, INSERT, UPDATE on the views)\n", c.serveRole, c.appRole)
 	return nil
 }

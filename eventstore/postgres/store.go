@@ -40,7 +40,8 @@
 // only SELECT and INSERT on events. Running as the role per transaction, rather than
 // requiring a login role, means even a deployment that connects as the schema owner writes
 // with the narrow privileges; in production the login role is a member of the app role and
-// owns nothing.
+// owns nothing (roles.go: GrantServing sets that up, CheckServingRole refuses a login role
+// that could rewrite the log).
 package postgres
 
 import (
