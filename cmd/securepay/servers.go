@@ -511,7 +511,7 @@ func migrateCommand(e env) *Command {
 	ef.String(&c.eventSchema, "event-schema", "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema, "`schema` of the event store")
 	ef.String(&c.viewSchema, "view-schema", "SECUREPAY_VIEW_SCHEMA", pg.DefaultSchema, "`schema` of the views")
 	ef.String(&c.appRole, "app-role", "SECUREPAY_APP_ROLE", postgres.DefaultAppRole, "`role` the event store writes as")
-	ef.String(&c.serveRole, "serve-role", "SECUREPAY_SERVE_ROLE", "", "login `role` of `securepay serve` (created beforehand, owning nothing): granted the app role and the views, nothing more")
+	ef.String(&c.serveRole, "serve-role", "SECUREPAY_SERVE_ROLE", "", "login `role` of securepay serve (created beforehand, owning nothing): granted the app role and the views, nothing more")
 	return cmd
 }
 
