@@ -172,12 +172,19 @@ func debit(a Account, amount int64) (Account, error) {
 		return a, err
 	}
 	if belowFloor(a, posted, a.Held) {
-		floor, _ := a.Floor()
-		return a, fmt.Errorf("%w: account %s has %s available, the payment needs %s", ErrInsufficientFunds, a.ID,
-			FormatMinor(a.Available()-floor, a.Asset), FormatMinor(amount, a.Asset))
+		return a, insufficientFunds(a, amount, "payment")
 	}
 	a.Posted = posted
 	return a, nil
+}
+
+// insufficientFunds refuses a debit of a. The message never states a's balance: the
+// account debited is not always the caller's (a refund debits the payee), and a
+// refusal must not tell one party what another holds. The owner reads it with
+// GetBalance, which authorises the reader.
+func insufficientFunds(a Account, amount int64, what string) error {
+	return fmt.Errorf("%w: account %s does not have %s %s available for the %s; read its balance, then pay less or fund it first",
+		ErrInsufficientFunds, a.ID, FormatMinor(amount, a.Asset), a.Asset.Code, what)
 }
 
 // belowFloor reports whether an available balance of posted minus held would be below a's
@@ -376,9 +383,7 @@ func decideAuthorise(s State, c Authorise, now time.Time) ([]Event, error) {
 		return nil, err
 	}
 	if belowFloor(src, src.Posted, held) {
-		floor, _ := src.Floor()
-		return nil, fmt.Errorf("%w: account %s has %s available, the authorisation needs %s", ErrInsufficientFunds, src.ID,
-			FormatMinor(src.Available()-floor, src.Asset), FormatMinor(c.Amount.Minor, src.Asset))
+		return nil, insufficientFunds(src, c.Amount.Minor, "authorisation")
 	}
 	return []Event{
 		PaymentAuthorised{PaymentID: c.PaymentID, Source: c.Source, Destination: c.Destination, Amount: c.Amount,

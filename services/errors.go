@@ -44,6 +44,13 @@ const (
 	ReasonIdempotencyInFlight  Reason = "IDEMPOTENCY_REQUEST_IN_PROGRESS"
 	ReasonIdempotencyStoreDown Reason = "IDEMPOTENCY_STORE_UNAVAILABLE"
 
+	// The gateway's refusals (services/gateway): no valid token, a role that may not call
+	// the procedure, more calls than the principal's rate allows.
+	ReasonUnauthenticated  Reason = "UNAUTHENTICATED"
+	ReasonPermissionDenied Reason = "PERMISSION_DENIED"
+	ReasonRateLimited      Reason = "RATE_LIMITED"
+	ReasonRateLimiterDown  Reason = "RATE_LIMITER_UNAVAILABLE"
+
 	// ReasonInvalidInput is the domain's own reason, also given to every refusal of the
 	// schema's validation, so that clients have one rule for bad input.
 	ReasonInvalidInput = Reason(domain.ReasonInvalidInput)
@@ -82,6 +89,10 @@ var codes = map[Reason]connect.Code{
 	ReasonIdempotencyMismatch:  connect.CodeAlreadyExists,
 	ReasonIdempotencyInFlight:  connect.CodeAborted,
 	ReasonIdempotencyStoreDown: connect.CodeUnavailable,
+	ReasonUnauthenticated:      connect.CodeUnauthenticated,
+	ReasonPermissionDenied:     connect.CodePermissionDenied,
+	ReasonRateLimited:          connect.CodeResourceExhausted,
+	ReasonRateLimiterDown:      connect.CodeUnavailable,
 }
 
 // Reasons returns every reason this API sends, sorted. The slice is the caller's own.
@@ -101,6 +112,17 @@ func newError(code connect.Code, reason Reason, message string) *connect.Error {
 	cerr := connect.NewError(code, errors.New(message))
 	addReason(cerr, reason)
 	return cerr
+}
+
+// NewError is newError for the packages that answer on the API's behalf (the gateway):
+// it refuses to send a reason under another code than codes gives it, so the set stays
+// closed whoever builds the error.
+func NewError(reason Reason, message string) *connect.Error {
+	code, ok := codes[reason]
+	if !ok {
+		code, reason = connect.CodeInternal, ReasonInternal
+	}
+	return newError(code, reason, message)
 }
 
 // newFieldError is newError for a refusal of one request field: the ErrorInfo metadata

@@ -214,6 +214,21 @@ func storeKey(caller, key string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// CausationOfKey is what an event records as its causation id for a request with an
+// Idempotency-Key: "idem:" and the first 32 hex digits of SHA-256 over "causation",
+// the caller and the key. A client that knows its key can recompute it to find the
+// events of its request; nobody else can learn the key from it, and the same key of two
+// principals gives two ids. It is a different hash from the store key, so a log reader
+// cannot address the stored response either.
+func CausationOfKey(caller, key string) string {
+	h := sha256.New()
+	h.Write([]byte("causation\x00"))
+	h.Write([]byte(caller))
+	h.Write([]byte{0})
+	h.Write([]byte(key))
+	return "idem:" + hex.EncodeToString(h.Sum(nil))[:32]
+}
+
 // requestFingerprint hashes the procedure and the request message in deterministic
 // protobuf form: the same request sent over Connect, gRPC or gRPC-web, as JSON or binary,
 // has one fingerprint.

@@ -21,7 +21,7 @@ func FuzzMetaFunc(f *testing.F) {
 	f.Add("", "caf\xc3", "k\x00")
 	f.Add("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future", string(make([]byte, 300)), "")
 	f.Fuzz(func(t *testing.T, traceparent, caller, key string) {
-		meta := newMetaFunc(func(context.Context, http.Header) string { return caller })
+		meta := newMetaFunc(func(context.Context, http.Header) string { return caller }, nil)
 		req := connect.NewRequest(&struct{}{})
 		if traceparent != "" {
 			req.Header()["Traceparent"] = []string{traceparent}

@@ -41,7 +41,11 @@ type Config struct {
 	// IdempotencyTTL keeps stored responses; default 24h.
 	IdempotencyTTL time.Duration
 	Caller         CallerFunc // default AnonymousCaller
-	Logger         *slog.Logger
+	// CorrelationID returns the correlation id assigned at the edge for this request
+	// (edge.Funcs reads the gateway's header), recorded in its events; "" (and the
+	// default) records the command's own id: the payment id, or the account id.
+	CorrelationID func(ctx context.Context, h http.Header) string
+	Logger        *slog.Logger
 
 	// TLS serves HTTP/2 over TLS. Without it the server speaks cleartext HTTP/2 (h2c) and
 	// HTTP/1.1, which is only allowed with AllowH2C (local development).
@@ -208,7 +212,7 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	deps := append([]Dependency{storeDependency(cfg.Store), viewsDependency(cfg.Store, cfg.Reader, cfg.MaxViewLag)}, cfg.Dependencies...)
 	s.health = newHealthChecker(deps, serviceNames, cfg.HealthCheckTimeout, cfg.HealthCacheTTL, cfg.Logger)
-	meta := newMetaFunc(cfg.Caller)
+	meta := newMetaFunc(cfg.Caller, cfg.CorrelationID)
 	// Interceptors run outermost first: reasons are added to validation refusals last,
 	// validation happens before the idempotency store is touched, and idempotency sees the
 	// final Connect codes that errorInterceptor produced.
@@ -424,20 +428,29 @@ func (t timeoutInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFu
 // refused instead of the batch it would have joined.
 type metaFunc func(ctx context.Context, req connect.AnyRequest, correlationID string) (eventstore.Metadata, error)
 
-func newMetaFunc(caller CallerFunc) metaFunc {
+func newMetaFunc(caller CallerFunc, correlation func(context.Context, http.Header) string) metaFunc {
 	return func(ctx context.Context, req connect.AnyRequest, correlationID string) (eventstore.Metadata, error) {
 		h := req.Header()
-		m := eventstore.Metadata{CorrelationID: correlationID, Actor: recordableActor(caller(ctx, h))}
+		if correlation != nil {
+			if c := correlation(ctx, h); c != "" {
+				correlationID = c
+			}
+		}
+		actor := caller(ctx, h)
+		m := eventstore.Metadata{CorrelationID: correlationID, Actor: recordableActor(actor)}
 		if tp := h.Get("traceparent"); tp != "" {
 			if !validTraceParent(tp) {
 				return m, fmt.Errorf("%w: the traceparent header is not a W3C trace context (version-traceid-parentid-flags in lower-case hex, e.g. 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01)", domain.ErrInvalidInput)
 			}
 			m.TraceParent = tp
 		}
-		// Most writes carry no key: checking first spares building the parse error.
+		// Most writes carry no key: checking first spares building the parse error. The
+		// log is read by auditors and, through the audit API, by every auditor principal:
+		// it records the key's scoped hash, never the key, which may be a secret of the
+		// client's (a retry token) and lets whoever holds it replay the response.
 		if raw := h.Get(IdempotencyKeyHeader); raw != "" {
 			if key, err := parseIdempotencyKey(raw); err == nil {
-				m.CausationID = key
+				m.CausationID = CausationOfKey(actor, key)
 			}
 		}
 		return m, eventstore.ValidateMetadata(m)

@@ -1,0 +1,231 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
+	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
+	"github.com/securepay/securepay/domain"
+	"github.com/securepay/securepay/services"
+	"github.com/securepay/securepay/services/edge"
+)
+
+// forwardedHeaders are the client's request headers a component sees; everything else
+// (Authorization above all: the token stays at the edge) is dropped.
+var forwardedHeaders = []string{services.IdempotencyKeyHeader, "Traceparent", "Tracestate"}
+
+// returnedHeaders are the component's response headers the client sees.
+var returnedHeaders = []string{services.ReplayedHeader}
+
+// target is what a request names that the policy checks.
+type target struct {
+	accounts  []string // accounts the request acts on (sources of payments)
+	paymentID string   // the payment of capture, void, refund, get
+	open      *ledgerv1.OpenAccountRequest
+}
+
+// authorize applies the policy to one call. It returns the payment it looked up, if the
+// check needed one, so GetPayment need not fetch it twice.
+func (g *Gateway) authorize(ctx context.Context, procedure string, t target, minPosition uint64) (*ledgerv1.Payment, error) {
+	c, ok := callOf(ctx)
+	if !ok {
+		return nil, services.NewError(services.ReasonInternal, "internal error")
+	}
+	rule := g.policy[procedure]
+	var checks []Check
+	for _, r := range c.principal.Roles {
+		if ch, ok := rule[r]; ok {
+			if ch == Any {
+				return nil, nil
+			}
+			checks = append(checks, ch)
+		}
+	}
+	if len(checks) == 0 {
+		return nil, services.NewError(services.ReasonPermissionDenied,
+			fmt.Sprintf("the token's roles %v do not allow %s", c.principal.Roles, procedure))
+	}
+	// Only the customer role has object checks today; one principal has one set of
+	// accounts, so the first check decides.
+	switch checks[0] {
+	case OwnsAccounts:
+		for _, a := range t.accounts {
+			if !c.principal.Owns(a) {
+				return nil, accountNotFound(a)
+			}
+		}
+		return nil, nil
+	case OwnsNewAccount:
+		o := t.open
+		switch {
+		case !c.principal.Owns(o.GetAccountId()):
+			return nil, services.NewError(services.ReasonPermissionDenied,
+				fmt.Sprintf("account %s is not among the accounts of this token; an operator opens accounts for others", o.GetAccountId()))
+		case o.GetKind() == ledgerv1.AccountKind_ACCOUNT_KIND_EXTERNAL:
+			return nil, services.NewError(services.ReasonPermissionDenied, "only an operator opens external accounts")
+		case o.GetCreditLimit() != "" && o.GetCreditLimit() != "0":
+			return nil, services.NewError(services.ReasonPermissionDenied, "only an operator grants a credit limit")
+		}
+		return nil, nil
+	case PartyToPayment, PayeeOfPayment:
+		p, err := g.lookupPayment(ctx, t.paymentID, minPosition)
+		if err != nil {
+			return nil, err
+		}
+		for _, leg := range p.GetLegs() {
+			if c.principal.Owns(leg.GetDestinationAccountId()) ||
+				(checks[0] == PartyToPayment && c.principal.Owns(leg.GetSourceAccountId())) {
+				return p, nil
+			}
+		}
+		return nil, paymentNotFound(t.paymentID)
+	}
+	return nil, services.NewError(services.ReasonPermissionDenied, fmt.Sprintf("no rule allows %s", procedure))
+}
+
+// accountNotFound and paymentNotFound are the one answer a customer gets for an account
+// or payment that is not its own, word for word what the ledger says of one that does
+// not exist, so the two cannot be told apart.
+func accountNotFound(id string) error {
+	return services.NewError(services.Reason(domain.ReasonAccountUnknown),
+		fmt.Sprintf("%v: account %s does not exist", domain.ErrAccountUnknown, id))
+}
+
+func paymentNotFound(id string) error {
+	return services.NewError(services.Reason(domain.ReasonPaymentUnknown),
+		fmt.Sprintf("%v: payment %s does not exist", domain.ErrPaymentUnknown, id))
+}
+
+// lookupPayment reads a payment from the queries component for an ownership check. A
+// payment the views do not hold is not found, whatever the reason.
+func (g *Gateway) lookupPayment(ctx context.Context, id string, minPosition uint64) (*ledgerv1.Payment, error) {
+	req := connect.NewRequest(&ledgerv1.GetPaymentRequest{PaymentId: id, MinPosition: max(minPosition, g.lastWrite.Load())})
+	g.stamp(ctx, nil, req.Header())
+	res, err := g.up.paymentReads.GetPayment(ctx, req)
+	if err != nil {
+		if connect.CodeOf(err) == connect.CodeNotFound {
+			return nil, paymentNotFound(id)
+		}
+		return nil, g.upstreamError(ctx, ledgerv1connect.PaymentServiceGetPaymentProcedure, err)
+	}
+	return res.Msg.GetPayment(), nil
+}
+
+// stamp writes what a component receives besides the message: the forwarded client
+// headers and the gateway's identity headers.
+func (g *Gateway) stamp(ctx context.Context, from http.Header, to http.Header) {
+	for _, name := range forwardedHeaders {
+		if from == nil {
+			break
+		}
+		if v := from.Values(name); len(v) > 0 {
+			to[http.CanonicalHeaderKey(name)] = append([]string(nil), v...)
+		}
+	}
+	c, _ := callOf(ctx)
+	edge.Set(to, edge.Identity{Principal: c.principal.Subject, CorrelationID: c.correlation})
+}
+
+// writeResponse is a write's answer, whose position the gateway remembers.
+type writeResponse interface{ GetResult() *ledgerv1.WriteResult }
+
+// forward sends an authorised unary request upstream and relays the answer.
+func forward[Req, Res any](ctx context.Context, g *Gateway, req *connect.Request[Req],
+	call func(context.Context, *connect.Request[Req]) (*connect.Response[Res], error),
+) (*connect.Response[Res], error) {
+	out := connect.NewRequest(req.Msg)
+	g.stamp(ctx, req.Header(), out.Header())
+	res, err := call(ctx, out)
+	if err != nil {
+		return nil, g.upstreamError(ctx, req.Spec().Procedure, err)
+	}
+	if w, ok := any(res.Msg).(writeResponse); ok {
+		pos := w.GetResult().GetPosition()
+		for {
+			cur := g.lastWrite.Load()
+			if pos <= cur || g.lastWrite.CompareAndSwap(cur, pos) {
+				break
+			}
+		}
+	}
+	relayed := connect.NewResponse(res.Msg)
+	copyHeaders(relayed.Header(), res.Header(), returnedHeaders)
+	return relayed, nil
+}
+
+func copyHeaders(to, from http.Header, names []string) {
+	for _, n := range names {
+		if v := from.Values(n); len(v) > 0 {
+			to[http.CanonicalHeaderKey(n)] = append([]string(nil), v...)
+		}
+	}
+}
+
+// upstreamError relays a component's answer: its code, message and details when it is one
+// of the API's own refusals (it carries a reason); anything else (a transport failure
+// whose message names internal addresses, a component refusing the gateway's identity)
+// is logged and reaches the client only as UNAVAILABLE or INTERNAL.
+func (g *Gateway) upstreamError(ctx context.Context, procedure string, err error) error {
+	var cerr *connect.Error
+	if !errors.As(err, &cerr) {
+		g.cfg.Logger.ErrorContext(ctx, "gateway: upstream call failed", "procedure", procedure, "error", err)
+		return services.NewError(services.ReasonInternal, "internal error")
+	}
+	switch cerr.Code() {
+	case connect.CodeCanceled:
+		return connect.NewError(connect.CodeCanceled, errors.New("request canceled"))
+	case connect.CodeDeadlineExceeded:
+		if services.ReasonOf(cerr) == "" {
+			return connect.NewError(connect.CodeDeadlineExceeded, errors.New("request deadline exceeded"))
+		}
+	}
+	if services.ReasonOf(cerr) == "" && cerr.Code() != connect.CodeInvalidArgument {
+		g.cfg.Logger.WarnContext(ctx, "gateway: upstream answered without a reason", "procedure", procedure, "code", cerr.Code(), "error", cerr)
+		if cerr.Code() == connect.CodeUnavailable || cerr.Code() == connect.CodeUnknown {
+			return services.NewError(services.ReasonUnavailable, "the ledger is unreachable; retry with the same ids and Idempotency-Key")
+		}
+		return services.NewError(services.ReasonInternal, "internal error")
+	}
+	out := connect.NewError(cerr.Code(), errors.New(cerr.Message()))
+	for _, d := range cerr.Details() {
+		out.AddDetail(d)
+	}
+	copyHeaders(out.Meta(), cerr.Meta(), append([]string{"Retry-After"}, returnedHeaders...))
+	return out
+}
+
+func addRetryInfo(cerr *connect.Error, wait time.Duration) {
+	if d, err := connect.NewErrorDetail(&errdetails.RetryInfo{RetryDelay: durationpb.New(wait)}); err == nil {
+		cerr.AddDetail(d)
+	}
+}
+
+// relayStream forwards an authorised server stream message by message.
+func relayStream[Req, Res any](ctx context.Context, g *Gateway, req *connect.Request[Req], stream *connect.ServerStream[Res],
+	open func(context.Context, *connect.Request[Req]) (*connect.ServerStreamForClient[Res], error),
+) error {
+	out := connect.NewRequest(req.Msg)
+	g.stamp(ctx, req.Header(), out.Header())
+	up, err := open(ctx, out)
+	if err != nil {
+		return g.upstreamError(ctx, req.Spec().Procedure, err)
+	}
+	defer up.Close()
+	for up.Receive() {
+		if err := stream.Send(up.Msg()); err != nil {
+			return err
+		}
+	}
+	if err := up.Err(); err != nil {
+		return g.upstreamError(ctx, req.Spec().Procedure, err)
+	}
+	return nil
+}

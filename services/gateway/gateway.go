@@ -1,0 +1,347 @@
+// Package gateway is SecurePay's public face: it serves the API's four services
+// (Connect, gRPC and gRPC-web), authenticates every call with an OIDC/JWT access token,
+// authorises it against one declarative policy (Policy: roles, then the accounts the
+// token owns), limits each principal's rate (GCRA, shared in Redis) and its open
+// streams, and forwards what it allows to the component that owns the procedure: writes
+// to payments, reads to queries, the log to audit. It holds no ledger state.
+//
+// What reaches a component: the request message as the client sent it, its
+// Idempotency-Key and trace context, and the principal and correlation id in the headers
+// of package edge, which the components believe only from the gateway's SPIFFE ID.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	connectcors "connectrpc.com/cors"
+	"github.com/rs/cors"
+
+	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
+	"github.com/securepay/securepay/services"
+	"github.com/securepay/securepay/services/edge"
+)
+
+// Config wires a Gateway. The three upstream URLs, Client and Auth's Issuer, Audience and
+// key source are required; everything else has a default.
+type Config struct {
+	// PaymentsURL serves AccountService and PaymentService writes, QueriesURL their reads
+	// and BalanceService, AuditURL AuditService: base URLs such as
+	// "https://payments.internal:8443".
+	PaymentsURL, QueriesURL, AuditURL string
+	// Client calls the components. In production it is the mTLS HTTP/2 client of package
+	// services/mtls (the gateway's SVID); it is shared by all calls so that connections are
+	// reused and a transfer costs no handshake.
+	Client *http.Client
+
+	Auth Auth
+
+	// Limiter bounds each principal's calls (one per RPC, a stream counts once). Use
+	// NewRedisLimiter with several gateways; default: NewMemoryLimiter(DefaultLimit).
+	Limiter Limiter
+	// StreamsPerPrincipal bounds the server streams (watch, log) one principal holds open
+	// on this gateway; default 4.
+	StreamsPerPrincipal int
+	// MaxRequestBytes bounds one request message; default 1 MiB, as the components.
+	MaxRequestBytes int
+	// CORSOrigins lists the browser origins allowed to call; empty refuses other origins.
+	CORSOrigins []string
+	Logger      *slog.Logger
+}
+
+// Auth says which tokens the gateway accepts.
+type Auth struct {
+	// Issuer and Audience must equal the token's iss and one of its aud.
+	Issuer, Audience string
+	// JWKSURL is the issuer's key set (Keycloak:
+	// https://HOST/realms/REALM/protocol/openid-connect/certs), fetched with JWKSClient
+	// (default: a client with a 10 s timeout). StaticJWKS, a JWKS document, replaces it
+	// where the keys are known at start (securepay dev). Exactly one of the two.
+	JWKSURL    string
+	JWKSClient *http.Client
+	StaticJWKS []byte
+	// Algorithms allowed, by JWA name; default RS256 and ES256. none and HS* are refused.
+	Algorithms []string
+	// Leeway tolerated on exp, nbf and iat for clock skew; default 30 s, at most 5 min.
+	Leeway time.Duration
+	// RolesClaim and AccountsClaim name the claims holding the principal's roles and the
+	// account ids it owns (a string or a list of strings); defaults "roles" and
+	// "accounts". See infra/keycloak for mapping them in an identity provider.
+	RolesClaim, AccountsClaim string
+	// MaxTokenBytes refuses longer tokens before parsing them; default 8 KiB.
+	MaxTokenBytes int
+	// JWKSRefresh refetches the key set when older than this; default 15 min.
+	// JWKSMinInterval is the least time between two fetches, however many tokens carry
+	// an unknown kid; default 30 s.
+	JWKSRefresh, JWKSMinInterval time.Duration
+}
+
+// DefaultLimit is each principal's allowance when Config.Limiter is nil.
+var DefaultLimit = Limit{Rate: 200, Burst: 400, Period: time.Second}
+
+// Validate reports the first problem with c.
+func (c Config) Validate() error {
+	switch {
+	case c.PaymentsURL == "" || c.QueriesURL == "" || c.AuditURL == "":
+		return errors.New("gateway config: PaymentsURL, QueriesURL and AuditURL are required")
+	case c.Client == nil:
+		return errors.New("gateway config: Client (the mTLS client to the components) is required")
+	case c.Auth.Issuer == "" || c.Auth.Audience == "":
+		return errors.New("gateway config: Auth.Issuer and Auth.Audience are required")
+	case (c.Auth.JWKSURL == "") == (len(c.Auth.StaticJWKS) == 0):
+		return errors.New("gateway config: exactly one of Auth.JWKSURL and Auth.StaticJWKS is required")
+	case c.Auth.Leeway < 0 || c.Auth.Leeway > 5*time.Minute:
+		return errors.New("gateway config: Auth.Leeway must be between 0 and 5 minutes")
+	case c.StreamsPerPrincipal < 0 || c.MaxRequestBytes < 0 || c.Auth.MaxTokenBytes < 0 ||
+		c.Auth.JWKSRefresh < 0 || c.Auth.JWKSMinInterval < 0:
+		return errors.New("gateway config: sizes and intervals must not be negative")
+	}
+	return nil
+}
+
+// Gateway is the public API's handler. Serve its Handler on the public listener (TLS).
+type Gateway struct {
+	cfg      Config
+	verifier *verifier
+	limiter  Limiter
+	streams  *streamQuota
+	policy   map[string]Rule
+	up       upstreams
+	// lastWrite is the highest log position a write through this gateway committed at.
+	// Ownership look-ups of payments read at least there, so a capture right after its
+	// authorisation finds the payment (read-your-writes within one gateway).
+	lastWrite atomic.Uint64
+	handler   http.Handler
+}
+
+type upstreams struct {
+	accounts     ledgerv1connect.AccountServiceClient // writes: payments component
+	accountReads ledgerv1connect.AccountServiceClient // GetAccount: queries
+	payments     ledgerv1connect.PaymentServiceClient // writes: payments
+	paymentReads ledgerv1connect.PaymentServiceClient // GetPayment: queries
+	balances     ledgerv1connect.BalanceServiceClient // queries
+	audit        ledgerv1connect.AuditServiceClient   // audit
+	maxReadBytes int
+}
+
+// New builds a Gateway. It does not fetch the key set: the first request does, so a
+// gateway starts while its issuer is down and serves as soon as the issuer answers.
+func New(cfg Config) (*Gateway, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	a := &cfg.Auth
+	if len(a.Algorithms) == 0 {
+		a.Algorithms = []string{"RS256", "ES256"}
+	}
+	algs, err := parseAlgorithms(a.Algorithms)
+	if err != nil {
+		return nil, err
+	}
+	if a.Leeway == 0 {
+		a.Leeway = 30 * time.Second
+	}
+	if a.RolesClaim == "" {
+		a.RolesClaim = "roles"
+	}
+	if a.AccountsClaim == "" {
+		a.AccountsClaim = "accounts"
+	}
+	if a.MaxTokenBytes == 0 {
+		a.MaxTokenBytes = 8 << 10
+	}
+	if a.JWKSRefresh == 0 {
+		a.JWKSRefresh = 15 * time.Minute
+	}
+	if a.JWKSMinInterval == 0 {
+		a.JWKSMinInterval = 30 * time.Second
+	}
+	if a.JWKSClient == nil {
+		a.JWKSClient = &http.Client{Timeout: 10 * time.Second}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.StreamsPerPrincipal == 0 {
+		cfg.StreamsPerPrincipal = 4
+	}
+	if cfg.MaxRequestBytes == 0 {
+		cfg.MaxRequestBytes = 1 << 20
+	}
+	if cfg.Limiter == nil {
+		if cfg.Limiter, err = NewMemoryLimiter(DefaultLimit); err != nil {
+			return nil, err
+		}
+	}
+	var keys keySource
+	if len(a.StaticJWKS) > 0 {
+		set, err := keySetFromJSON(a.StaticJWKS)
+		if err != nil {
+			return nil, err
+		}
+		keys = staticKeys{set: set}
+	} else {
+		keys = &jwksCache{
+			url: a.JWKSURL, client: a.JWKSClient, refresh: a.JWKSRefresh, minInterval: a.JWKSMinInterval,
+			fetchTimeout: 10 * time.Second, now: time.Now, log: cfg.Logger,
+		}
+	}
+	g := &Gateway{
+		cfg: cfg,
+		verifier: &verifier{
+			keys: keys, issuer: a.Issuer, audience: a.Audience, algorithms: algs, leeway: a.Leeway,
+			maxBytes: a.MaxTokenBytes, rolesClaim: a.RolesClaim, accountsClaim: a.AccountsClaim, now: time.Now,
+		},
+		limiter: cfg.Limiter,
+		streams: newStreamQuota(cfg.StreamsPerPrincipal),
+		policy:  Policy(),
+	}
+	// Upstream answers are bounded like requests: a component is trusted, but a bug that
+	// streams gigabytes should not take the gateway's memory with it.
+	copts := []connect.ClientOption{connect.WithReadMaxBytes(64 << 20), connect.WithSendMaxBytes(cfg.MaxRequestBytes)}
+	g.up = upstreams{
+		accounts:     ledgerv1connect.NewAccountServiceClient(cfg.Client, cfg.PaymentsURL, copts...),
+		accountReads: ledgerv1connect.NewAccountServiceClient(cfg.Client, cfg.QueriesURL, copts...),
+		payments:     ledgerv1connect.NewPaymentServiceClient(cfg.Client, cfg.PaymentsURL, copts...),
+		paymentReads: ledgerv1connect.NewPaymentServiceClient(cfg.Client, cfg.QueriesURL, copts...),
+		balances:     ledgerv1connect.NewBalanceServiceClient(cfg.Client, cfg.QueriesURL, copts...),
+		audit:        ledgerv1connect.NewAuditServiceClient(cfg.Client, cfg.AuditURL, copts...),
+		maxReadBytes: cfg.MaxRequestBytes,
+	}
+	opts := []connect.HandlerOption{
+		connect.WithReadMaxBytes(cfg.MaxRequestBytes),
+		connect.WithInterceptors(&authInterceptor{g: g}),
+	}
+	mux := http.NewServeMux()
+	mux.Handle(ledgerv1connect.NewAccountServiceHandler(&accountService{g: g}, opts...))
+	mux.Handle(ledgerv1connect.NewPaymentServiceHandler(&paymentService{g: g}, opts...))
+	mux.Handle(ledgerv1connect.NewBalanceServiceHandler(&balanceService{g: g}, opts...))
+	mux.Handle(ledgerv1connect.NewAuditServiceHandler(&auditService{g: g}, opts...))
+	var h http.Handler = mux
+	if len(cfg.CORSOrigins) > 0 {
+		h = cors.New(cors.Options{
+			AllowedOrigins: cfg.CORSOrigins,
+			AllowedMethods: connectcors.AllowedMethods(),
+			AllowedHeaders: append(connectcors.AllowedHeaders(), services.IdempotencyKeyHeader, "Authorization", "X-Correlation-Id", "X-Request-Id"),
+			ExposedHeaders: append(connectcors.ExposedHeaders(), services.ReplayedHeader, "X-Correlation-Id", "Retry-After"),
+			MaxAge:         7200,
+		}).Handler(h)
+	}
+	g.handler = h
+	return g, nil
+}
+
+// Handler serves the public API.
+func (g *Gateway) Handler() http.Handler { return g.handler }
+
+// call is what the gateway knows about a request once authenticated.
+type call struct {
+	principal   Principal
+	correlation string
+}
+
+type callKey struct{}
+
+func callOf(ctx context.Context) (call, bool) {
+	c, ok := ctx.Value(callKey{}).(call)
+	return c, ok
+}
+
+// ResponseCorrelationHeader returns the correlation id to the client, so that a support
+// request can quote it.
+const ResponseCorrelationHeader = "X-Correlation-Id"
+
+// authInterceptor authenticates, rate-limits and (for streams) applies the stream quota,
+// before any handler runs. Refusals here have no side effect: nothing was forwarded.
+type authInterceptor struct{ g *Gateway }
+
+func (i *authInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		c, err := i.g.admit(ctx, req.Header())
+		if err != nil {
+			return nil, err
+		}
+		res, err := next(context.WithValue(ctx, callKey{}, c), req)
+		if err != nil {
+			var cerr *connect.Error
+			if errors.As(err, &cerr) {
+				cerr.Meta().Set(ResponseCorrelationHeader, c.correlation)
+			}
+			return nil, err
+		}
+		res.Header().Set(ResponseCorrelationHeader, c.correlation)
+		return res, nil
+	}
+}
+
+func (i *authInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (i *authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		c, err := i.g.admit(ctx, conn.RequestHeader())
+		if err != nil {
+			return err
+		}
+		release, ok := i.g.streams.acquire(c.principal.Subject)
+		if !ok {
+			return i.g.rateLimited(fmt.Sprintf("this principal already holds %d open streams on this gateway; close one first", i.g.cfg.StreamsPerPrincipal), 0)
+		}
+		defer release()
+		conn.ResponseHeader().Set(ResponseCorrelationHeader, c.correlation)
+		return next(context.WithValue(ctx, callKey{}, c), conn)
+	}
+}
+
+// admit authenticates the bearer token and spends one call of the principal's allowance.
+func (g *Gateway) admit(ctx context.Context, h http.Header) (call, error) {
+	raw := h.Get("Authorization")
+	if raw == "" {
+		return call{}, services.NewError(services.ReasonUnauthenticated, "this API needs an access token: send it as \"Authorization: Bearer TOKEN\"")
+	}
+	tok, ok := bearer(raw)
+	if !ok {
+		return call{}, services.NewError(services.ReasonUnauthenticated, "the Authorization header must be \"Bearer TOKEN\"")
+	}
+	p, err := g.verifier.verify(ctx, tok)
+	if err != nil {
+		var te *tokenError
+		msg := "the access token was refused"
+		if errors.As(err, &te) {
+			msg = "the access token was refused: " + te.public
+		}
+		g.cfg.Logger.InfoContext(ctx, "gateway: token refused", "error", err)
+		return call{}, services.NewError(services.ReasonUnauthenticated, msg)
+	}
+	allowed, wait, err := g.limiter.Allow(ctx, p.Subject)
+	if err != nil {
+		g.cfg.Logger.WarnContext(ctx, "gateway: rate limiter unavailable", "error", err)
+		// Failing closed: a limiter that cannot answer must not turn into no limit.
+		return call{}, services.NewError(services.ReasonRateLimiterDown, "the rate limiter is unavailable; retry shortly with the same ids and Idempotency-Key")
+	}
+	if !allowed {
+		return call{}, g.rateLimited("this principal has made more calls than its rate allows; retry after the Retry-After seconds", wait)
+	}
+	return call{principal: p, correlation: edge.CorrelationFromClient(h)}, nil
+}
+
+// rateLimited is RESOURCE_EXHAUSTED with when to retry: the Retry-After header (whole
+// seconds, at least 1) and a google.rpc.RetryInfo detail (exact).
+func (g *Gateway) rateLimited(msg string, wait time.Duration) *connect.Error {
+	cerr := services.NewError(services.ReasonRateLimited, msg)
+	if wait <= 0 {
+		wait = time.Second
+	}
+	secs := int64((wait + time.Second - 1) / time.Second)
+	cerr.Meta().Set("Retry-After", strconv.FormatInt(secs, 10))
+	addRetryInfo(cerr, wait)
+	return cerr
+}
