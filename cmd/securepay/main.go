@@ -98,6 +98,7 @@ func commandTable(e env) *Command {
 			watchCommand(e),
 			projectionsCommand(e),
 			auditCommand(e),
+			loadtestCommand(e),
 			versionCommand(),
 		},
 	}

@@ -1,9 +1,10 @@
-// Command loadtest drives the ledger's command processing in-process with many concurrent
+// Command inprocess (the in-process benchmark; `securepay loadtest` measures over the wire)
+// drives the ledger's command processing in-process with many concurrent
 // payers, then checks the ledger's invariants on the resulting log, and reports throughput,
 // latency percentiles and the process's peak resident memory.
 //
-//	go run ./loadtest -transfers 1000000 -concurrency 64 -hot 0.5
-//	go run ./loadtest -store postgres -dsn postgres://... -transfers 200000
+//	go run ./loadtest/inprocess -transfers 1000000 -concurrency 64 -hot 0.5
+//	go run ./loadtest/inprocess -store postgres -dsn postgres://... -transfers 200000
 //
 // It only ever talks to a store on this machine: a pebble directory, or a PostgreSQL DSN
 // that must point at loopback.
@@ -14,7 +15,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"os/signal"
@@ -30,6 +30,7 @@ import (
 	"github.com/securepay/securepay/eventstore"
 	"github.com/securepay/securepay/eventstore/embedded"
 	"github.com/securepay/securepay/eventstore/postgres"
+	"github.com/securepay/securepay/loadtest"
 	"github.com/securepay/securepay/loadtest/invariant"
 	"github.com/securepay/securepay/services/ledger"
 )
@@ -298,12 +299,8 @@ func loopbackOnly(dsn string) error {
 	if err != nil || u.Hostname() == "" {
 		return errors.New("-dsn must be a postgres:// URL with a loopback host (127.0.0.1, ::1 or localhost)")
 	}
-	host := u.Hostname()
-	if host == "localhost" {
-		return nil
+	if host := u.Hostname(); !loadtest.IsLoopbackHost(host) {
+		return fmt.Errorf("-dsn host %q is not loopback: load tests only run against this machine", host)
 	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
-		return nil
-	}
-	return fmt.Errorf("-dsn host %q is not loopback: load tests only run against this machine", host)
+	return nil
 }
