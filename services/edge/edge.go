@@ -16,6 +16,10 @@ import (
 	"encoding/hex"
 	"net/http"
 	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/securepay/securepay/services/mtls"
 )
 
 // Header names. Each carries one value; the gateway always overwrites what the client
@@ -128,4 +132,15 @@ func Funcs(fromGateway func(ctx context.Context) bool, fallback string) (
 		return Read(h, fromGateway(ctx)).CorrelationID
 	}
 	return caller, correlation
+}
+
+// TrustGateway is the fromGateway of Funcs for a component served behind
+// mtls.Policy.Handler: a request came from the gateway when its verified mTLS peer is
+// gatewayID. Over any other connection (another component, a test client, no client
+// certificate) the edge headers are ignored.
+func TrustGateway(gatewayID spiffeid.ID) func(ctx context.Context) bool {
+	return func(ctx context.Context) bool {
+		id, ok := mtls.CallerID(ctx)
+		return ok && id == gatewayID
+	}
 }

@@ -5,6 +5,10 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/securepay/securepay/services/mtls"
 )
 
 func TestReadTrustsOnlyTheGateway(t *testing.T) {
@@ -84,3 +88,22 @@ func TestFuncs(t *testing.T) {
 }
 
 type gatewayKey struct{}
+
+func TestTrustGateway(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("securepay.dev")
+	ids := mtls.WellKnownIDs(td)
+	trust := TrustGateway(ids.Gateway)
+	if !trust(mtls.WithCallerID(context.Background(), ids.Gateway)) {
+		t.Error("the gateway's SVID is not trusted")
+	}
+	if trust(mtls.WithCallerID(context.Background(), ids.Payments)) {
+		t.Error("the payments component's SVID is trusted as the gateway")
+	}
+	other := spiffeid.RequireFromString("spiffe://evil.example/gateway")
+	if trust(mtls.WithCallerID(context.Background(), other)) {
+		t.Error("a foreign trust domain's /gateway is trusted")
+	}
+	if trust(context.Background()) {
+		t.Error("a request with no mTLS peer is trusted")
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -145,7 +147,7 @@ func forward[Req, Res any](ctx context.Context, g *Gateway, req *connect.Request
 	g.stamp(ctx, req.Header(), out.Header())
 	res, err := call(ctx, out)
 	if err != nil {
-		return nil, g.upstreamError(ctx, req.Spec().Procedure, err)
+		return nil, concealCounterparty(ctx, g.upstreamError(ctx, req.Spec().Procedure, err))
 	}
 	if w, ok := any(res.Msg).(writeResponse); ok {
 		pos := w.GetResult().GetPosition()
@@ -228,4 +230,52 @@ func relayStream[Req, Res any](ctx context.Context, g *Gateway, req *connect.Req
 		return g.upstreamError(ctx, req.Spec().Procedure, err)
 	}
 	return nil
+}
+
+// accountInMessage finds the account ids a ledger refusal names ("destination account bob
+// is frozen"). The ledger's messages are written for the owner of the accounts; this is
+// how the gateway finds those that name someone else's.
+var accountInMessage = regexp.MustCompile(`account ([A-Za-z0-9._:-]+)(?: |,|;|$)`)
+
+// stateReasons are the refusals that describe an account's state.
+var stateReasons = map[services.Reason]bool{
+	services.Reason(domain.ReasonAccountUnknown): true,
+	services.Reason(domain.ReasonAccountFrozen):  true,
+	services.Reason(domain.ReasonAccountClosed):  true,
+	services.Reason(domain.ReasonAssetMismatch):  true,
+}
+
+// concealCounterparty keeps a customer from learning another account's state or balance
+// through a payment's refusal: a transfer to bob answered "bob is frozen", "bob is
+// closed", "bob holds EUR" or "bob does not exist" would tell alice about bob. For a
+// principal that is only a customer, every such refusal about an account it does not own
+// becomes the one answer of a missing account, and an overflow of the resulting balance
+// (which says the counterparty is near the ledger's ceiling) no longer names whose.
+// Operators and auditors, who may read any account, get the ledger's own words.
+func concealCounterparty(ctx context.Context, err error) error {
+	c, ok := callOf(ctx)
+	if !ok || c.principal.Has(RoleOperator) || c.principal.Has(RoleAuditor) {
+		return err
+	}
+	reason := services.ReasonOf(err)
+	var cerr *connect.Error
+	if !errors.As(err, &cerr) {
+		return err
+	}
+	switch {
+	case stateReasons[reason]:
+		// "account frozen: destination account bob is frozen": the sentinel's own words
+		// come first and are not an account.
+		_, detail, _ := strings.Cut(cerr.Message(), ": ")
+		for _, m := range accountInMessage.FindAllStringSubmatch(detail, -1) {
+			if !c.principal.Owns(m[1]) {
+				return services.NewError(services.Reason(domain.ReasonAccountUnknown),
+					fmt.Sprintf("%v: account %s does not exist or cannot take part in this payment", domain.ErrAccountUnknown, m[1]))
+			}
+		}
+	case reason == services.Reason(domain.ReasonLimitExceeded) && strings.Contains(cerr.Message(), "resulting balance"):
+		return services.NewError(services.Reason(domain.ReasonLimitExceeded),
+			fmt.Sprintf("%v: the payment would take an account beyond the largest balance the ledger can hold; pay less", domain.ErrLimitExceeded))
+	}
+	return err
 }

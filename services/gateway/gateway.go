@@ -29,17 +29,12 @@ import (
 	"github.com/securepay/securepay/services/edge"
 )
 
-// Config wires a Gateway. The three upstream URLs, Client and Auth's Issuer, Audience and
-// key source are required; everything else has a default.
+// Config wires a Gateway. The three upstreams and Auth's Issuer, Audience and key source
+// are required; everything else has a default.
 type Config struct {
-	// PaymentsURL serves AccountService and PaymentService writes, QueriesURL their reads
-	// and BalanceService, AuditURL AuditService: base URLs such as
-	// "https://payments.internal:8443".
-	PaymentsURL, QueriesURL, AuditURL string
-	// Client calls the components. In production it is the mTLS HTTP/2 client of package
-	// services/mtls (the gateway's SVID); it is shared by all calls so that connections are
-	// reused and a transfer costs no handshake.
-	Client *http.Client
+	// Payments serves AccountService and PaymentService writes, Queries their reads and
+	// BalanceService, Audit AuditService.
+	Payments, Queries, Audit Upstream
 
 	Auth Auth
 
@@ -54,6 +49,16 @@ type Config struct {
 	// CORSOrigins lists the browser origins allowed to call; empty refuses other origins.
 	CORSOrigins []string
 	Logger      *slog.Logger
+}
+
+// Upstream is one component the gateway forwards to.
+type Upstream struct {
+	// URL is the component's base URL, such as "https://payments.internal:8443".
+	URL string
+	// Client calls it. In production: mtls.HTTPClient(gatewaySource, componentID), HTTP/2
+	// over mTLS with the gateway's SVID; one client per upstream for the gateway's life,
+	// so connections are reused and a transfer costs no handshake.
+	Client *http.Client
 }
 
 // Auth says which tokens the gateway accepts.
@@ -89,10 +94,10 @@ var DefaultLimit = Limit{Rate: 200, Burst: 400, Period: time.Second}
 // Validate reports the first problem with c.
 func (c Config) Validate() error {
 	switch {
-	case c.PaymentsURL == "" || c.QueriesURL == "" || c.AuditURL == "":
-		return errors.New("gateway config: PaymentsURL, QueriesURL and AuditURL are required")
-	case c.Client == nil:
-		return errors.New("gateway config: Client (the mTLS client to the components) is required")
+	case c.Payments.URL == "" || c.Queries.URL == "" || c.Audit.URL == "":
+		return errors.New("gateway config: the URLs of Payments, Queries and Audit are required")
+	case c.Payments.Client == nil || c.Queries.Client == nil || c.Audit.Client == nil:
+		return errors.New("gateway config: the Clients of Payments, Queries and Audit (mTLS to each component) are required")
 	case c.Auth.Issuer == "" || c.Auth.Audience == "":
 		return errors.New("gateway config: Auth.Issuer and Auth.Audience are required")
 	case (c.Auth.JWKSURL == "") == (len(c.Auth.StaticJWKS) == 0):
@@ -207,12 +212,12 @@ func New(cfg Config) (*Gateway, error) {
 	// streams gigabytes should not take the gateway's memory with it.
 	copts := []connect.ClientOption{connect.WithReadMaxBytes(64 << 20), connect.WithSendMaxBytes(cfg.MaxRequestBytes)}
 	g.up = upstreams{
-		accounts:     ledgerv1connect.NewAccountServiceClient(cfg.Client, cfg.PaymentsURL, copts...),
-		accountReads: ledgerv1connect.NewAccountServiceClient(cfg.Client, cfg.QueriesURL, copts...),
-		payments:     ledgerv1connect.NewPaymentServiceClient(cfg.Client, cfg.PaymentsURL, copts...),
-		paymentReads: ledgerv1connect.NewPaymentServiceClient(cfg.Client, cfg.QueriesURL, copts...),
-		balances:     ledgerv1connect.NewBalanceServiceClient(cfg.Client, cfg.QueriesURL, copts...),
-		audit:        ledgerv1connect.NewAuditServiceClient(cfg.Client, cfg.AuditURL, copts...),
+		accounts:     ledgerv1connect.NewAccountServiceClient(cfg.Payments.Client, cfg.Payments.URL, copts...),
+		accountReads: ledgerv1connect.NewAccountServiceClient(cfg.Queries.Client, cfg.Queries.URL, copts...),
+		payments:     ledgerv1connect.NewPaymentServiceClient(cfg.Payments.Client, cfg.Payments.URL, copts...),
+		paymentReads: ledgerv1connect.NewPaymentServiceClient(cfg.Queries.Client, cfg.Queries.URL, copts...),
+		balances:     ledgerv1connect.NewBalanceServiceClient(cfg.Queries.Client, cfg.Queries.URL, copts...),
+		audit:        ledgerv1connect.NewAuditServiceClient(cfg.Audit.Client, cfg.Audit.URL, copts...),
 		maxReadBytes: cfg.MaxRequestBytes,
 	}
 	opts := []connect.HandlerOption{

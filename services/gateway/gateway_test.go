@@ -216,3 +216,49 @@ func TestCustomerCannotOpenExternalOrCredit(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusalsConcealTheCounterparty: a transfer to bob's frozen, closed or
+// other-currency account, or to one that does not exist, gets one answer, so alice learns
+// nothing of bob's state; her own account's state is still told to her in full.
+func TestRefusalsConcealTheCounterparty(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	aliceTok, _ := f.seed(t)
+	ctx := context.Background()
+	op := f.as(f.issuer.token(t, "operator-1", []string{"operator"}))
+	for _, id := range []string{"frozen-bob", "closed-bob", "euro-bob"} {
+		asset := "USD"
+		if id == "euro-bob" {
+			asset = "EUR"
+		}
+		if _, err := op.accounts.OpenAccount(ctx, connect.NewRequest(&ledgerv1.OpenAccountRequest{AccountId: id, Asset: asset, Kind: ledgerv1.AccountKind_ACCOUNT_KIND_CUSTOMER})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := op.accounts.FreezeAccount(ctx, connect.NewRequest(&ledgerv1.FreezeAccountRequest{AccountId: "frozen-bob"})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := op.accounts.CloseAccount(ctx, connect.NewRequest(&ledgerv1.CloseAccountRequest{AccountId: "closed-bob"})); err != nil {
+		t.Fatal(err)
+	}
+	alice := f.as(aliceTok)
+	answer := func(to string) string {
+		_, err := alice.payments.Transfer(ctx, connect.NewRequest(&ledgerv1.TransferRequest{PaymentId: "to-" + to, SourceAccountId: "alice", DestinationAccountId: to, Amount: usd("1.00")}))
+		return strings.ReplaceAll(errorSummary(err), to, "ID")
+	}
+	missing := answer("nobody")
+	if !strings.HasPrefix(missing, "not_found|") {
+		t.Fatalf("transfer to a missing account: %s, want NOT_FOUND", missing)
+	}
+	for _, to := range []string{"frozen-bob", "closed-bob", "euro-bob"} {
+		if got := answer(to); got != missing {
+			t.Errorf("transfer to %s: %s\nto a missing account: %s\nwant the same", to, got, missing)
+		}
+	}
+	// Her own state she is told: freeze alice, then she tries to pay.
+	if _, err := op.accounts.FreezeAccount(ctx, connect.NewRequest(&ledgerv1.FreezeAccountRequest{AccountId: "alice"})); err != nil {
+		t.Fatal(err)
+	}
+	if got := answer("bob"); !strings.Contains(got, "ACCOUNT_FROZEN") || !strings.Contains(got, "alice is frozen") {
+		t.Errorf("alice paying from her own frozen account: %s, want ACCOUNT_FROZEN naming alice", got)
+	}
+}

@@ -254,8 +254,9 @@ func newFixture(t testing.TB, o fixtureOptions) *fixture {
 func startGateway(t testing.TB, is *issuer, led *ledgerNode, o fixtureOptions) (*gateway.Gateway, string, *http.Client) {
 	t.Helper()
 	gw, err := gateway.New(gateway.Config{
-		PaymentsURL: led.url, QueriesURL: led.url, AuditURL: led.url,
-		Client: led.client,
+		Payments: gateway.Upstream{URL: led.url, Client: led.client},
+		Queries:  gateway.Upstream{URL: led.url, Client: led.client},
+		Audit:    gateway.Upstream{URL: led.url, Client: led.client},
 		Auth: gateway.Auth{
 			Issuer: testIssuer, Audience: testAudience,
 			JWKSURL: is.srv.URL + "/certs", JWKSClient: is.srv.Client(),
