@@ -78,7 +78,7 @@ func (p *Processor) committer(in <-chan *flight, out chan<- *flight) {
 	for f := range in {
 		if len(f.appends) > 0 {
 			ctx, cancel := context.WithTimeout(context.Background(), p.cfg.BatchTimeout)
-			f.res, f.err = p.store.Append(ctx, f.appends...)
+			f.res, f.err = p.observeAppend(ctx, f)
 			cancel()
 		}
 		out <- f
@@ -135,6 +135,7 @@ func (p *Processor) start(batch []*call, toStore chan<- *flight) {
 				confirm[s] = true
 			}
 			p.resetResults(live)
+			p.retried(RetryConfirm, len(live))
 			continue
 		}
 		if len(recheck) > 0 && attempt < p.cfg.MaxAttempts {
@@ -143,6 +144,7 @@ func (p *Processor) start(batch []*call, toStore chan<- *flight) {
 				p.stale[s] = true
 			}
 			p.resetResults(live)
+			p.retried(RetryConfirm, len(live))
 			continue
 		}
 		if p.speculative() {
@@ -176,6 +178,7 @@ func (p *Processor) complete(f *flight, later []*flight) (retry []*call) {
 				c.attempt++
 				p.resetResults([]*call{c})
 				retry = append(retry, c)
+				p.retried(RetrySpeculation, 1)
 				continue
 			}
 			p.finishCall(c, f.bs, f.res)
@@ -212,6 +215,11 @@ func (p *Processor) complete(f *flight, later []*flight) (retry []*call) {
 			c.alone = c.alone || isolate
 			p.resetResults([]*call{c})
 			retry = append(retry, c)
+			if isConflict {
+				p.retried(RetryConflict, 1)
+			} else {
+				p.retried(RetryIsolate, 1)
+			}
 			continue
 		}
 		if isConflict {

@@ -72,6 +72,10 @@ type Config struct {
 	Limits domain.Limits
 
 	Logger *slog.Logger
+
+	// Observer, when set, sees every command, batch append and retry (traces and
+	// metrics; see observe.go). Nil observes nothing and costs nothing.
+	Observer Observer
 }
 
 // Upper bounds that catch a unit mistake (bytes for entries, nanoseconds for seconds)
@@ -269,6 +273,19 @@ func (p *Processor) Close() error {
 // eventstore.ErrConflict. If ctx ends while the command is in flight, the command may
 // still be committed: retrying with the same ids is always safe.
 func (p *Processor) Execute(ctx context.Context, req Request) (Result, error) {
+	if p.cfg.Observer == nil || req.Command == nil {
+		return p.execute(ctx, req)
+	}
+	ctx, traceParent, done := p.cfg.Observer.Command(ctx, req.Command)
+	if traceParent != "" {
+		req.Meta.TraceParent = traceParent
+	}
+	res, err := p.execute(ctx, req)
+	done(res, err)
+	return res, err
+}
+
+func (p *Processor) execute(ctx context.Context, req Request) (Result, error) {
 	if req.Command == nil {
 		return Result{}, fmt.Errorf("%w: no command", domain.ErrInvalidInput)
 	}
