@@ -24,6 +24,7 @@ chmod 755 "$work"
 cleanup() {
 	local rc=$?
 	bash infra/local/kafka.sh stop "$work/kafka" || true
+	bash infra/local/spire.sh stop "$work/spire" || true
 	bash infra/local/redis.sh stop "$work/redis" || true
 	bash infra/local/postgres.sh stop "$work/pg" || true
 	rm -rf "$work"
@@ -37,6 +38,9 @@ export SECUREPAY_TEST_POSTGRES_DSN
 log "Redis"
 SECUREPAY_TEST_REDIS_ADDR=$(bash infra/local/redis.sh start "$work/redis" "$(free_port)")
 export SECUREPAY_TEST_REDIS_ADDR
+log "SPIRE (server + agent; built and cached on first use)"
+bash infra/local/spire.sh start "$work/spire" >/dev/null
+export SECUREPAY_TEST_SPIRE_DIR=$work/spire
 log "Kafka"
 SECUREPAY_TEST_KAFKA_ADDR=$(bash infra/local/kafka.sh start "$work/kafka")
 export SECUREPAY_TEST_KAFKA_ADDR

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -62,7 +63,9 @@ func (p *payments) GetAccount(ctx context.Context, _ *connect.Request[ledgerv1.G
 func (p *payments) seen(ctx context.Context, h http.Header) error {
 	p.mu.Lock()
 	p.calls++
+	n := p.calls
 	p.mu.Unlock()
+	h.Set("Test-Handled", strconv.Itoa(n))
 	id, ok := mtls.CallerID(ctx)
 	if !ok {
 		return connect.NewError(connect.CodeInternal, errors.New("test handler: no caller ID in the context"))
@@ -82,21 +85,32 @@ func (p *payments) handled() int {
 type testServer struct {
 	URL   string
 	Svc   *payments
+	srv   *http.Server
 	mu    sync.Mutex
 	conns int
 }
 
 func startServer(t testing.TB, src mtls.Source, policy mtls.Policy) *testServer {
 	t.Helper()
+	ts, err := serveTest(src, policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ts.srv.Close() })
+	return ts
+}
+
+// serveTest is startServer without a testing.TB, for the SPIRE tests' server process.
+func serveTest(src mtls.Source, policy mtls.Policy) (*testServer, error) {
 	ts := &testServer{Svc: &payments{}}
 	mux := http.NewServeMux()
 	mux.Handle(ledgerv1connect.NewPaymentServiceHandler(ts.Svc))
 	mux.Handle(ledgerv1connect.NewAccountServiceHandler(ts.Svc))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("listen: %v", err)
+		return nil, err
 	}
-	srv := &http.Server{
+	ts.srv = &http.Server{
 		Handler:           policy.Handler(mux),
 		TLSConfig:         mtls.ServerTLS(src),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -109,10 +123,9 @@ func startServer(t testing.TB, src mtls.Source, policy mtls.Policy) *testServer 
 		},
 		ErrorLog: discardLog(),
 	}
-	go func() { _ = srv.ServeTLS(ln, "", "") }()
-	t.Cleanup(func() { _ = srv.Close() })
+	go func() { _ = ts.srv.ServeTLS(ln, "", "") }()
 	ts.URL = "https://" + ln.Addr().String()
-	return ts
+	return ts, nil
 }
 
 func (ts *testServer) connections() int {
@@ -135,8 +148,9 @@ func transfer(ctx context.Context, hc connect.HTTPClient, url string, opts ...co
 // serialRecorder wraps a client TLS configuration to record the serial of every server
 // certificate seen at a handshake.
 type serialRecorder struct {
-	mu      sync.Mutex
-	serials map[string]bool
+	mu         sync.Mutex
+	serials    map[string]bool
+	handshakes int
 }
 
 func (r *serialRecorder) wrap(cfg *tls.Config) *tls.Config {
@@ -155,6 +169,7 @@ func (r *serialRecorder) wrap(cfg *tls.Config) *tls.Config {
 			r.serials = map[string]bool{}
 		}
 		r.serials[leaf.SerialNumber.String()] = true
+		r.handshakes++
 		return nil
 	}
 	return cfg
@@ -181,4 +196,10 @@ func serialOf(t testing.TB, src mtls.Source) string {
 		t.Fatalf("GetX509SVID: %v", err)
 	}
 	return svid.Certificates[0].SerialNumber.String()
+}
+
+func (r *serialRecorder) stats() (serials, handshakes int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.serials), r.handshakes
 }

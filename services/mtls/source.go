@@ -36,3 +36,25 @@ func WorkloadSource(ctx context.Context, socketAddr string) (*workloadapi.X509So
 	}
 	return src, nil
 }
+
+// CheckSVID reports whether src holds an SVID valid at now: the readiness of a component's
+// identity. A Workload API source keeps its last SVID when the agent goes away, and that
+// SVID expires; from then on every handshake fails, so the component should report not
+// ready rather than accept connections it cannot authenticate.
+func CheckSVID(src Source, now time.Time) error {
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		return fmt.Errorf("mtls: no X.509-SVID: %w", err)
+	}
+	if len(svid.Certificates) == 0 {
+		return errors.New("mtls: the X.509-SVID has no certificate")
+	}
+	leaf := svid.Certificates[0]
+	switch {
+	case now.Before(leaf.NotBefore):
+		return fmt.Errorf("mtls: the X.509-SVID of %s is not valid before %s", svid.ID, leaf.NotBefore.UTC().Format(time.RFC3339))
+	case now.After(leaf.NotAfter):
+		return fmt.Errorf("mtls: the X.509-SVID of %s expired at %s; is the SPIRE agent still running?", svid.ID, leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return nil
+}

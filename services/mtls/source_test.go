@@ -43,3 +43,31 @@ func TestWorkloadSourceRefusesBadAddresses(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckSVID(t *testing.T) {
+	issued := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	clock := &fakeClock{now: issued}
+	ca, err := mtls.NewDevCA(td, time.Hour, clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := devSource(t, ca, ids.Queries)
+	if _, err := src.GetX509SVID(); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		at   time.Time
+		want string // "" for valid
+	}{
+		{issued, ""},
+		{issued.Add(59 * time.Minute), ""},
+		{issued.Add(-time.Hour), "not valid before"},
+		{issued.Add(61 * time.Minute), "expired"},
+	}
+	for _, c := range cases {
+		err := mtls.CheckSVID(src, c.at)
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("CheckSVID at %s = %v, want %q", c.at, err, c.want)
+		}
+	}
+}
