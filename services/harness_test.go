@@ -76,6 +76,9 @@ type nodeOptions struct {
 	readWait    time.Duration
 	maxStreams  int
 	corsOrigins []string
+	// components the server runs; empty: every API component.
+	components        []services.Component
+	loopbackHostsOnly bool
 	// writeTimeout, readTimeout override the server's whole-request timeouts,
 	// readHeaderTimeout its header deadline.
 	writeTimeout, readTimeout, readHeaderTimeout time.Duration
@@ -119,9 +122,12 @@ func startNode(t testing.TB, o nodeOptions) *node {
 		Store:             store,
 		Idempotency:       o.idem,
 		AllowH2C:          true,
+		Reflection:        true,
 		ReadWait:          o.readWait,
 		MaxStreams:        o.maxStreams,
 		CORSOrigins:       o.corsOrigins,
+		Components:        o.components,
+		LoopbackHostsOnly: o.loopbackHostsOnly,
 		WriteTimeout:      o.writeTimeout,
 		ReadTimeout:       o.readTimeout,
 		ReadHeaderTimeout: o.readHeaderTimeout,

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -31,9 +32,13 @@ import (
 	"github.com/securepay/securepay/projections"
 )
 
-// Config wires a Server. Commands, Reader, Store and Idempotency are required; every
-// other field has a default.
+// Config wires a Server. Store is always required; Commands and Idempotency when it runs
+// the payments component, Reader when it runs queries or the projector. Every other field
+// has a default.
 type Config struct {
+	// Components are what this server runs (see Component); empty means every API
+	// component in one server: payments, queries and audit.
+	Components  []Component
 	Commands    Commands           // the write side (*ledger.Processor)
 	Reader      projections.Reader // the read models
 	Store       eventstore.Store   // the log, for audit and watch streams
@@ -52,8 +57,18 @@ type Config struct {
 	TLS      *tls.Config
 	AllowH2C bool
 	// CORSOrigins lists the browser origins allowed to call (gRPC-web, Connect); empty
-	// means browsers from other origins are refused. "*" allows any origin.
+	// means browsers from other origins are refused. "*" allows any origin, and
+	// LoopbackOrigins any http(s) origin on a loopback host (any port).
 	CORSOrigins []string
+	// LoopbackHostsOnly refuses requests whose Host (HTTP/2 :authority) is not a loopback
+	// name or address: a DNS-rebinding page reaches a loopback server under its own name.
+	LoopbackHostsOnly bool
+	// Reflection serves gRPC server reflection (v1 and v1alpha), for grpcurl and buf curl.
+	Reflection bool
+	// Authorize, when set, wraps every handler of the API port (procedures, health,
+	// reflection): the east-west policy of a component (services/mtls) or the gateway's
+	// authentication. It runs after the Host check and CORS, before anything else.
+	Authorize func(http.Handler) http.Handler
 
 	MaxRequestBytes   int           // one request message; default 1 MiB
 	RequestTimeout    time.Duration // unary handler deadline; default 30s
@@ -81,15 +96,22 @@ type Config struct {
 
 // Validate reports the first problem with c.
 func (c Config) Validate() error {
+	set := c.components()
+	for _, comp := range set {
+		if _, err := ParseComponent(string(comp)); err != nil {
+			return fmt.Errorf("server config: %w", err)
+		}
+	}
+	needsReader := set.has(ComponentQueries) || set.has(ComponentProjector)
 	switch {
-	case c.Commands == nil:
-		return errors.New("server config: Commands (the ledger processor) is required")
-	case c.Reader == nil:
-		return errors.New("server config: Reader (the projections) is required")
+	case set.has(ComponentPayments) && c.Commands == nil:
+		return errors.New("server config: Commands (the ledger processor) is required by the payments component")
+	case needsReader && c.Reader == nil:
+		return errors.New("server config: Reader (the projections) is required by the queries and projector components")
 	case c.Store == nil:
 		return errors.New("server config: Store (the event store) is required")
-	case c.Idempotency == nil:
-		return errors.New("server config: Idempotency store is required")
+	case set.has(ComponentPayments) && c.Idempotency == nil:
+		return errors.New("server config: Idempotency store is required by the payments component")
 	case c.TLS == nil && !c.AllowH2C:
 		return errors.New("server config: TLS is required (cleartext h2c only with AllowH2C, for local development)")
 	case c.MaxRequestBytes < 0, c.RequestTimeout < 0, c.ReadWait < 0, c.ReadHeaderTimeout < 0,
@@ -103,6 +125,14 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// components is Components, or every API component when it is empty.
+func (c Config) components() componentSet {
+	if len(c.Components) == 0 {
+		return componentSet(APIComponents())
+	}
+	return slices.Clone(componentSet(c.Components))
 }
 
 func (c *Config) setDefaults() {
@@ -143,12 +173,13 @@ const compressMinBytes = 4 << 10
 // Server serves the API on one port: Connect, gRPC and gRPC-web, health and reflection.
 type Server struct {
 	cfg     Config
+	set     componentSet
 	handler http.Handler
 	streams *streamLimiter
 	health  *healthChecker
 }
 
-// ServiceNames are the API's services, as health and reflection name them.
+// serviceNames are the API's services, as health and reflection name them.
 var serviceNames = []string{
 	ledgerv1connect.AccountServiceName,
 	ledgerv1connect.PaymentServiceName,
@@ -195,27 +226,39 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	idem, err := newIdempotencyInterceptor(idempotencyConfig{
-		Store:  cfg.Idempotency,
-		TTL:    cfg.IdempotencyTTL,
-		Caller: cfg.Caller,
-		Logger: cfg.Logger,
-		// A claim must outlive the longest request it guards.
-		InFlightTTL: cfg.RequestTimeout + cfg.WriteTimeout,
-	}, serviceDescriptors(), writeReplayers())
-	if err != nil {
-		return nil, err
-	}
 	s := &Server{
 		cfg:     cfg,
+		set:     cfg.components(),
 		streams: newStreamLimiter(cfg.MaxStreams),
 	}
-	deps := append([]Dependency{storeDependency(cfg.Store), viewsDependency(cfg.Store, cfg.Reader, cfg.MaxViewLag)}, cfg.Dependencies...)
-	s.health = newHealthChecker(deps, serviceNames, cfg.HealthCheckTimeout, cfg.HealthCacheTTL, cfg.Logger)
+	services := s.set.services()
+	s.health = newHealthChecker(componentDependencies(cfg, s.set, services), services, cfg.HealthCheckTimeout, cfg.HealthCacheTTL, cfg.Logger)
 	meta := newMetaFunc(cfg.Caller, cfg.CorrelationID)
 	// Interceptors run outermost first: reasons are added to validation refusals last,
 	// validation happens before the idempotency store is touched, and idempotency sees the
 	// final Connect codes that errorInterceptor produced.
+	interceptors := []connect.Interceptor{
+		validationReasonInterceptor{},
+		validationMessages{}, // services/validation.go: sentences instead of regexes
+		timeoutInterceptor{timeout: cfg.RequestTimeout},
+		validate.NewInterceptor(),
+	}
+	if s.set.has(ComponentPayments) {
+		// Only writes use the idempotency store, and only payments serves writes.
+		idem, err := newIdempotencyInterceptor(idempotencyConfig{
+			Store:  cfg.Idempotency,
+			TTL:    cfg.IdempotencyTTL,
+			Caller: cfg.Caller,
+			Logger: cfg.Logger,
+			// A claim must outlive the longest request it guards.
+			InFlightTTL: cfg.RequestTimeout + cfg.WriteTimeout,
+		}, serviceDescriptors(), writeReplayers())
+		if err != nil {
+			return nil, err
+		}
+		interceptors = append(interceptors, idem)
+	}
+	interceptors = append(interceptors, errorInterceptor{log: cfg.Logger})
 	opts := []connect.HandlerOption{
 		connect.WithCodec(deterministicCodec{}),
 		// requestLimits and boundedGzip refuse oversized messages first, with a message
@@ -224,39 +267,43 @@ func NewServer(cfg Config) (*Server, error) {
 		connect.WithCompression("gzip", newBoundedGzip(cfg.MaxRequestBytes), func() connect.Compressor { return gzip.NewWriter(io.Discard) }),
 		// Our answers are a few hundred bytes: gzip would cost more CPU than it saves.
 		connect.WithCompressMinBytes(compressMinBytes),
-		connect.WithInterceptors(
-			validationReasonInterceptor{},
-			validationMessages{}, // services/validation.go: sentences instead of regexes
-			timeoutInterceptor{timeout: cfg.RequestTimeout},
-			validate.NewInterceptor(),
-			idem,
-			errorInterceptor{log: cfg.Logger},
-		),
+		connect.WithInterceptors(interceptors...),
 	}
+	errs := connect.NewErrorWriter(opts...)
 	mux := http.NewServeMux()
-	mux.Handle(ledgerv1connect.NewAccountServiceHandler(&accountService{cmds: cfg.Commands, meta: meta}, opts...))
-	mux.Handle(ledgerv1connect.NewPaymentServiceHandler(&paymentService{cmds: cfg.Commands, reader: cfg.Reader, meta: meta, readWait: cfg.ReadWait}, opts...))
-	mux.Handle(ledgerv1connect.NewBalanceServiceHandler(&balanceService{reader: cfg.Reader, store: cfg.Store, readWait: cfg.ReadWait, streams: s.streams}, opts...))
-	mux.Handle(ledgerv1connect.NewAuditServiceHandler(&auditService{store: cfg.Store, streams: s.streams}, opts...))
+	// Every service is mounted, so that a procedure of another component is answered
+	// Unimplemented with where to go (onlyOwnProcedures), never served.
+	mount := func(path string, h http.Handler) { mux.Handle(path, onlyOwnProcedures(h, s.set, errs)) }
+	mount(ledgerv1connect.NewAccountServiceHandler(&accountService{cmds: cfg.Commands, meta: meta}, opts...))
+	mount(ledgerv1connect.NewPaymentServiceHandler(&paymentService{cmds: cfg.Commands, reader: cfg.Reader, meta: meta, readWait: cfg.ReadWait}, opts...))
+	mount(ledgerv1connect.NewBalanceServiceHandler(&balanceService{reader: cfg.Reader, store: cfg.Store, readWait: cfg.ReadWait, streams: s.streams}, opts...))
+	mount(ledgerv1connect.NewAuditServiceHandler(&auditService{store: cfg.Store, streams: s.streams}, opts...))
 	mux.Handle(grpchealth.NewHandler(s.health))
 	s.health.healthHTTP(mux)
-	reflector := grpcreflect.NewStaticReflector(append([]string{grpchealth.HealthV1ServiceName}, serviceNames...)...)
-	mux.Handle(grpcreflect.NewHandlerV1(reflector))
-	// grpcurl and many tools still speak only the v1alpha reflection protocol.
-	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	if cfg.Reflection {
+		reflector := grpcreflect.NewStaticReflector(append([]string{grpchealth.HealthV1ServiceName}, services...)...)
+		mux.Handle(grpcreflect.NewHandlerV1(reflector))
+		// grpcurl and many tools still speak only the v1alpha reflection protocol.
+		mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	}
 
 	var h http.Handler = mux
-	errs := connect.NewErrorWriter(opts...)
 	h = admitStreams(h, streamingPaths(), s.streams, errs)
 	h = requestLimits(h, cfg.MaxRequestBytes, errs)
+	if cfg.Authorize != nil {
+		h = cfg.Authorize(h)
+	}
 	if len(cfg.CORSOrigins) > 0 {
 		h = cors.New(cors.Options{
-			AllowedOrigins: cfg.CORSOrigins,
-			AllowedMethods: connectcors.AllowedMethods(),
-			AllowedHeaders: append(connectcors.AllowedHeaders(), IdempotencyKeyHeader, "Authorization"),
-			ExposedHeaders: append(connectcors.ExposedHeaders(), ReplayedHeader),
-			MaxAge:         7200,
+			AllowOriginFunc: originAllowed(cfg.CORSOrigins),
+			AllowedMethods:  connectcors.AllowedMethods(),
+			AllowedHeaders:  append(connectcors.AllowedHeaders(), IdempotencyKeyHeader, "Authorization"),
+			ExposedHeaders:  append(connectcors.ExposedHeaders(), ReplayedHeader),
+			MaxAge:          7200,
 		}).Handler(h)
+	}
+	if cfg.LoopbackHostsOnly {
+		h = loopbackHostsOnly(h, errs)
 	}
 	s.handler = h
 	return s, nil
@@ -264,6 +311,20 @@ func NewServer(cfg Config) (*Server, error) {
 
 // Handler is the server's whole HTTP handler, for tests and for embedding.
 func (s *Server) Handler() http.Handler { return s.handler }
+
+// HealthHandler serves only health: /healthz, /readyz and grpc.health.v1, for a probe
+// port of its own. A component on mTLS serves its API only to callers with an SVID, which
+// a kubelet or load balancer has not, and a component still waiting for its SVID serves
+// no API at all yet answers here that it is not ready.
+func (s *Server) HealthHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle(grpchealth.NewHandler(s.health))
+	s.health.healthHTTP(mux)
+	return mux
+}
+
+// Components are what the server runs.
+func (s *Server) Components() []Component { return slices.Clone(s.set) }
 
 // Serve serves on ln until ctx ends, then shuts down gracefully: health (gRPC and /readyz)
 // turns to NOT_SERVING, server streams are ended with UNAVAILABLE (clients reconnect elsewhere),

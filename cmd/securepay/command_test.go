@@ -100,6 +100,7 @@ func TestUsageLinesNameTheArguments(t *testing.T) {
 		"audit replay":        {"STREAM"},
 		"projections rebuild": {"NAME"},
 		"help":                {"COMMAND", "SUBCOMMAND"},
+		"serve":               {"COMPONENT"},
 	}
 	eachCommand(testTable(), func(words []string, c *Command) {
 		if c.Run == nil {

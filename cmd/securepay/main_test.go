@@ -37,12 +37,22 @@ func noEnv(string) string { return "" }
 // startDev runs `securepay dev` in-process on a free port and returns its URL.
 func startDev(t *testing.T, flags ...string) string {
 	t.Helper()
+	return startDevEnv(t, nil, flags...)
+}
+
+// startDevEnv is startDev with variables in its environment.
+func startDevEnv(t *testing.T, environ map[string]string, flags ...string) string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	var stderr syncBuffer
 	go func() {
-		done <- run(ctx, append([]string{"dev", "--listen", "127.0.0.1:0", "--dir", t.TempDir()}, flags...), pw, &stderr, noEnv)
+		listen := []string{"--listen", "127.0.0.1:0"}
+		if environ != nil {
+			listen = nil // the environment's, or the default
+		}
+		done <- run(ctx, append(append([]string{"dev", "--dir", t.TempDir()}, listen...), flags...), pw, &stderr, func(k string) string { return environ[k] })
 		pw.Close()
 	}()
 	var ended error

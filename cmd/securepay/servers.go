@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -31,8 +32,9 @@ import (
 // devConfig is `securepay dev`.
 type devConfig struct {
 	Dir         string // "" means a temporary directory removed on exit
-	Listen      string
+	Listen      string // loopback only (checkDevListen)
 	CORSOrigins []string
+	Reflection  bool
 	LogLevel    slog.Level
 	// HistoryCap bounds the in-memory history lines kept per account.
 	HistoryCap int
@@ -64,8 +66,11 @@ func devCommand(e env) *Command {
 	fs := &cmd.Flag
 	ef := envFlags{fs, e}
 	ef.String(&c.cfg.Dir, "dir", "SECUREPAY_DEV_DIR", "", "keep the ledger in this `directory` (default: a temporary one, deleted on exit)")
-	ef.String(&c.cfg.Listen, "listen", "SECUREPAY_LISTEN", "127.0.0.1:8080", "`address` to listen on; port 0 picks a free one")
-	ef.String(&c.cors, "cors-origins", "SECUREPAY_CORS_ORIGINS", "*", "comma-separated browser `origins` allowed to call")
+	// Not SECUREPAY_LISTEN: that is serve's, and an address meant for a server (":8443")
+	// would have bound dev, in cleartext and without authentication, on every interface.
+	ef.String(&c.cfg.Listen, "listen", "SECUREPAY_DEV_LISTEN", "127.0.0.1:8080", "loopback `address` to listen on; port 0 picks a free one")
+	ef.String(&c.cors, "cors-origins", "SECUREPAY_DEV_CORS_ORIGINS", services.LoopbackOrigins, "comma-separated browser `origins` allowed to call; \""+services.LoopbackOrigins+"\" is any page served from this machine, \"*\" any page at all")
+	fs.BoolVar(&c.cfg.Reflection, "reflection", true, "serve gRPC reflection (grpcurl, buf curl --list-methods)")
 	fs.BoolVar(&c.verbose, "v", false, "log every internal error and store message")
 	fs.IntVar(&c.cfg.HistoryCap, "history-cap", 200, "history lines kept in memory per account (older pages answer HISTORY_TRIMMED)")
 	fs.IntVar(&c.memLimitMiB, "memory-limit-mb", 300, "soft memory limit of the process in MiB, so the dev server stays small on a laptop (0: none; GOMEMLIMIT wins)")
@@ -117,6 +122,9 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 		defer os.RemoveAll(tmp)
 		dir = tmp
 	}
+	if err := checkDevListen(cfg.Listen); err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("dev: listen on %s: %w (is another securepay running? try --listen 127.0.0.1:0)", cfg.Listen, err)
@@ -150,7 +158,11 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 		Idempotency: services.NewMemoryIdempotencyStore(0, nil),
 		AllowH2C:    true,
 		CORSOrigins: cfg.CORSOrigins,
-		Logger:      log,
+		// Cleartext on loopback without authentication: only a page this machine
+		// serves may call (CORSOrigins), and only under a loopback name (DNS rebinding).
+		LoopbackHostsOnly: true,
+		Reflection:        cfg.Reflection,
+		Logger:            log,
 	})
 	if err != nil {
 		ln.Close()
@@ -215,6 +227,8 @@ func (q quietPebble) Fatalf(format string, args ...any) {
 
 // serveConfig is `securepay serve`, from flags and environment.
 type serveConfig struct {
+	// Component is what runs: a services.Component, or "all" of them in one process.
+	Component   string
 	Listen      string
 	PostgresDSN string
 	// PostgresDSNFile names a file holding the DSN instead (secretSetting).
@@ -231,6 +245,7 @@ type serveConfig struct {
 	TLSCert     string
 	TLSKey      string
 	CORSOrigins []string
+	Reflection  bool
 	IdemTTL     time.Duration
 	Shutdown    time.Duration
 	MaxStreams  int
@@ -249,6 +264,10 @@ type serveConfig struct {
 // loads the TLS files (so a wrong path fails at start, not at the first handshake).
 func (c *serveConfig) Validate() error {
 	var errs []error
+	comps, err := parseServeComponent(c.Component)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	dsn, err := secretSetting{what: "the PostgreSQL DSN", value: c.PostgresDSN, file: c.PostgresDSNFile,
 		flag: "postgres-dsn", variable: "SECUREPAY_POSTGRES_DSN", fileFlag: "postgres-dsn-file", fileVar: "SECUREPAY_POSTGRES_DSN_FILE"}.resolve()
 	switch {
@@ -267,6 +286,8 @@ func (c *serveConfig) Validate() error {
 	switch {
 	case err != nil:
 		errs = append(errs, err)
+	case addr == "" && !needsRedis(comps):
+		// audit reads the log only.
 	case addr == "":
 		errs = append(errs, errors.New("the Redis address is missing: set --redis-addr or SECUREPAY_REDIS_ADDR (host:port, or redis[s]://[user:password@]host:port[/db]), or --redis-addr-file or SECUREPAY_REDIS_ADDR_FILE to a file holding it"))
 	default:
@@ -278,8 +299,8 @@ func (c *serveConfig) Validate() error {
 		// As for the DSN: the file is read once, and a second Validate sees one value.
 		c.RedisAddr, c.RedisAddrFile = addr, ""
 	}
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		errs = append(errs, fmt.Errorf("the listen address %q is not host:port: %v", c.Listen, err))
+	if err := checkServeListen(c.Listen, false); err != nil {
+		errs = append(errs, err)
 	}
 	switch {
 	case c.TLSCert == "" || c.TLSKey == "":
@@ -339,18 +360,25 @@ type serveCmd struct {
 func serveCommand(e env) *Command {
 	c := &serveCmd{}
 	cmd := &Command{
-		UsageLine: "securepay serve --postgres-dsn-file FILE --redis-addr HOST:PORT|URL --tls-cert FILE --tls-key FILE [flags]",
-		Short:     "run the production server (PostgreSQL, Redis, TLS)",
+		UsageLine: "securepay serve [COMPONENT] --postgres-dsn-file FILE --redis-addr HOST:PORT|URL --tls-cert FILE --tls-key FILE [flags]",
+		Short:     "run the production server, or one of its components (PostgreSQL, Redis, TLS)",
 		Long: "Run the production server: the event store and views on PostgreSQL (run migrate\n" +
 			"first), idempotency keys and the balance cache on Redis, TLS on one port. Every\n" +
 			"setting is checked at start and every problem listed at once.\n\n" +
+			"COMPONENT runs one part alone: payments (every write, GetAccount, the expirer),\n" +
+			"queries (GetPayment, GetBalance, ListHistory, WatchAccount from the views), audit\n" +
+			"(AuditService; needs no Redis) or projector (runs the views; health only). Without\n" +
+			"it, or with all, every component runs in this one process.\n\n" +
+			"With no authentication configured, serve listens on loopback only.\n\n" +
 			"Give secrets (the DSN, a Redis URL with a password) as files readable only by the\n" +
 			"server's user, or in the environment: a flag's value is visible to every user in ps.",
-		Run: c.run,
+		Args: []Arg{{Name: "COMPONENT", Optional: true}},
+		Run:  c.run,
 	}
 	fs := &cmd.Flag
 	ef := envFlags{fs, e}
-	ef.String(&c.cfg.Listen, "listen", "SECUREPAY_LISTEN", ":8443", "`address` to listen on")
+	ef.String(&c.cfg.Listen, "listen", "SECUREPAY_LISTEN", "127.0.0.1:8443", "`address` to listen on (loopback unless authentication is configured)")
+	fs.BoolVar(&c.cfg.Reflection, "reflection", false, "serve gRPC reflection (grpcurl, buf curl --list-methods): it lists every procedure to any caller")
 	ef.String(&c.cfg.PostgresDSN, "postgres-dsn", "SECUREPAY_POSTGRES_DSN", "", "PostgreSQL `DSN` of the event store and views (visible in ps: prefer --postgres-dsn-file)")
 	ef.String(&c.cfg.PostgresDSNFile, "postgres-dsn-file", "SECUREPAY_POSTGRES_DSN_FILE", "", "`file` holding the PostgreSQL DSN, readable only by its owner")
 	ef.String(&c.cfg.EventSchema, "event-schema", "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema, "`schema` of the event store")
@@ -372,8 +400,12 @@ func serveCommand(e env) *Command {
 	return cmd
 }
 
-func (c *serveCmd) run(ctx context.Context, e env, _ []string) error {
+func (c *serveCmd) run(ctx context.Context, e env, args []string) error {
 	cfg := c.cfg
+	cfg.Component = "all"
+	if len(args) > 0 {
+		cfg.Component = args[0]
+	}
 	cfg.CORSOrigins = splitList(c.cors)
 	cfg.LogLevel = slog.LevelInfo
 	if err := cfg.Validate(); err != nil {
@@ -398,6 +430,8 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 	// same process (tests) only redirects it. Outages are reported by the views and health,
 	// once each way, so go-redis's lines are debug detail.
 	redis.SetLogger(goRedisLogger{log})
+	comps := cfg.components()
+	has := func(c services.Component) bool { return slices.Contains(comps, c) }
 	store, err := postgres.Open(ctx, postgres.Config{DSN: cfg.PostgresDSN, Schema: cfg.EventSchema})
 	if errors.Is(err, postgres.ErrSchemaNotMigrated) {
 		return fmt.Errorf("serve: %w: run `securepay migrate` first", err)
@@ -409,62 +443,94 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 	if err := store.CheckServingRole(ctx); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	waiter := &lateWaiter{}
-	pgViews, err := pg.Open(ctx, pg.Config{Pool: store.Pool(), Schema: cfg.ViewSchema, Waiter: waiter})
-	if err != nil {
-		return fmt.Errorf("serve: open the views: %w (run `securepay migrate` first?)", err)
-	}
-	rdb := redis.NewClient(cfg.redisOpts)
-	defer rdb.Close()
-	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	err = rdb.Ping(pingCtx).Err()
-	cancel()
-	if err != nil {
-		// Addr is host:port: the password of a URL is not part of it. A wrong password
-		// comes back as WRONGPASS, which does not quote it either.
-		return fmt.Errorf("serve: Redis at %s does not answer: %w", cfg.redisOpts.Addr, err)
-	}
-	redisViews, err := redisviews.New(redisviews.Config{Client: rdb, Logger: log, ReadTimeout: cfg.RedisTimeout})
-	if err != nil {
-		return fmt.Errorf("serve: redis views: %w", err)
-	}
-	runner, err := projections.NewRunner(projections.RunnerConfig{
-		Store:      store,
-		Projectors: append(pgViews.Projectors(), redisViews.Projectors()...),
-		Logger:     log,
-	})
-	if err != nil {
-		return fmt.Errorf("serve: projections: %w", err)
-	}
-	waiter.r = runner
-	// Other instances append to the same store: refusals made on cached state are
-	// re-checked against it.
-	proc, err := ledger.New(store, ledger.Config{SharedStore: true, Snapshots: store, Logger: log, Limits: cfg.Limits})
-	if err != nil {
-		return fmt.Errorf("serve: start the ledger: %w", err)
-	}
-	defer proc.Close()
-	cfg.tlsCerts.log = log // before the first handshake: no reload can run yet
-	srv, err := services.NewServer(services.Config{
-		Commands:        proc,
-		Reader:          redisViews.CachedReader(pgViews.Reader()),
+	scfg := services.Config{
+		Components:      comps,
 		Store:           store,
-		Idempotency:     services.NewRedisIdempotencyStore(rdb, ""),
 		IdempotencyTTL:  cfg.IdemTTL,
 		TLS:             &tls.Config{GetCertificate: cfg.tlsCerts.GetCertificate, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
 		CORSOrigins:     cfg.CORSOrigins,
+		Reflection:      cfg.Reflection,
 		MaxRequestBytes: cfg.MaxReqBytes,
 		RequestTimeout:  cfg.ReqTimeout,
 		ShutdownTimeout: cfg.Shutdown,
 		MaxStreams:      cfg.MaxStreams,
 		Logger:          log,
-		// Reads fall back to PostgreSQL without Redis, and idempotent writes answer
-		// IDEMPOTENCY_STORE_UNAVAILABLE: degraded, not down.
-		Dependencies: []services.Dependency{{
+	}
+	var rdb *redis.Client
+	if needsRedis(comps) {
+		rdb = redis.NewClient(cfg.redisOpts)
+		defer rdb.Close()
+		pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err = rdb.Ping(pingCtx).Err()
+		cancel()
+		if err != nil {
+			// Addr is host:port: the password of a URL is not part of it. A wrong password
+			// comes back as WRONGPASS, which does not quote it either.
+			return fmt.Errorf("serve: Redis at %s does not answer: %w", cfg.redisOpts.Addr, err)
+		}
+		// Reads fall back to PostgreSQL without Redis, idempotent writes answer
+		// IDEMPOTENCY_STORE_UNAVAILABLE, and the Redis projectors catch up when it is
+		// back: degraded, not down.
+		scfg.Dependencies = []services.Dependency{{
 			Name:  "redis",
 			Check: func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
-		}},
-	})
+		}}
+	}
+	// The background work of the components: projections, the Redis sweeper, the
+	// authorisation expirer. It ends before the processor and the store close (deferred).
+	var background []func(ctx context.Context)
+	if has(services.ComponentQueries) || has(services.ComponentProjector) {
+		// The views' reads wake on the runner's commits when it runs in this process;
+		// queries alone polls the view (projections/pg: a read answers only from a
+		// checkpoint at or past min_position either way).
+		waiter := &lateWaiter{}
+		var w projections.Waiter
+		if has(services.ComponentProjector) {
+			w = waiter
+		}
+		pgViews, err := pg.Open(ctx, pg.Config{Pool: store.Pool(), Schema: cfg.ViewSchema, Waiter: w})
+		if err != nil {
+			return fmt.Errorf("serve: open the views: %w (run `securepay migrate` first?)", err)
+		}
+		redisViews, err := redisviews.New(redisviews.Config{Client: rdb, Logger: log, ReadTimeout: cfg.RedisTimeout})
+		if err != nil {
+			return fmt.Errorf("serve: redis views: %w", err)
+		}
+		scfg.Reader = pgViews.Reader()
+		if has(services.ComponentQueries) {
+			scfg.Reader = redisViews.CachedReader(pgViews.Reader())
+		}
+		if has(services.ComponentProjector) {
+			runner, err := projections.NewRunner(projections.RunnerConfig{
+				Store:      store,
+				Projectors: append(pgViews.Projectors(), redisViews.Projectors()...),
+				Logger:     log,
+			})
+			if err != nil {
+				return fmt.Errorf("serve: projections: %w", err)
+			}
+			waiter.r = runner
+			background = append(background,
+				func(ctx context.Context) { _ = runner.Run(ctx) },
+				func(ctx context.Context) { _ = redisViews.RunSweeper(ctx, 30*time.Second) })
+		}
+	}
+	if has(services.ComponentPayments) {
+		// Other instances append to the same store: refusals made on cached state are
+		// re-checked against it.
+		proc, err := ledger.New(store, ledger.Config{SharedStore: true, Snapshots: store, Logger: log, Limits: cfg.Limits})
+		if err != nil {
+			return fmt.Errorf("serve: start the ledger: %w", err)
+		}
+		defer proc.Close()
+		scfg.Commands = proc
+		scfg.Idempotency = services.NewRedisIdempotencyStore(rdb, "")
+		// Every instance runs an expirer: Expire is idempotent, so several are safe together.
+		expirer := &ledger.Expirer{Store: store, Processor: proc, Logger: log}
+		background = append(background, func(ctx context.Context) { _ = expirer.Run(ctx) })
+	}
+	cfg.tlsCerts.log = log // before the first handshake: no reload can run yet
+	srv, err := services.NewServer(scfg)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -472,19 +538,23 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 	if err != nil {
 		return fmt.Errorf("serve: listen on %s: %w", cfg.Listen, err)
 	}
-	log.Info("securepay serving", "addr", ln.Addr().String(), "event_schema", cfg.EventSchema, "view_schema", cfg.ViewSchema,
-		"redis", cfg.redisOpts.Addr, "redis_db", cfg.redisOpts.DB, "redis_tls", cfg.redisOpts.TLSConfig != nil)
+	attrs := []any{"addr", ln.Addr().String(), "component", cfg.Component, "event_schema", cfg.EventSchema}
+	if scfg.Reader != nil {
+		attrs = append(attrs, "view_schema", cfg.ViewSchema)
+	}
+	if cfg.redisOpts != nil {
+		attrs = append(attrs, "redis", cfg.redisOpts.Addr, "redis_db", cfg.redisOpts.DB, "redis_tls", cfg.redisOpts.TLSConfig != nil)
+	}
+	log.Info("securepay serving", attrs...)
 
-	viewsCtx, stopViews := context.WithCancel(context.Background())
-	defer stopViews()
+	bgCtx, stopBackground := context.WithCancel(context.Background())
+	defer stopBackground()
 	var bg sync.WaitGroup
-	bg.Go(func() { _ = runner.Run(viewsCtx) })
-	bg.Go(func() { _ = redisViews.RunSweeper(viewsCtx, 30*time.Second) })
-	// Every instance runs an expirer: Expire is idempotent, so several are safe together.
-	expirer := &ledger.Expirer{Store: store, Processor: proc, Logger: log}
-	bg.Go(func() { _ = expirer.Run(viewsCtx) })
+	for _, run := range background {
+		bg.Go(func() { run(bgCtx) })
+	}
 	err = srv.Serve(ctx, ln)
-	stopViews()
+	stopBackground()
 	bg.Wait()
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
