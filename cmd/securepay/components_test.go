@@ -181,12 +181,9 @@ func startServe(t *testing.T, args ...string) string {
 // told where to go.
 func TestServeComponentsAlone(t *testing.T) {
 	const redisDB = 13
-	dsn := freshDatabase(t)
+	dsn := migrateForServing(t, freshDatabase(t), io.Discard)
 	redisAddr := testRedisAddr(t, redisDB)
 	certFile, keyFile := testCert(t)
-	if err := run(context.Background(), []string{"migrate", "--postgres-dsn", dsn}, io.Discard, io.Discard, noEnv); err != nil {
-		t.Fatalf("securepay migrate: %v", err)
-	}
 	common := []string{"--listen", "127.0.0.1:0", "--postgres-dsn", dsn, "--tls-cert", certFile, "--tls-key", keyFile}
 	withRedis := append([]string{"--redis-addr", redisAddr, "--redis-db", fmt.Sprint(redisDB)}, common...)
 	payments := startServe(t, append([]string{"payments"}, withRedis...)...)
