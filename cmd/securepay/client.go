@@ -46,6 +46,8 @@ type clientFlags struct {
 	caFile  string
 	timeout time.Duration
 	idemKey string // writes only
+	// tokenFile holds the bearer token (token.go); SECUREPAY_TOKEN gives it directly.
+	tokenFile string
 
 	cmd  *Command
 	kind clientKind
@@ -61,6 +63,7 @@ func (f *clientFlags) register(cmd *Command, e env, kind clientKind) {
 	fs.BoolVar(&f.json, "json", false, "print the answer as JSON, and an error as one JSON object on stderr")
 	ef.String(&f.caFile, "ca-file", "SECUREPAY_CA_FILE", "", "`file` of PEM CA certificates to trust for https://")
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "give up after this long, retries included")
+	ef.String(&f.tokenFile, "token-file", "SECUREPAY_TOKEN_FILE", "", "private `file` holding the access token sent as Authorization: Bearer (or give the token in $SECUREPAY_TOKEN)")
 	switch kind {
 	case writes:
 		fs.StringVar(&f.idemKey, "idempotency-key", "", "Idempotency-Key header: a retry with the same `key` returns the first response")
@@ -116,14 +119,20 @@ func (f *clientFlags) dial(e env) (*apiClient, error) {
 	}
 	hc := &http.Client{Transport: transport}
 	base := strings.TrimRight(f.server, "/")
+	var opts []connect.ClientOption
+	if tok, err := clientToken(e, f.tokenFile); err != nil {
+		return nil, err
+	} else if tok != "" {
+		opts = append(opts, connect.WithInterceptors(bearerAuth(tok)))
+	}
 	return &apiClient{
 		f:        f,
 		out:      e.stdout,
 		errOut:   e.stderr,
-		accounts: ledgerv1connect.NewAccountServiceClient(hc, base),
-		payments: ledgerv1connect.NewPaymentServiceClient(hc, base),
-		balances: ledgerv1connect.NewBalanceServiceClient(hc, base),
-		audit:    ledgerv1connect.NewAuditServiceClient(hc, base),
+		accounts: ledgerv1connect.NewAccountServiceClient(hc, base, opts...),
+		payments: ledgerv1connect.NewPaymentServiceClient(hc, base, opts...),
+		balances: ledgerv1connect.NewBalanceServiceClient(hc, base, opts...),
+		audit:    ledgerv1connect.NewAuditServiceClient(hc, base, opts...),
 		last:     lastWriteFile(e, base),
 	}, nil
 }

@@ -61,7 +61,8 @@ func devCommand(e env) *Command {
 		Short:     "run everything in one process on the embedded store (no external service)",
 		Long: "Run the ledger, the API and in-memory views in one process on the embedded store,\n" +
 			"with cleartext HTTP/2 (on loopback by default): for a laptop, not for production (see serve).",
-		Run: c.run,
+		Run:      c.run,
+		Commands: []*Command{devTokenCommand(e)},
 	}
 	fs := &cmd.Flag
 	ef := envFlags{fs, e}
