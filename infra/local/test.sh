@@ -45,6 +45,12 @@ log "Kafka"
 SECUREPAY_TEST_KAFKA_ADDR=$(bash infra/local/kafka.sh start "$work/kafka")
 export SECUREPAY_TEST_KAFKA_ADDR
 
+if ! command -v promtool >/dev/null; then
+	log "promtool (checks infra/observability's alert rules): installing the Debian package prometheus"
+	[[ $(id -u) -eq 0 ]] || { echo "promtool is not installed and we are not root: apt-get install -y prometheus" >&2; exit 1; }
+	apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus >&2
+fi
+
 if [[ -x api/check-generated.sh ]]; then
 	log "generated code is fresh"
 	bash api/check-generated.sh

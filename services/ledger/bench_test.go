@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,7 +30,7 @@ func BenchmarkTransfers(b *testing.B) {
 					traffic = "hot"
 				}
 				b.Run(fmt.Sprintf("%s/%s/c%d", be.name, traffic, conc), func(b *testing.B) {
-					benchTransfers(b, be, hot, conc)
+					benchTransfers(b, be, hot, conc, nil)
 				})
 			}
 		}
@@ -38,9 +39,9 @@ func BenchmarkTransfers(b *testing.B) {
 
 const benchPayers = 1024
 
-func benchTransfers(b *testing.B, be backend, hot bool, conc int) {
+func benchTransfers(b *testing.B, be backend, hot bool, conc int, obs ledger.Observer) {
 	store, _ := be.open(b)
-	p := newProcessor(b, store, ledger.Config{SharedStore: be.shared})
+	p := newProcessor(b, store, ledger.Config{SharedStore: be.shared, Observer: obs})
 	ctx := ctxT(b)
 	open(b, p, "world", usd, domain.KindExternal, 0)
 	open(b, p, "merchant-hot", usd, domain.KindMerchant, 0)
@@ -62,7 +63,7 @@ func benchTransfers(b *testing.B, be backend, hot bool, conc int) {
 	var wg sync.WaitGroup
 	b.ReportAllocs()
 	b.ResetTimer()
-	start := time.Now()
+	start, cpuStart := time.Now(), processCPU(b)
 	for w := range conc {
 		wg.Add(1)
 		go func() {
@@ -93,7 +94,7 @@ func benchTransfers(b *testing.B, be backend, hot bool, conc int) {
 		}()
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
+	elapsed, cpu := time.Since(start), processCPU(b)-cpuStart
 	b.StopTimer()
 	all := slices.Concat(lat...)
 	slices.Sort(all)
@@ -101,7 +102,19 @@ func benchTransfers(b *testing.B, be backend, hot bool, conc int) {
 		b.ReportMetric(float64(b.N)/elapsed.Seconds(), "transfers/s")
 		b.ReportMetric(float64(all[len(all)/2].Microseconds())/1000, "p50-ms")
 		b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-ms")
+		// CPU of this process per transfer: steadier than transfers/s on a shared machine,
+		// and what an on/off comparison (BenchmarkTransfersTelemetry) needs.
+		b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/transfer")
 	}
+}
+
+// processCPU is the user+system CPU time this process has used.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatalf("getrusage: %v", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // runAll executes commands concurrently (so they batch) and fails on any error.

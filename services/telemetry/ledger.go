@@ -88,11 +88,12 @@ func (t *Telemetry) LedgerObserver() (*LedgerObserver, error) {
 // Command implements ledger.Observer.
 func (o *LedgerObserver) Command(ctx context.Context, cmd domain.Command) (context.Context, string, func(ledger.Result, error)) {
 	start := time.Now()
-	name := CommandName(cmd)
+	spanName := commandSpanName(cmd)
+	name := spanName[len("ledger."):]
 	var span trace.Span
 	traceParent := ""
 	if o.tracer != nil {
-		ctx, span = o.tracer.Start(ctx, "ledger."+name, trace.WithAttributes(attribute.String("securepay.command", name)))
+		ctx, span = o.tracer.Start(ctx, spanName)
 		traceParent = FormatTraceParent(span.SpanContext())
 	}
 	return ctx, traceParent, func(res ledger.Result, err error) {
@@ -102,7 +103,8 @@ func (o *LedgerObserver) Command(ctx context.Context, cmd domain.Command) (conte
 			return
 		}
 		if span.IsRecording() {
-			span.SetAttributes(attribute.String("securepay.outcome", outcome), attribute.Int64("securepay.log_position", int64(res.Position)))
+			span.SetAttributes(attribute.String("securepay.command", name), attribute.String("securepay.outcome", outcome),
+				attribute.Int64("securepay.log_position", int64(res.Position)))
 			if outcome == OutcomeRefused {
 				span.SetAttributes(attribute.String("securepay.refusal", string(domain.ReasonOf(err))))
 			} else if outcome == OutcomeError {
@@ -173,8 +175,7 @@ func (o *LedgerObserver) Append(ctx context.Context, commands []context.Context,
 			if !trace.SpanContextFromContext(c).IsSampled() {
 				continue
 			}
-			_, s := o.tracer.Start(c, SpanCommandAppend, trace.WithTimestamp(start), back,
-				trace.WithAttributes(attribute.Int("securepay.batch.commands", len(commands))))
+			_, s := o.tracer.Start(c, SpanCommandAppend, trace.WithTimestamp(start), back)
 			if err != nil {
 				s.SetStatus(codes.Error, err.Error())
 			}
@@ -190,33 +191,37 @@ func (o *LedgerObserver) Retried(reason string) {
 	}
 }
 
-// CommandName is the metric label and span name of a command: a closed set.
-func CommandName(cmd domain.Command) string {
+// CommandName is the metric label of a command: a closed set.
+func CommandName(cmd domain.Command) string { return commandSpanName(cmd)[len("ledger."):] }
+
+// commandSpanName is the span name of a command, "ledger." and its label: one constant,
+// so naming a span allocates nothing.
+func commandSpanName(cmd domain.Command) string {
 	switch cmd.(type) {
 	case domain.OpenAccount, *domain.OpenAccount:
-		return "OpenAccount"
+		return "ledger.OpenAccount"
 	case domain.FreezeAccount, *domain.FreezeAccount:
-		return "FreezeAccount"
+		return "ledger.FreezeAccount"
 	case domain.UnfreezeAccount, *domain.UnfreezeAccount:
-		return "UnfreezeAccount"
+		return "ledger.UnfreezeAccount"
 	case domain.CloseAccount, *domain.CloseAccount:
-		return "CloseAccount"
+		return "ledger.CloseAccount"
 	case domain.Transfer, *domain.Transfer:
-		return "Transfer"
+		return "ledger.Transfer"
 	case domain.BatchTransfer, *domain.BatchTransfer:
-		return "BatchTransfer"
+		return "ledger.BatchTransfer"
 	case domain.Authorise, *domain.Authorise:
-		return "Authorise"
+		return "ledger.Authorise"
 	case domain.Capture, *domain.Capture:
-		return "Capture"
+		return "ledger.Capture"
 	case domain.Void, *domain.Void:
-		return "Void"
+		return "ledger.Void"
 	case domain.Expire, *domain.Expire:
-		return "Expire"
+		return "ledger.Expire"
 	case domain.Refund, *domain.Refund:
-		return "Refund"
+		return "ledger.Refund"
 	default:
-		return "other"
+		return "ledger.other"
 	}
 }
 
