@@ -17,18 +17,8 @@ import (
 	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
 	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
 	"github.com/securepay/securepay/services/mtls"
+	"github.com/securepay/securepay/services/mtls/mtlstest"
 )
-
-// protocols are the three wire protocols a Connect server speaks; every refusal must be
-// readable in each.
-var protocols = []struct {
-	name string
-	opts []connect.ClientOption
-}{
-	{"connect", nil},
-	{"grpc", []connect.ClientOption{connect.WithGRPC()}},
-	{"grpc-web", []connect.ClientOption{connect.WithGRPCWeb()}},
-}
 
 func newDevCA(t testing.TB, trustDomain string, clock func() time.Time) *mtls.DevCA {
 	t.Helper()
@@ -82,10 +72,10 @@ func TestAuthorisationMatrix_DevCA(t *testing.T) {
 			if policy.Allowed(proc, caller) {
 				want = 0
 			}
-			for _, p := range protocols {
-				t.Run(fmt.Sprintf("%s/%s/%s", caller.Path(), proc, p.name), func(t *testing.T) {
+			for _, p := range mtlstest.Protocols() {
+				t.Run(fmt.Sprintf("%s/%s/%s", caller.Path(), proc, p.Name), func(t *testing.T) {
 					before := ts.Svc.handled()
-					code, seen, err := call(ctx, hc, ts.URL, proc, p.opts)
+					code, seen, err := call(ctx, hc, ts.URL, proc, p.Options)
 					if code != want {
 						t.Fatalf("policy says %v, got %v (%v)", codeName(want), codeName(code), err)
 					}
@@ -165,10 +155,10 @@ func TestAuthorisationMatrix_DevCA(t *testing.T) {
 		},
 	}
 	for _, h := range hostile {
-		for _, p := range protocols {
-			t.Run(h.name+"/"+p.name, func(t *testing.T) {
+		for _, p := range mtlstest.Protocols() {
+			t.Run(h.name+"/"+p.Name, func(t *testing.T) {
 				before := ts.Svc.handled()
-				code, _, err := transfer(ctx, h.client, h.url, p.opts...)
+				code, _, err := transfer(ctx, h.client, h.url, p.Options...)
 				if err == nil {
 					t.Fatal("the call succeeded; it must be refused")
 				}

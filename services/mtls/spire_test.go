@@ -36,6 +36,7 @@ import (
 	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
 	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
 	"github.com/securepay/securepay/services/mtls"
+	"github.com/securepay/securepay/services/mtls/mtlstest"
 )
 
 func serialsSeen(r *serialRecorder) int {
@@ -136,13 +137,13 @@ func runClientRole() int {
 	hc := mtls.HTTPClient(src, ids.Payments)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for _, p := range protocols {
-		code, _, err := transfer(ctx, hc, os.Getenv(targetEnv), p.opts...)
+	for _, p := range mtlstest.Protocols() {
+		code, _, err := transfer(ctx, hc, os.Getenv(targetEnv), p.Options...)
 		msg := ""
 		if err != nil {
 			msg = strings.ReplaceAll(err.Error(), "\n", " ")
 		}
-		fmt.Printf("CODE %s %s %s\n", p.name, codeName(code), msg)
+		fmt.Printf("CODE %s %s %s\n", p.Name, codeName(code), msg)
 	}
 	return 0
 }
@@ -321,10 +322,10 @@ func TestSPIREAuthorisationMatrix(t *testing.T) {
 		if policy.Allowed(proc, ids.Gateway) {
 			want = 0
 		}
-		for _, p := range protocols {
-			code, seen, err := call(ctx, hc, server.URL, proc, p.opts)
+		for _, p := range mtlstest.Protocols() {
+			code, seen, err := call(ctx, hc, server.URL, proc, p.Options)
 			if code != want {
-				t.Errorf("gateway %s over %s: policy says %s, got %s (%v)", proc, p.name, codeName(want), codeName(code), err)
+				t.Errorf("gateway %s over %s: policy says %s, got %s (%v)", proc, p.Name, codeName(want), codeName(code), err)
 			}
 			if code == 0 {
 				allowed++
@@ -348,7 +349,7 @@ func TestSPIREAuthorisationMatrix(t *testing.T) {
 		want = 0
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	if len(lines) != len(protocols) {
+	if len(lines) != len(mtlstest.Protocols()) {
 		t.Fatalf("queries client printed %q, want one CODE line per protocol", out)
 	}
 	for _, line := range lines {
@@ -380,15 +381,15 @@ func TestSPIREAuthorisationMatrix(t *testing.T) {
 		{"plaintext HTTP/2", h2cClient(), strings.Replace(server.URL, "https:", "http:", 1), true, 0},
 	}
 	for _, h := range hostile {
-		for _, p := range protocols {
-			code, _, err := transfer(ctx, h.client, h.url, p.opts...)
+		for _, p := range mtlstest.Protocols() {
+			code, _, err := transfer(ctx, h.client, h.url, p.Options...)
 			switch {
 			case err == nil:
-				t.Errorf("%s over %s: the call succeeded", h.name, p.name)
+				t.Errorf("%s over %s: the call succeeded", h.name, p.Name)
 			case h.handshake && (code == connect.CodePermissionDenied || code == connect.CodeUnauthenticated):
-				t.Errorf("%s over %s: want a refused connection, got a server answer: %v", h.name, p.name, err)
+				t.Errorf("%s over %s: want a refused connection, got a server answer: %v", h.name, p.Name, err)
 			case !h.handshake && code != h.want:
-				t.Errorf("%s over %s: want %s, got %v", h.name, p.name, h.want, err)
+				t.Errorf("%s over %s: want %s, got %v", h.name, p.Name, h.want, err)
 			}
 		}
 	}

@@ -49,13 +49,19 @@ func (m Mismatch) String() string {
 	return fmt.Sprintf("%s → %s over %s: want %s, got %s", m.Caller, m.Procedure, m.Protocol, m.Want, m.Got)
 }
 
-var protocols = []struct {
-	name string
-	opts []connect.ClientOption
-}{
-	{"connect", nil},
-	{"grpc", []connect.ClientOption{connect.WithGRPC()}},
-	{"grpc-web", []connect.ClientOption{connect.WithGRPCWeb()}},
+// Protocol is one of the wire protocols a Connect server speaks, as client options.
+type Protocol struct {
+	Name    string
+	Options []connect.ClientOption
+}
+
+// Protocols are Connect, gRPC and gRPC-web: every refusal must be readable in each.
+func Protocols() []Protocol {
+	return []Protocol{
+		{"connect", nil},
+		{"grpc", []connect.ClientOption{connect.WithGRPC()}},
+		{"grpc-web", []connect.ClientOption{connect.WithGRPCWeb()}},
+	}
 }
 
 // Run reports every mismatch as a test error.
@@ -108,9 +114,9 @@ func (m Matrix) Check(ctx context.Context) ([]Mismatch, error) {
 			if m.Policy.Allowed(proc, caller) {
 				want = "passed the policy"
 			}
-			for _, p := range protocols {
-				if got := m.outcome(ctx, hc, proc, p.opts); got != want {
-					out = append(out, Mismatch{caller.String(), proc, p.name, want, got})
+			for _, p := range Protocols() {
+				if got := m.outcome(ctx, hc, proc, p.Options); got != want {
+					out = append(out, Mismatch{caller.String(), proc, p.Name, want, got})
 				}
 			}
 		}
@@ -123,9 +129,9 @@ func (m Matrix) Check(ctx context.Context) ([]Mismatch, error) {
 	}
 	for _, h := range hostile {
 		for _, proc := range m.Policy.Procedures() {
-			for _, p := range protocols {
-				if got := m.outcome(ctx, h.client, proc, p.opts); got != h.want {
-					out = append(out, Mismatch{h.name, proc, p.name, h.want, got})
+			for _, p := range Protocols() {
+				if got := m.outcome(ctx, h.client, proc, p.Options); got != h.want {
+					out = append(out, Mismatch{h.name, proc, p.Name, h.want, got})
 				}
 			}
 		}
