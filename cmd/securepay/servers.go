@@ -44,6 +44,7 @@ type devConfig struct {
 	// with MemoryLimitBytes, which then bounds the heap that a high GOGC would let grow.
 	GCPercent int
 	Limits    domain.Limits // ceilings on amounts and credit limits (limitFlags in main.go)
+	Relay     *relayConfig  // --kafka: publish the log to this broker (relay.go)
 }
 
 // devCmd is `securepay dev`'s flags.
@@ -52,6 +53,7 @@ type devCmd struct {
 	cors                   string
 	verbose                bool
 	memLimitMiB, gcPercent int
+	kafka                  string
 }
 
 func devCommand(e env) *Command {
@@ -76,6 +78,7 @@ func devCommand(e env) *Command {
 	fs.IntVar(&c.cfg.HistoryCap, "history-cap", 200, "history lines kept in memory per account (older pages answer HISTORY_TRIMMED)")
 	fs.IntVar(&c.memLimitMiB, "memory-limit-mb", 300, "soft memory limit of the process in MiB, so the dev server stays small on a laptop (0: none; GOMEMLIMIT wins)")
 	limitFlags(fs, &c.cfg.Limits)
+	ef.String(&c.kafka, "kafka", "SECUREPAY_DEV_KAFKA", "", "publish the log to the Kafka broker at `host:port` (securepay.payments.v1, securepay.notifications.v1); none by default")
 	fs.IntVar(&c.gcPercent, "gc-percent", 400, "heap growth between collections, in percent of the live heap (GOGC); only applied with a memory limit, which caps the heap it lets grow (GOGC wins)")
 	return cmd
 }
@@ -91,6 +94,13 @@ func (c *devCmd) run(ctx context.Context, e env, _ []string) error {
 	}
 	if e.getenv("GOGC") == "" && cfg.MemoryLimitBytes > 0 {
 		cfg.GCPercent = c.gcPercent
+	}
+	if c.kafka != "" {
+		rc, err := devRelayConfig(c.kafka)
+		if err != nil {
+			return err
+		}
+		cfg.Relay = &rc
 	}
 	cfg.LogLevel = slog.LevelWarn
 	if c.verbose {
@@ -174,7 +184,11 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	fmt.Fprintf(e.stdout, "SecurePay dev is listening on %s\n", url)
 	fmt.Fprintf(e.stdout, "  protocols: Connect, gRPC and gRPC-web on one port (cleartext HTTP/2 and HTTP/1.1)\n")
 	fmt.Fprintf(e.stdout, "  ledger:    embedded store in %s%s\n", dir, map[bool]string{true: " (deleted on exit)", false: ""}[cfg.Dir == ""])
-	fmt.Fprintf(e.stdout, "  views:     in memory, rebuilt from the log at every start\n\n")
+	fmt.Fprintf(e.stdout, "  views:     in memory, rebuilt from the log at every start\n")
+	if cfg.Relay != nil {
+		fmt.Fprintf(e.stdout, "  relay:     the log to Kafka at %s (%s, %s)\n", strings.Join(cfg.Relay.Brokers, ","), cfg.Relay.Topics.Payments, cfg.Relay.Topics.Notifications)
+	}
+	fmt.Fprintln(e.stdout)
 	fmt.Fprintf(e.stdout, "Make a first transfer (in another terminal):\n\n")
 	fmt.Fprintf(e.stdout, "  export SECUREPAY_SERVER=%s\n", url)
 	fmt.Fprintf(e.stdout, "  securepay account open world --asset USD --kind external && \\\n")
@@ -192,6 +206,14 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	// Authorisations past their deadline are released by Expire commands in the log.
 	expirer := &ledger.Expirer{Store: store, Processor: proc, Logger: log}
 	bg.Go(func() { _ = expirer.Run(viewsCtx) })
+	if cfg.Relay != nil {
+		if err := startDevRelay(viewsCtx, &bg, store, dir, *cfg.Relay, log); err != nil {
+			stopViews()
+			bg.Wait()
+			ln.Close()
+			return fmt.Errorf("dev: relay: %w", err)
+		}
+	}
 	g.Go(func() error { return srv.Serve(gctx, ln) })
 	err = g.Wait()
 	stopViews()
@@ -369,12 +391,15 @@ func serveCommand(e env) *Command {
 			"COMPONENT runs one part alone: payments (every write, GetAccount, the expirer),\n" +
 			"queries (GetPayment, GetBalance, ListHistory, WatchAccount from the views), audit\n" +
 			"(AuditService; needs no Redis) or projector (runs the views; health only). Without\n" +
-			"it, or with all, every component runs in this one process.\n\n" +
+			"it, or with all, every component runs in this one process. The outbox relay to\n" +
+			"Kafka runs alone with its own flags: securepay serve relay -h.\n\n" +
 			"With no authentication configured, serve listens on loopback only.\n\n" +
 			"Give secrets (the DSN, a Redis URL with a password) as files readable only by the\n" +
 			"server's user, or in the environment: a flag's value is visible to every user in ps.",
 		Args: []Arg{{Name: "COMPONENT", Optional: true}},
 		Run:  c.run,
+		// relay has flags of its own (Kafka, no listener, no Redis): a subcommand.
+		Commands: []*Command{relayCommand(e)},
 	}
 	fs := &cmd.Flag
 	ef := envFlags{fs, e}

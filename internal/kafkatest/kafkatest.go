@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -121,13 +122,33 @@ func Consume(t testing.TB, addr string, topics []string, timeout time.Duration, 
 	cfg.Version = sarama.V3_6_0_0
 	cfg.ClientID = "securepay-test-consumer"
 	cfg.Consumer.Return.Errors = true
-	consumer, err := sarama.NewConsumer([]string{addr}, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	client, err := sarama.NewClient([]string{addr}, cfg)
+	if err != nil {
+		t.Fatalf("Kafka client of %s: %v", addr, err)
+	}
+	defer client.Close()
+	// A topic the code under test has just created may not have a leader yet: wait for
+	// every partition's leader, within the timeout.
+	for _, topic := range topics {
+		for {
+			err := leaders(client, topic)
+			if err == nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				t.Fatalf("topic %s has no leader for every partition within %s: %v", topic, timeout, err)
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	consumer, err := sarama.NewConsumerFromClient(client)
 	if err != nil {
 		t.Fatalf("consumer of %s: %v", addr, err)
 	}
 	defer consumer.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
 	var (
 		mu   sync.Mutex
 		msgs []*sarama.ConsumerMessage
@@ -160,8 +181,9 @@ func Consume(t testing.TB, addr string, topics []string, timeout time.Duration, 
 						case wake <- struct{}{}:
 						default:
 						}
-					case err := <-pc.Errors():
-						t.Logf("consume %s/%d: %v", topic, p, err)
+					case <-pc.Errors():
+						// Transient (a leader moving): the partition consumer retries by
+						// itself, and done decides whether enough arrived.
 					}
 				}
 			}()
@@ -196,4 +218,23 @@ func Header(m *sarama.ConsumerMessage, key string) string {
 		}
 	}
 	return ""
+}
+
+func leaders(client sarama.Client, topic string) error {
+	if err := client.RefreshMetadata(topic); err != nil {
+		return err
+	}
+	parts, err := client.Partitions(topic)
+	if err != nil {
+		return err
+	}
+	if len(parts) == 0 {
+		return fmt.Errorf("topic %s has no partitions", topic)
+	}
+	for _, p := range parts {
+		if _, err := client.Leader(topic, p); err != nil {
+			return fmt.Errorf("partition %d: %w", p, err)
+		}
+	}
+	return nil
 }

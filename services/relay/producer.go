@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -64,30 +65,30 @@ func CheckProducer(c *sarama.Config) error {
 	if c == nil {
 		return fmt.Errorf("%w: no configuration", ErrUnsafeProducer)
 	}
-	var errs []error
+	var errs []string
 	if !c.Producer.Idempotent {
-		errs = append(errs, errors.New("Producer.Idempotent must be true (a retried batch would be written twice, or out of order)"))
+		errs = append(errs, "Producer.Idempotent must be true (a retried batch would be written twice, or out of order)")
 	}
 	if c.Producer.RequiredAcks != sarama.WaitForAll {
-		errs = append(errs, fmt.Errorf("Producer.RequiredAcks must be WaitForAll (acks=all), got %d: with fewer, an acknowledged event can be lost with its leader", c.Producer.RequiredAcks))
+		errs = append(errs, fmt.Sprintf("Producer.RequiredAcks must be WaitForAll (acks=all), got %d: with fewer, an acknowledged event can be lost with its leader", c.Producer.RequiredAcks))
 	}
 	if c.Net.MaxOpenRequests != 1 {
-		errs = append(errs, fmt.Errorf("Net.MaxOpenRequests must be 1, got %d: with more, a retry can reorder a partition", c.Net.MaxOpenRequests))
+		errs = append(errs, fmt.Sprintf("Net.MaxOpenRequests must be 1, got %d: with more, a retry can reorder a partition", c.Net.MaxOpenRequests))
 	}
 	if c.Producer.Retry.Max < 1 {
-		errs = append(errs, fmt.Errorf("Producer.Retry.Max must be at least 1, got %d", c.Producer.Retry.Max))
+		errs = append(errs, fmt.Sprintf("Producer.Retry.Max must be at least 1, got %d", c.Producer.Retry.Max))
 	}
 	if !c.Producer.Return.Successes || !c.Producer.Return.Errors {
-		errs = append(errs, errors.New("Producer.Return.Successes and Producer.Return.Errors must be true: the checkpoint moves on acknowledgements"))
+		errs = append(errs, "Producer.Return.Successes and Producer.Return.Errors must be true: the checkpoint moves on acknowledgements")
 	}
 	if !c.Version.IsAtLeast(MinKafkaVersion) {
-		errs = append(errs, fmt.Errorf("protocol version %s is older than %s, the oldest Kafka 4 brokers accept", c.Version, MinKafkaVersion))
+		errs = append(errs, fmt.Sprintf("protocol version %s is older than %s, the oldest Kafka 4 brokers accept", c.Version, MinKafkaVersion))
 	}
 	if c.Producer.Transaction.ID != "" {
-		errs = append(errs, errors.New("Producer.Transaction.ID must be empty: the relay does not use transactions, the checkpoint and the event id make redelivery safe"))
+		errs = append(errs, "Producer.Transaction.ID must be empty: the relay does not use transactions, the checkpoint and the event id make redelivery safe")
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("%w: %w", ErrUnsafeProducer, errors.Join(errs...))
+		return fmt.Errorf("%w: %s", ErrUnsafeProducer, strings.Join(errs, "; "))
 	}
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrUnsafeProducer, err)
