@@ -1,6 +1,7 @@
 package relay_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore"
@@ -261,6 +263,7 @@ func (f *fixture) verify(t *testing.T, addr string, maxDuplicates int) int {
 		}
 		return len(seen) >= len(log)
 	})
+	schema := relay.CompileSchema(t)
 	seen := map[string]bool{}
 	lastPos := map[string]uint64{}  // per key: position of its last first delivery
 	partition := map[string]int32{} // per key: the one partition it uses
@@ -286,6 +289,13 @@ func (f *fixture) verify(t *testing.T, addr string, maxDuplicates int) int {
 			if got := kafkatest.Header(m, h); got != want {
 				t.Fatalf("event %s: header %s = %q, want %q", id, h, got, want)
 			}
+		}
+		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(m.Value))
+		if err != nil {
+			t.Fatalf("event %s: value is not JSON: %v", id, err)
+		}
+		if err := schema.Validate(doc); err != nil {
+			t.Fatalf("event %s: value breaks docs/kafka/event.v1.schema.json: %v\n%s", id, err, m.Value)
 		}
 		var v envelope
 		dec := json.NewDecoder(strings.NewReader(string(m.Value)))
