@@ -109,7 +109,6 @@ func checkBrokers(brokers []string) error {
 type relayCmd struct {
 	cfg     relayConfig
 	brokers string
-	topics  relay.TopicSettings
 }
 
 func relayCommand(e env) *Command {
