@@ -104,8 +104,7 @@ func startServer(t testing.TB, src mtls.Source, policy mtls.Policy) *testServer 
 func serveTest(src mtls.Source, policy mtls.Policy) (*testServer, error) {
 	ts := &testServer{Svc: &payments{}}
 	mux := http.NewServeMux()
-	mux.Handle(ledgerv1connect.NewPaymentServiceHandler(ts.Svc))
-	mux.Handle(ledgerv1connect.NewAccountServiceHandler(ts.Svc))
+	handle(mux, ts.Svc)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -126,6 +125,11 @@ func serveTest(src mtls.Source, policy mtls.Policy) (*testServer, error) {
 	go func() { _ = ts.srv.ServeTLS(ln, "", "") }()
 	ts.URL = "https://" + ln.Addr().String()
 	return ts, nil
+}
+
+func handle(mux *http.ServeMux, svc *payments) {
+	mux.Handle(ledgerv1connect.NewPaymentServiceHandler(svc))
+	mux.Handle(ledgerv1connect.NewAccountServiceHandler(svc))
 }
 
 func (ts *testServer) connections() int {
