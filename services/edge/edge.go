@@ -144,3 +144,23 @@ func TrustGateway(gatewayID spiffeid.ID) func(ctx context.Context) bool {
 		return ok && id == gatewayID
 	}
 }
+
+// ForComponent is what a component behind mtls.Policy.Handler plugs into
+// services.Config (Caller, CorrelationID): a request from gatewayID acts for the
+// principal the gateway asserted; one from any other component acts as that component's
+// SPIFFE ID, whatever headers it sent; one with no mTLS peer (which the policy already
+// refused) as "anonymous".
+func ForComponent(gatewayID spiffeid.ID) (
+	caller func(ctx context.Context, h http.Header) string,
+	correlation func(ctx context.Context, h http.Header) string,
+) {
+	fromGateway := TrustGateway(gatewayID)
+	gw, corr := Funcs(fromGateway, "anonymous")
+	caller = func(ctx context.Context, h http.Header) string {
+		if peer, ok := mtls.CallerID(ctx); ok && peer != gatewayID {
+			return peer.String()
+		}
+		return gw(ctx, h)
+	}
+	return caller, corr
+}

@@ -107,3 +107,24 @@ func TestTrustGateway(t *testing.T) {
 		t.Error("a request with no mTLS peer is trusted")
 	}
 }
+
+func TestForComponent(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("securepay.dev")
+	ids := mtls.WellKnownIDs(td)
+	caller, correlation := ForComponent(ids.Gateway)
+	h := http.Header{}
+	Set(h, Identity{Principal: "alice", CorrelationID: "c-1"})
+	for _, tc := range []struct {
+		name       string
+		ctx        context.Context
+		actor, cid string
+	}{
+		{"gateway", mtls.WithCallerID(context.Background(), ids.Gateway), "alice", "c-1"},
+		{"projector forging the headers", mtls.WithCallerID(context.Background(), ids.Projector), ids.Projector.String(), ""},
+		{"no peer", context.Background(), "anonymous", ""},
+	} {
+		if a, c := caller(tc.ctx, h), correlation(tc.ctx, h); a != tc.actor || c != tc.cid {
+			t.Errorf("%s: actor %q correlation %q, want %q and %q", tc.name, a, c, tc.actor, tc.cid)
+		}
+	}
+}

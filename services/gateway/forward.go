@@ -111,7 +111,7 @@ func paymentNotFound(id string) error {
 func (g *Gateway) lookupPayment(ctx context.Context, id string, minPosition uint64) (*ledgerv1.Payment, error) {
 	req := connect.NewRequest(&ledgerv1.GetPaymentRequest{PaymentId: id, MinPosition: max(minPosition, g.lastWrite.Load())})
 	g.stamp(ctx, nil, req.Header())
-	res, err := g.up.paymentReads.GetPayment(ctx, req)
+	res, err := g.up.of(ledgerv1connect.PaymentServiceGetPaymentProcedure).payments.GetPayment(ctx, req)
 	if err != nil {
 		if connect.CodeOf(err) == connect.CodeNotFound {
 			return nil, paymentNotFound(id)

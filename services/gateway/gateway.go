@@ -126,14 +126,22 @@ type Gateway struct {
 	handler   http.Handler
 }
 
-type upstreams struct {
-	accounts     ledgerv1connect.AccountServiceClient // writes: payments component
-	accountReads ledgerv1connect.AccountServiceClient // GetAccount: queries
-	payments     ledgerv1connect.PaymentServiceClient // writes: payments
-	paymentReads ledgerv1connect.PaymentServiceClient // GetPayment: queries
-	balances     ledgerv1connect.BalanceServiceClient // queries
-	audit        ledgerv1connect.AuditServiceClient   // audit
-	maxReadBytes int
+// clients are the four service clients of one component.
+type clients struct {
+	accounts ledgerv1connect.AccountServiceClient
+	payments ledgerv1connect.PaymentServiceClient
+	balances ledgerv1connect.BalanceServiceClient
+	audit    ledgerv1connect.AuditServiceClient
+}
+
+// upstreams routes a procedure to the component that serves it, by services.ComponentOf:
+// the components' own table, so the gateway never sends a call where it is Unimplemented
+// (GetAccount is a payments read; GetPayment a queries one).
+type upstreams map[services.Component]clients
+
+func (u upstreams) of(procedure string) clients {
+	c, _ := services.ComponentOf(procedure)
+	return u[c] // every API procedure has a component; TestRoutingFollowsComponentOf checks
 }
 
 // New builds a Gateway. It does not fetch the key set: the first request does, so a
@@ -211,14 +219,16 @@ func New(cfg Config) (*Gateway, error) {
 	// Upstream answers are bounded like requests: a component is trusted, but a bug that
 	// streams gigabytes should not take the gateway's memory with it.
 	copts := []connect.ClientOption{connect.WithReadMaxBytes(64 << 20), connect.WithSendMaxBytes(cfg.MaxRequestBytes)}
-	g.up = upstreams{
-		accounts:     ledgerv1connect.NewAccountServiceClient(cfg.Payments.Client, cfg.Payments.URL, copts...),
-		accountReads: ledgerv1connect.NewAccountServiceClient(cfg.Queries.Client, cfg.Queries.URL, copts...),
-		payments:     ledgerv1connect.NewPaymentServiceClient(cfg.Payments.Client, cfg.Payments.URL, copts...),
-		paymentReads: ledgerv1connect.NewPaymentServiceClient(cfg.Queries.Client, cfg.Queries.URL, copts...),
-		balances:     ledgerv1connect.NewBalanceServiceClient(cfg.Queries.Client, cfg.Queries.URL, copts...),
-		audit:        ledgerv1connect.NewAuditServiceClient(cfg.Audit.Client, cfg.Audit.URL, copts...),
-		maxReadBytes: cfg.MaxRequestBytes,
+	g.up = upstreams{}
+	for c, u := range map[services.Component]Upstream{
+		services.ComponentPayments: cfg.Payments, services.ComponentQueries: cfg.Queries, services.ComponentAudit: cfg.Audit,
+	} {
+		g.up[c] = clients{
+			accounts: ledgerv1connect.NewAccountServiceClient(u.Client, u.URL, copts...),
+			payments: ledgerv1connect.NewPaymentServiceClient(u.Client, u.URL, copts...),
+			balances: ledgerv1connect.NewBalanceServiceClient(u.Client, u.URL, copts...),
+			audit:    ledgerv1connect.NewAuditServiceClient(u.Client, u.URL, copts...),
+		}
 	}
 	opts := []connect.HandlerOption{
 		connect.WithReadMaxBytes(cfg.MaxRequestBytes),

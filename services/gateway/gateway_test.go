@@ -9,8 +9,11 @@ import (
 	"connectrpc.com/connect"
 
 	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
+	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
 	"github.com/securepay/securepay/services"
+	"github.com/securepay/securepay/services/edge"
 	"github.com/securepay/securepay/services/gateway"
+	"github.com/securepay/securepay/services/mtls"
 )
 
 func usd(v string) *ledgerv1.Money { return &ledgerv1.Money{Value: v, Asset: "USD"} }
@@ -260,5 +263,35 @@ func TestRefusalsConcealTheCounterparty(t *testing.T) {
 	}
 	if got := answer("bob"); !strings.Contains(got, "ACCOUNT_FROZEN") || !strings.Contains(got, "alice is frozen") {
 		t.Errorf("alice paying from her own frozen account: %s, want ACCOUNT_FROZEN naming alice", got)
+	}
+}
+
+// TestEdgeHeadersTrustedOnlyFromTheGateway: a component believes the principal header
+// only from the gateway's SPIFFE ID. Another component (here the projector, which this
+// test's policy lets call payments) that sends Securepay-Principal: alice is recorded as
+// itself.
+func TestEdgeHeadersTrustedOnlyFromTheGateway(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	f.seed(t)
+	ctx := context.Background()
+	src, err := f.ledger.ca.Source(f.ledger.ids.Projector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := ledgerv1connect.NewPaymentServiceClient(mtls.HTTPClient(src, f.ledger.ids.Payments), f.ledger.url[services.ComponentPayments])
+	req := connect.NewRequest(&ledgerv1.TransferRequest{PaymentId: "forged", SourceAccountId: "alice", DestinationAccountId: "bob", Amount: usd("1.00")})
+	edge.Set(req.Header(), edge.Identity{Principal: "alice", CorrelationID: "forged-correlation"})
+	res, err := direct.Transfer(ctx, req)
+	if err != nil {
+		t.Fatalf("the projector's direct call (allowed by this test's policy): %v", err)
+	}
+	events, err := f.ledger.store.ReadAll(ctx, res.Msg.GetResult().GetPosition()-1, 100)
+	if err != nil || len(events) == 0 {
+		t.Fatalf("read the transfer's events: %v (%d)", err, len(events))
+	}
+	for _, e := range events {
+		if e.Metadata.Actor != f.ledger.ids.Projector.String() || e.Metadata.CorrelationID == "forged-correlation" {
+			t.Errorf("event %d: actor %q correlation %q; want the projector's SPIFFE ID and not the forged correlation", e.Position, e.Metadata.Actor, e.Metadata.CorrelationID)
+		}
 	}
 }

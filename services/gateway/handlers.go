@@ -20,35 +20,35 @@ func (s *accountService) OpenAccount(ctx context.Context, req *connect.Request[l
 	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{accounts: []string{req.Msg.GetAccountId()}, open: req.Msg}, 0); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s.g, req, s.g.up.accounts.OpenAccount)
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).accounts.OpenAccount)
 }
 
 func (s *accountService) GetAccount(ctx context.Context, req *connect.Request[ledgerv1.GetAccountRequest]) (*connect.Response[ledgerv1.GetAccountResponse], error) {
 	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{accounts: []string{req.Msg.GetAccountId()}}, 0); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s.g, req, s.g.up.accountReads.GetAccount)
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).accounts.GetAccount)
 }
 
 func (s *accountService) FreezeAccount(ctx context.Context, req *connect.Request[ledgerv1.FreezeAccountRequest]) (*connect.Response[ledgerv1.FreezeAccountResponse], error) {
 	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{accounts: []string{req.Msg.GetAccountId()}}, 0); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s.g, req, s.g.up.accounts.FreezeAccount)
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).accounts.FreezeAccount)
 }
 
 func (s *accountService) UnfreezeAccount(ctx context.Context, req *connect.Request[ledgerv1.UnfreezeAccountRequest]) (*connect.Response[ledgerv1.UnfreezeAccountResponse], error) {
 	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{accounts: []string{req.Msg.GetAccountId()}}, 0); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s.g, req, s.g.up.accounts.UnfreezeAccount)
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).accounts.UnfreezeAccount)
 }
 
 func (s *accountService) CloseAccount(ctx context.Context, req *connect.Request[ledgerv1.CloseAccountRequest]) (*connect.Response[ledgerv1.CloseAccountResponse], error) {
 	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{accounts: []string{req.Msg.GetAccountId()}}, 0); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s.g, req, s.g.up.accounts.CloseAccount)
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).accounts.CloseAccount)
 }
 
 type paymentService struct{ g *Gateway }
@@ -59,7 +59,7 @@ func (s *paymentService) Transfer(ctx context.Context, req *connect.Request[ledg
 	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{accounts: []string{req.Msg.GetSourceAccountId()}}, 0); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s.g, req, s.g.up.payments.Transfer)
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).payments.Transfer)
 }
 
 func (s *paymentService) BatchTransfer(ctx context.Context, req *connect.Request[ledgerv1.BatchTransferRequest]) (*connect.Response[ledgerv1.BatchTransferResponse], error) {
@@ -70,35 +70,35 @@ func (s *paymentService) BatchTransfer(ctx context.Context, req *connect.Request
 	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{accounts: sources}, 0); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s.g, req, s.g.up.payments.BatchTransfer)
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).payments.BatchTransfer)
 }
 
 func (s *paymentService) Authorise(ctx context.Context, req *connect.Request[ledgerv1.AuthoriseRequest]) (*connect.Response[ledgerv1.AuthoriseResponse], error) {
 	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{accounts: []string{req.Msg.GetSourceAccountId()}}, 0); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s.g, req, s.g.up.payments.Authorise)
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).payments.Authorise)
 }
 
 func (s *paymentService) Capture(ctx context.Context, req *connect.Request[ledgerv1.CaptureRequest]) (*connect.Response[ledgerv1.CaptureResponse], error) {
 	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{paymentID: req.Msg.GetPaymentId()}, 0); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s.g, req, s.g.up.payments.Capture)
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).payments.Capture)
 }
 
 func (s *paymentService) Void(ctx context.Context, req *connect.Request[ledgerv1.VoidRequest]) (*connect.Response[ledgerv1.VoidResponse], error) {
 	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{paymentID: req.Msg.GetPaymentId()}, 0); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s.g, req, s.g.up.payments.Void)
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).payments.Void)
 }
 
 func (s *paymentService) Refund(ctx context.Context, req *connect.Request[ledgerv1.RefundRequest]) (*connect.Response[ledgerv1.RefundResponse], error) {
 	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{paymentID: req.Msg.GetPaymentId()}, 0); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s.g, req, s.g.up.payments.Refund)
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).payments.Refund)
 }
 
 func (s *paymentService) GetPayment(ctx context.Context, req *connect.Request[ledgerv1.GetPaymentRequest]) (*connect.Response[ledgerv1.GetPaymentResponse], error) {
@@ -111,7 +111,7 @@ func (s *paymentService) GetPayment(ctx context.Context, req *connect.Request[le
 		// that read is the answer.
 		return connect.NewResponse(&ledgerv1.GetPaymentResponse{Payment: p}), nil
 	}
-	return forward(ctx, s.g, req, s.g.up.paymentReads.GetPayment)
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).payments.GetPayment)
 }
 
 type balanceService struct{ g *Gateway }
@@ -122,21 +122,21 @@ func (s *balanceService) GetBalance(ctx context.Context, req *connect.Request[le
 	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{accounts: []string{req.Msg.GetAccountId()}}, 0); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s.g, req, s.g.up.balances.GetBalance)
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).balances.GetBalance)
 }
 
 func (s *balanceService) ListHistory(ctx context.Context, req *connect.Request[ledgerv1.ListHistoryRequest]) (*connect.Response[ledgerv1.ListHistoryResponse], error) {
 	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{accounts: []string{req.Msg.GetAccountId()}}, 0); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s.g, req, s.g.up.balances.ListHistory)
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).balances.ListHistory)
 }
 
 func (s *balanceService) WatchAccount(ctx context.Context, req *connect.Request[ledgerv1.WatchAccountRequest], stream *connect.ServerStream[ledgerv1.WatchAccountResponse]) error {
 	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{accounts: []string{req.Msg.GetAccountId()}}, 0); err != nil {
 		return err
 	}
-	return relayStream(ctx, s.g, req, stream, s.g.up.balances.WatchAccount)
+	return relayStream(ctx, s.g, req, stream, s.g.up.of(req.Spec().Procedure).balances.WatchAccount)
 }
 
 type auditService struct{ g *Gateway }
@@ -147,19 +147,19 @@ func (s *auditService) ReadStream(ctx context.Context, req *connect.Request[ledg
 	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{}, 0); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s.g, req, s.g.up.audit.ReadStream)
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).audit.ReadStream)
 }
 
 func (s *auditService) StreamLog(ctx context.Context, req *connect.Request[ledgerv1.StreamLogRequest], stream *connect.ServerStream[ledgerv1.StreamLogResponse]) error {
 	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{}, 0); err != nil {
 		return err
 	}
-	return relayStream(ctx, s.g, req, stream, s.g.up.audit.StreamLog)
+	return relayStream(ctx, s.g, req, stream, s.g.up.of(req.Spec().Procedure).audit.StreamLog)
 }
 
 func (s *auditService) VerifyChain(ctx context.Context, req *connect.Request[ledgerv1.VerifyChainRequest]) (*connect.Response[ledgerv1.VerifyChainResponse], error) {
 	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{}, 0); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s.g, req, s.g.up.audit.VerifyChain)
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).audit.VerifyChain)
 }

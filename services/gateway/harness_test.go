@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -24,6 +25,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/lestrrat-go/jwx/v3/jwk"
 	"github.com/redis/go-redis/v9"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
@@ -35,6 +37,7 @@ import (
 	"github.com/securepay/securepay/services/edge"
 	"github.com/securepay/securepay/services/gateway"
 	"github.com/securepay/securepay/services/ledger"
+	"github.com/securepay/securepay/services/mtls"
 )
 
 const (
@@ -170,13 +173,17 @@ func segment(t testing.TB, v any) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// ledgerNode is the components behind the gateway: one services.Server over an HTTP/2
-// TLS listener (as the mTLS components are), trusting the edge headers because only the
-// gateway's client can reach it in the test (in production: the gateway's SPIFFE ID).
+// ledgerNode is the components behind the gateway, as production runs them: payments,
+// queries and audit, each a services.Server of its own component over its own HTTP/2
+// mTLS listener (SVIDs from the development CA), behind a policy that lets the gateway's
+// SPIFFE ID call it, trusting the edge headers from that ID only. They share one store
+// and one set of views, as one process would.
 type ledgerNode struct {
-	url    string
-	client *http.Client // what the gateway calls it with
-	store  *embedded.Store
+	ca       *mtls.DevCA
+	ids      mtls.IDs
+	url      map[services.Component]string
+	gwClient map[services.Component]*http.Client // the gateway's mTLS client of each
+	store    *embedded.Store
 }
 
 func startLedger(t testing.TB) *ledgerNode {
@@ -197,27 +204,76 @@ func startLedger(t testing.TB) *ledgerNode {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = runner.Run(ctx) }()
-	caller, correlation := edge.Funcs(func(context.Context) bool { return true }, "direct")
-	srv, err := services.NewServer(services.Config{
-		Commands: proc, Reader: views.Reader(), Store: store,
-		Idempotency: services.NewMemoryIdempotencyStore(0, nil),
-		Caller:      caller, CorrelationID: correlation,
-		AllowH2C: true, ReadWait: 2 * time.Second,
-	})
+	td := spiffeid.RequireTrustDomainFromString(mtls.DefaultTrustDomain)
+	ca, err := mtls.NewDevCA(td, time.Hour, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewUnstartedServer(srv.Handler())
-	hs.EnableHTTP2 = true
-	hs.StartTLS()
+	ids := mtls.WellKnownIDs(td)
+	gwSrc, err := ca.Source(ids.Gateway)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idem := services.NewMemoryIdempotencyStore(0, nil)
+	led := &ledgerNode{ca: ca, ids: ids, url: map[services.Component]string{}, gwClient: map[services.Component]*http.Client{}, store: store}
+	var servers []*http.Server
+	for comp, id := range map[services.Component]spiffeid.ID{
+		services.ComponentPayments: ids.Payments, services.ComponentQueries: ids.Queries, services.ComponentAudit: ids.Audit,
+	} {
+		src, err := ca.Source(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rules := map[string][]spiffeid.ID{}
+		for _, proc := range services.Procedures(comp) {
+			// The gateway calls everything; the projector is allowed here only so that
+			// TestEdgeHeadersTrustedOnlyFromTheGateway can try to forge them.
+			rules[proc] = []spiffeid.ID{ids.Gateway, ids.Projector}
+		}
+		policy, err := mtls.NewPolicy(td, rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		caller, correlation := edge.ForComponent(ids.Gateway)
+		srv, err := services.NewServer(services.Config{
+			Components: []services.Component{comp},
+			Commands:   proc, Reader: views.Reader(), Store: store, Idempotency: idem,
+			Caller:        caller,
+			CorrelationID: correlation,
+			TLS:           mtls.ServerTLS(src),
+			Authorize:     policy.Handler,
+			ReadWait:      2 * time.Second,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p http.Protocols
+		p.SetHTTP2(true)
+		hs := &http.Server{Handler: srv.Handler(), TLSConfig: mtls.ServerTLS(src), Protocols: &p}
+		go func() { _ = hs.ServeTLS(ln, "", "") }()
+		servers = append(servers, hs)
+		led.url[comp] = "https://" + ln.Addr().String()
+		led.gwClient[comp] = mtls.HTTPClient(gwSrc, id)
+	}
 	t.Cleanup(func() {
-		hs.Close()
+		for _, hs := range servers {
+			_ = hs.Close()
+		}
 		cancel()
 		<-done
 		_ = proc.Close()
 		_ = store.Close()
 	})
-	return &ledgerNode{url: hs.URL, client: hs.Client(), store: store}
+	return led
+}
+
+// upstream is the gateway's Upstream of comp.
+func (l *ledgerNode) upstream(comp services.Component) gateway.Upstream {
+	return gateway.Upstream{URL: l.url[comp], Client: l.gwClient[comp]}
 }
 
 type fixture struct {
@@ -254,9 +310,9 @@ func newFixture(t testing.TB, o fixtureOptions) *fixture {
 func startGateway(t testing.TB, is *issuer, led *ledgerNode, o fixtureOptions) (*gateway.Gateway, string, *http.Client) {
 	t.Helper()
 	gw, err := gateway.New(gateway.Config{
-		Payments: gateway.Upstream{URL: led.url, Client: led.client},
-		Queries:  gateway.Upstream{URL: led.url, Client: led.client},
-		Audit:    gateway.Upstream{URL: led.url, Client: led.client},
+		Payments: led.upstream(services.ComponentPayments),
+		Queries:  led.upstream(services.ComponentQueries),
+		Audit:    led.upstream(services.ComponentAudit),
 		Auth: gateway.Auth{
 			Issuer: testIssuer, Audience: testAudience,
 			JWKSURL: is.srv.URL + "/certs", JWKSClient: is.srv.Client(),
