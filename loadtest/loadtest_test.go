@@ -17,55 +17,8 @@ import (
 	"connectrpc.com/connect"
 
 	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
-
-	"github.com/securepay/securepay/eventstore/embedded"
-	"github.com/securepay/securepay/projections"
-	"github.com/securepay/securepay/projections/memory"
-	"github.com/securepay/securepay/services"
-	"github.com/securepay/securepay/services/ledger"
+	"github.com/securepay/securepay/loadtest/internal/devserver"
 )
-
-// startServer runs the ledger, in-memory views and the API over cleartext HTTP/2 on a
-// loopback port, as `securepay dev` does, and returns its URL.
-func startServer(t *testing.T) string {
-	t.Helper()
-	store, err := embedded.Open(t.TempDir(), embedded.Options{})
-	if err != nil {
-		t.Fatalf("open the embedded store: %v", err)
-	}
-	proc, err := ledger.New(store, ledger.Config{})
-	if err != nil {
-		t.Fatalf("start the processor: %v", err)
-	}
-	views := memory.New(0)
-	runner, err := projections.NewRunner(projections.RunnerConfig{Store: store, Projectors: views.Projectors()})
-	if err != nil {
-		t.Fatalf("projections: %v", err)
-	}
-	srv, err := services.NewServer(services.Config{
-		Commands: proc, Reader: views.Reader(), Store: store,
-		Idempotency: services.NewMemoryIdempotencyStore(0, nil), AllowH2C: true,
-	})
-	if err != nil {
-		t.Fatalf("new server: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{}, 2)
-	go func() { _ = runner.Run(ctx); done <- struct{}{} }()
-	go func() { _ = srv.Serve(ctx, ln); done <- struct{}{} }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		<-done
-		proc.Close()
-		store.Close()
-	})
-	return "http://" + ln.Addr().String()
-}
 
 func baseConfig(server string) Config {
 	return Config{
@@ -79,7 +32,7 @@ func baseConfig(server string) Config {
 // Every scenario, closed and open loop, over HTTP/2 and HTTP/1.1, runs against a real
 // server without a single error, and what it reports adds up.
 func TestRunEveryScenario(t *testing.T) {
-	server := startServer(t)
+	server := devserver.Start(t)
 	type tc struct {
 		name     string
 		scenario string

@@ -3,6 +3,8 @@
 #
 #   infra/local/postgres.sh start DIR PORT   # prints the superuser DSN on stdout
 #   infra/local/postgres.sh stop DIR         # safe to call twice, or on a DIR never started
+#   infra/local/postgres.sh crash DIR        # immediate stop, as a crash would (fault tests);
+#                                            # `start DIR PORT` again recovers from the WAL
 #
 # DIR holds everything: data/ (the cluster), sock/ (the unix socket, so we never touch
 # /var/run/postgresql) and server.log. The server listens on 127.0.0.1:PORT only and trusts
@@ -17,6 +19,7 @@ usage() {
 	cat >&2 <<'EOF'
 usage: postgres.sh start DIR PORT
        postgres.sh stop DIR
+       postgres.sh crash DIR
 EOF
 	exit 2
 }
@@ -151,7 +154,7 @@ stop() {
 		return 0
 	fi
 	# fast: roll back open transactions and stop; -t bounds the wait.
-	as_owner "$bin/pg_ctl" -D "$data" -m fast -w -t 60 stop >&2
+	as_owner "$bin/pg_ctl" -D "$data" -m "${2:-fast}" -w -t 60 stop >&2
 }
 
 [[ $# -ge 1 ]] || usage
@@ -163,6 +166,12 @@ start)
 stop)
 	[[ $# -eq 2 ]] || usage
 	stop "$2"
+	;;
+crash)
+	# immediate: every server process quits at once, without a checkpoint; the next start
+	# replays the WAL, as after a power cut.
+	[[ $# -eq 2 ]] || usage
+	stop "$2" immediate
 	;;
 *) usage ;;
 esac

@@ -1,0 +1,302 @@
+package bank
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// cluster is everything the bank test runs against, each part a process of its own that
+// the test can kill: a PostgreSQL cluster and a Redis of its own (infra/local scripts) and
+// `securepay serve` built from this tree. This file is the one place that launches them:
+// when serve splits into components, or the gateway needs a token, only startServer and
+// the fault list change.
+type cluster struct {
+	t       *testing.T
+	root    string // the module's root, where the scripts and ./cmd/securepay are
+	dir     string
+	bin     string
+	pgDir   string
+	pgPort  int
+	rDir    string
+	rPort   int
+	addr    string // the server's 127.0.0.1:PORT, the same across restarts
+	dsnFile string // serve's DSN (its own login role), private
+	cert    string // self-signed: also the CA file clients trust
+	key     string
+
+	mu     sync.Mutex
+	server *exec.Cmd
+	exited chan struct{}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("find a free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// script runs an infra/local script and returns what it printed on stdout.
+func (c *cluster) script(name string, args ...string) (string, error) {
+	cmd := exec.Command("bash", append([]string{filepath.Join(c.root, "infra/local", name)}, args...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func startCluster(t *testing.T) *cluster {
+	t.Helper()
+	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	// Under /tmp and readable by all: PostgreSQL runs as its own OS user when we are root,
+	// and must reach its directory (t.TempDir's parents are private).
+	dir, err := os.MkdirTemp("/tmp", "securepay-bank-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, root: filepath.Dir(strings.TrimSpace(string(gomod))), dir: dir, bin: filepath.Join(dir, "securepay"),
+		pgDir: filepath.Join(dir, "pg"), rDir: filepath.Join(dir, "redis"), pgPort: freePort(t), rPort: freePort(t)}
+	c.addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	t.Cleanup(c.stop)
+
+	build := exec.Command("go", "build", "-o", c.bin, "./cmd/securepay")
+	build.Dir = c.root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/securepay: %v\n%s", err, out)
+	}
+	ownerDSN, err := c.script("postgres.sh", "start", c.pgDir, fmt.Sprint(c.pgPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.script("redis.sh", "start", c.rDir, fmt.Sprint(c.rPort)); err != nil {
+		t.Fatal(err)
+	}
+	// serve refuses a login role that could rewrite the log: it logs in as a role of its
+	// own that migrate grants the rest, as the README's operator set-up does.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, ownerDSN)
+	if err != nil {
+		t.Fatalf("connect to the test cluster: %v", err)
+	}
+	_, err = conn.Exec(ctx, "CREATE ROLE bank_serve LOGIN")
+	conn.Close(ctx)
+	if err != nil {
+		t.Fatalf("create the serving role: %v", err)
+	}
+	ownerFile := c.private("owner-dsn", ownerDSN)
+	if out, err := exec.CommandContext(ctx, c.bin, "migrate", "--postgres-dsn-file", ownerFile, "--serve-role", "bank_serve").CombinedOutput(); err != nil {
+		t.Fatalf("securepay migrate: %v\n%s", err, out)
+	}
+	c.dsnFile = c.private("serve-dsn", strings.Replace(ownerDSN, "postgres://postgres@", "postgres://bank_serve@", 1))
+	c.cert, c.key = c.selfSigned()
+	if err := c.startServer(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (c *cluster) private(name, content string) string {
+	p := filepath.Join(c.dir, name)
+	if err := os.WriteFile(p, []byte(content+"\n"), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+	return p
+}
+
+// startServer launches `securepay serve` and waits until it answers /readyz.
+func (c *cluster) startServer() error {
+	logFile, err := os.OpenFile(filepath.Join(c.dir, "serve.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(c.bin, "serve", "--listen", c.addr, "--postgres-dsn-file", c.dsnFile,
+		"--redis-addr", fmt.Sprintf("127.0.0.1:%d", c.rPort), "--tls-cert", c.cert, "--tls-key", c.key)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return fmt.Errorf("start serve: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); logFile.Close(); close(exited) }()
+	c.mu.Lock()
+	c.server, c.exited = cmd, exited
+	c.mu.Unlock()
+	return c.waitReady(exited)
+}
+
+// waitReady polls /readyz until it answers 200, the server exits, or a minute passes.
+func (c *cluster) waitReady(exited <-chan struct{}) error {
+	pool := x509.NewCertPool()
+	pemBytes, err := os.ReadFile(c.cert)
+	if err != nil {
+		return err
+	}
+	pool.AppendCertsFromPEM(pemBytes)
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	defer hc.CloseIdleConnections()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			return fmt.Errorf("serve exited before it was ready; its log:\n%s", c.serverLog())
+		default:
+		}
+		if res, err := hc.Get("https://" + c.addr + "/readyz"); err == nil {
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("serve not ready on %s after a minute; its log:\n%s", c.addr, c.serverLog())
+}
+
+func (c *cluster) serverLog() string {
+	b, _ := os.ReadFile(filepath.Join(c.dir, "serve.log"))
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+	}
+	return string(b)
+}
+
+// killServer sends SIGKILL and waits for the process to be gone.
+func (c *cluster) killServer() error {
+	c.mu.Lock()
+	cmd, exited := c.server, c.exited
+	c.mu.Unlock()
+	if cmd == nil {
+		return nil
+	}
+	select {
+	case <-exited:
+		return nil // it had already stopped on its own
+	default:
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		return fmt.Errorf("kill serve: %w", err)
+	}
+	<-exited
+	return nil
+}
+
+// faults are the faults the test can inject, by name.
+func (c *cluster) faults() map[string]Fault {
+	return map[string]Fault{
+		"kill-server": {Name: "kill-server", Inject: func(context.Context) error {
+			if err := c.killServer(); err != nil {
+				return err
+			}
+			return c.startServer()
+		}},
+		"crash-postgres": {Name: "crash-postgres", Inject: func(context.Context) error {
+			if _, err := c.script("postgres.sh", "crash", c.pgDir); err != nil {
+				return err
+			}
+			time.Sleep(time.Second) // the server sees the database gone for a while
+			if _, err := c.script("postgres.sh", "start", c.pgDir, fmt.Sprint(c.pgPort)); err != nil {
+				return err
+			}
+			return c.waitReady(c.exitedChan())
+		}},
+		"restart-redis": {Name: "restart-redis", Inject: func(context.Context) error {
+			// Redis runs without persistence: a restart also empties it.
+			if _, err := c.script("redis.sh", "stop", c.rDir); err != nil {
+				return err
+			}
+			time.Sleep(500 * time.Millisecond)
+			if _, err := c.script("redis.sh", "start", c.rDir, fmt.Sprint(c.rPort)); err != nil {
+				return err
+			}
+			return c.waitReady(c.exitedChan())
+		}},
+		"flush-redis": {Name: "flush-redis", Inject: func(context.Context) error {
+			out, err := exec.Command("redis-cli", "-h", "127.0.0.1", "-p", fmt.Sprint(c.rPort), "FLUSHALL").CombinedOutput()
+			if err != nil || strings.TrimSpace(string(out)) != "OK" {
+				return fmt.Errorf("redis FLUSHALL: %v %s", err, out)
+			}
+			return nil
+		}},
+	}
+}
+
+func (c *cluster) exitedChan() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.exited
+}
+
+// stop ends every process the cluster started and removes its directory, keeping the
+// server's log in the test output when the test failed.
+func (c *cluster) stop() {
+	_ = c.killServer()
+	if c.t.Failed() {
+		c.t.Logf("serve's log (tail):\n%s", c.serverLog())
+	}
+	if _, err := c.script("redis.sh", "stop", c.rDir); err != nil {
+		c.t.Log(err)
+	}
+	if _, err := c.script("postgres.sh", "stop", c.pgDir); err != nil {
+		c.t.Log(err)
+	}
+	os.RemoveAll(c.dir)
+}
+
+// selfSigned writes a certificate for 127.0.0.1 that is its own CA.
+func (c *cluster) selfSigned() (certFile, keyFile string) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "securepay bank test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	certFile = c.private("cert.pem", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	keyFile = c.private("key.pem", string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})))
+	return certFile, keyFile
+}
