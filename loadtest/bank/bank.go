@@ -267,10 +267,16 @@ func (k *checker) load(ctx context.Context) {
 // call runs one request with the configured timeout, retrying while the server is
 // unreachable, for set-up and final checks (never for the transfers under test).
 func call[T any](ctx context.Context, k *checker, what string, f func(context.Context) (T, error)) (T, error) {
+	return callWithin(ctx, k, k.cfg.RequestTimeout, what, f)
+}
+
+// callWithin is call with a bound of its own on each attempt (a stream of the whole log
+// takes longer than one request).
+func callWithin[T any](ctx context.Context, k *checker, timeout time.Duration, what string, f func(context.Context) (T, error)) (T, error) {
 	deadline := time.Now().Add(k.cfg.Settle)
 	var zero T
 	for attempt := 0; ; attempt++ {
-		cctx, cancel := context.WithTimeout(ctx, k.cfg.RequestTimeout)
+		cctx, cancel := context.WithTimeout(ctx, timeout)
 		v, err := f(cctx)
 		cancel()
 		if err == nil {
@@ -455,11 +461,9 @@ func (k *checker) check(ctx context.Context) error {
 	model := invariant.New()
 	payments := map[string]logged{}
 	var head uint64
-	_, err := call(ctx, k, "stream the log", func(ctx context.Context) (struct{}, error) {
+	_, err := callWithin(ctx, k, k.cfg.Settle, "stream the log", func(ctx context.Context) (struct{}, error) {
 		// A fresh fold on every attempt: a stream cut midway is read again from the start.
 		model, payments, head = invariant.New(), map[string]logged{}, 0
-		ctx, cancel := context.WithTimeout(ctx, k.cfg.Settle)
-		defer cancel()
 		s, err := k.c.Audit.StreamLog(ctx, connect.NewRequest(&ledgerv1.StreamLogRequest{BatchSize: 1000}))
 		if err != nil {
 			return struct{}{}, err
