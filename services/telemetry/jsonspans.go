@@ -77,7 +77,7 @@ func ToJSONSpan(s sdktrace.ReadOnlySpan) JSONSpan {
 	if r := s.Resource(); r != nil {
 		for _, kv := range r.Attributes() {
 			if kv.Key == "service.name" {
-				out.Service = kv.Value.Emit()
+				out.Service = kv.Value.String()
 			}
 		}
 	}
@@ -87,7 +87,7 @@ func ToJSONSpan(s sdktrace.ReadOnlySpan) JSONSpan {
 	if attrs := s.Attributes(); len(attrs) > 0 {
 		out.Attributes = make(map[string]string, len(attrs))
 		for _, kv := range attrs {
-			out.Attributes[string(kv.Key)] = kv.Value.Emit()
+			out.Attributes[string(kv.Key)] = kv.Value.String()
 		}
 	}
 	for _, l := range s.Links() {

@@ -26,7 +26,6 @@ func (t *Telemetry) PGXTracer() pgx.QueryTracer {
 		// Pool and query metrics of otelpgx would go to OpenTelemetry's meter; ours are
 		// Prometheus, so its meter is a no-op rather than the global one.
 		otelpgx.WithMeterProvider(metricnoop.NewMeterProvider()),
-		otelpgx.WithTrimSQLInSpanName(),
 	)
 }
 

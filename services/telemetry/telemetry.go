@@ -153,7 +153,7 @@ func New(ctx context.Context, cfg Config) (*Telemetry, error) {
 	limits.LinkCountLimit = MaxLinks
 	opts := []sdktrace.TracerProviderOption{
 		sdktrace.WithResource(resource.NewSchemaless(attrs...)),
-		sdktrace.WithSpanLimits(limits),
+		sdktrace.WithRawSpanLimits(limits),
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))),
 	}
 	batch := func(e sdktrace.SpanExporter) sdktrace.TracerProviderOption {

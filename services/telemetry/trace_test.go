@@ -202,7 +202,7 @@ func TestOneTransferIsOneTrace(t *testing.T) {
 	// Walk up from the command span: payment handler, edge client call, edge handler.
 	var chain []string
 	for s := command; ; {
-		chain = append(chain, fmt.Sprintf("%s/%s", s.Resource.Attributes()[0].Value.Emit(), s.Name))
+		chain = append(chain, fmt.Sprintf("%s/%s", s.Resource.Attributes()[0].Value.String(), s.Name))
 		if s.SpanContext.TraceID() != sc.TraceID() {
 			t.Errorf("span %q is in trace %s, want %s", s.Name, s.SpanContext.TraceID(), sc.TraceID())
 		}
