@@ -223,7 +223,7 @@ func (s *spire) selfSource(t *testing.T, id spiffeid.ID) *workloadapi.X509Source
 	s.register(t, id, self)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	src, err := mtls.WorkloadSource(ctx, s.addr)
+	src, err := mtls.WorkloadSource(ctx, s.addr, mtls.WithID(id))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -527,5 +527,42 @@ func TestSPIREWorkloadAPIUnavailable(t *testing.T) {
 				t.Fatalf("error should mention %q: %s", c.want, ee.Stderr)
 			}
 		})
+	}
+}
+
+// TestSPIREWithIDPicksTheComponentsSVID: a workload that matches several entries gets
+// several SVIDs; WithID makes the source use the component's own, and a component whose
+// ID is not among them gets no source at all rather than speaking as another.
+func TestSPIREWithIDPicksTheComponentsSVID(t *testing.T) {
+	s := testSPIRE(t)
+	s.selfSource(t, ids.Gateway)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.register(t, ids.Relay, self) // the test process now matches two entries
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	relay, err := mtls.WorkloadSource(ctx, s.addr, mtls.WithID(ids.Relay))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	if svid, err := relay.GetX509SVID(); err != nil || svid.ID != ids.Relay {
+		t.Fatalf("WithID(relay) gave %v (%v)", svid, err)
+	}
+
+	short, cancelShort := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancelShort()
+	src, err := mtls.WorkloadSource(short, s.addr, mtls.WithID(ids.Audit))
+	if err == nil {
+		_ = src.Close()
+		t.Fatal("WithID(audit) gave a source to a workload with no audit entry")
+	}
+	for _, want := range []string{"but not " + ids.Audit.String(), ids.Gateway.String(), ids.Relay.String()} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error should mention %q: %v", want, err)
+		}
 	}
 }
