@@ -150,7 +150,12 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	defer store.Close()
 	// 20,000 cached aggregates are plenty for a development ledger and keep it small;
 	// the rest are read from the store (and its snapshots) when needed.
-	proc, err := ledger.New(store, ledger.Config{Snapshots: store, CacheSize: 20_000, Logger: log, Limits: cfg.Limits})
+	snapKey, snapKeyFile, err := devSnapshotKey(dir)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dev: %w", err)
+	}
+	proc, err := ledger.New(store, ledger.Config{Snapshots: store, SnapshotKey: snapKey, CacheSize: 20_000, Logger: log, Limits: cfg.Limits})
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("dev: start the ledger: %w", err)
@@ -185,6 +190,7 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	fmt.Fprintf(e.stdout, "  protocols: Connect, gRPC and gRPC-web on one port (cleartext HTTP/2 and HTTP/1.1)\n")
 	fmt.Fprintf(e.stdout, "  ledger:    embedded store in %s%s\n", dir, map[bool]string{true: " (deleted on exit)", false: ""}[cfg.Dir == ""])
 	fmt.Fprintf(e.stdout, "  views:     in memory, rebuilt from the log at every start\n")
+	fmt.Fprintf(e.stdout, "  snapshots: authenticated with the key in %s (generated on first use)\n", snapKeyFile)
 	if cfg.Relay != nil {
 		fmt.Fprintf(e.stdout, "  relay:     the log to Kafka at %s (%s, %s)\n", strings.Join(cfg.Relay.Brokers, ","), cfg.Relay.Topics.Payments, cfg.Relay.Topics.Notifications)
 	}
@@ -279,8 +285,11 @@ type serveConfig struct {
 	// back to PostgreSQL.
 	RedisTimeout time.Duration
 	LogLevel     slog.Level
-	tlsCerts     *certReloader  // the pair of --tls-cert/--tls-key, reloaded when the files change
-	redisOpts    *redis.Options // from RedisAddr, RedisDB and RedisCAFile
+	// SnapshotKeyFile holds the key that authenticates snapshots (snapshotkey.go).
+	SnapshotKeyFile string
+	snapshotKey     []byte
+	tlsCerts        *certReloader  // the pair of --tls-cert/--tls-key, reloaded when the files change
+	redisOpts       *redis.Options // from RedisAddr, RedisDB and RedisCAFile
 }
 
 // Validate names every problem at once, with the flag and variable that fix it, and
@@ -335,6 +344,13 @@ func (c *serveConfig) Validate() error {
 			errs = append(errs, err)
 		} else {
 			c.tlsCerts = certs
+		}
+	}
+	if c.SnapshotKeyFile != "" {
+		if key, err := loadSnapshotKey(c.SnapshotKeyFile); err != nil {
+			errs = append(errs, err)
+		} else {
+			c.snapshotKey = key
 		}
 	}
 	if c.IdemTTL <= 0 {
@@ -415,6 +431,7 @@ func serveCommand(e env) *Command {
 	ef.String(&c.cfg.RedisCAFile, "redis-ca-file", "SECUREPAY_REDIS_CA_FILE", "", "PEM `file` of the CA that signed a rediss:// server's certificate (default: the system's roots)")
 	ef.String(&c.cfg.TLSCert, "tls-cert", "SECUREPAY_TLS_CERT", "", "PEM certificate chain `file`")
 	ef.String(&c.cfg.TLSKey, "tls-key", "SECUREPAY_TLS_KEY", "", "PEM private key `file`")
+	ef.String(&c.cfg.SnapshotKeyFile, "snapshot-key-file", "SECUREPAY_SNAPSHOT_KEY_FILE", "", "`file` holding the key that authenticates snapshots (32+ random bytes, private; the same for every instance; default: a key of this process only, so snapshots do not survive a restart)")
 	ef.String(&c.cors, "cors-origins", "SECUREPAY_CORS_ORIGINS", "", "comma-separated browser `origins` allowed to call")
 	fs.DurationVar(&c.cfg.IdemTTL, "idempotency-ttl", 24*time.Hour, "how long a response is kept for Idempotency-Key replays")
 	fs.DurationVar(&c.cfg.Shutdown, "shutdown-timeout", 30*time.Second, "how long in-flight requests get at shutdown")
@@ -544,7 +561,10 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 	if has(services.ComponentPayments) {
 		// Other instances append to the same store: refusals made on cached state are
 		// re-checked against it.
-		proc, err := ledger.New(store, ledger.Config{SharedStore: true, Snapshots: store, Logger: log, Limits: cfg.Limits})
+		if cfg.snapshotKey == nil {
+			log.Warn("no --snapshot-key-file: snapshots are authenticated with a key of this process only, so after a restart, and across instances, every account is folded from its events once")
+		}
+		proc, err := ledger.New(store, ledger.Config{SharedStore: true, Snapshots: store, SnapshotKey: cfg.snapshotKey, Logger: log, Limits: cfg.Limits})
 		if err != nil {
 			return fmt.Errorf("serve: start the ledger: %w", err)
 		}

@@ -27,11 +27,9 @@ func (p *Processor) applyAppended(bs *batchState, res eventstore.AppendResult) {
 			before = base.version
 		}
 		if p.cfg.Snapshots != nil && agg.account.Exists() && agg.version/p.cfg.SnapshotEvery > before/p.cfg.SnapshotEvery {
-			if state, err := encodeAccountSnapshot(agg.account); err == nil {
-				select {
-				case p.snapQueue <- eventstore.Snapshot{Stream: s, Version: agg.version, Schema: accountSnapshotSchema, State: state}:
-				default: // the writer is behind; the next boundary will do
-				}
+			select {
+			case p.snapQueue <- snapshotRequest{stream: s, account: agg.account}:
+			default: // the writer is behind; the next boundary will do
 			}
 		}
 	}

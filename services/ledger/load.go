@@ -56,31 +56,41 @@ func streamKind(stream string) (id string, isAccount bool, ok bool) {
 	return string(pay), false, true
 }
 
-// loadAccount starts from the newest usable snapshot, then reads the rest of the stream.
-func loadAccount(ctx context.Context, store eventstore.Store, snaps eventstore.SnapshotStore, id domain.AccountID) (*aggregate, error) {
+// loadAccount starts from the newest snapshot that checks out (snapshot.go), then reads
+// the rest of the stream. A snapshot that does not check out is ignored and logged.
+func loadAccount(ctx context.Context, store eventstore.Store, snaps eventstore.SnapshotStore, auth snapshotAuth, warn *snapshotWarnings, id domain.AccountID) (*aggregate, error) {
 	base := &aggregate{stream: domain.AccountStream(id)}
 	if snaps != nil {
 		snap, ok, err := snaps.LoadSnapshot(ctx, base.stream)
 		if err != nil {
 			return nil, fmt.Errorf("load snapshot of %s: %w", base.stream, err)
 		}
-		if ok && snap.Schema == accountSnapshotSchema {
-			if a, err := decodeAccountSnapshot(snap.State); err == nil && a.Version == snap.Version && a.ID == id {
-				// The snapshot must describe a version the log really has.
-				last, err := store.ReadStream(ctx, base.stream, snap.Version-1, 1)
-				if err != nil {
+		if ok {
+			body, err := auth.open(snap, id)
+			if err == nil {
+				// The snapshot must describe the event the log really has at its version.
+				var last []eventstore.RecordedEvent
+				if last, err = store.ReadStream(ctx, base.stream, body.Version-1, 1); err != nil {
 					return nil, fmt.Errorf("check snapshot of %s: %w", base.stream, err)
 				}
-				if len(last) == 1 && last[0].StreamVersion == snap.Version {
-					base.account, base.version, base.position = a, snap.Version, last[0].Position
+				if len(last) != 1 {
+					err = fmt.Errorf("the log has no version %d of the stream", body.Version)
+				} else {
+					err = body.fits(last[0])
 				}
+			}
+			if err != nil {
+				warn.ignored(base.stream, snap.Version, err)
+			} else {
+				base.account, base.version, base.position = body.account(), body.Version, body.Position
 			}
 		}
 	}
 	agg, err := loadStream(ctx, store, base)
 	if err != nil && base.version > 0 {
-		// A snapshot that does not fit the log (a log restored from backup, say) is only a
-		// cache: fall back to a full replay rather than fail.
+		// A snapshot that checked out but does not fold on (a decoding change, say) is
+		// only a cache: fall back to a full replay rather than fail.
+		warn.ignored(base.stream, base.version, fmt.Errorf("folding on from it failed: %w", err))
 		return loadStream(ctx, store, &aggregate{stream: base.stream})
 	}
 	return agg, err

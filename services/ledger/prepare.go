@@ -146,7 +146,7 @@ func (p *Processor) runLoads(ctx context.Context, bs *batchState, jobs []loadJob
 				case !ok:
 					err = fmt.Errorf("ledger: %q is not an account or payment stream", j.stream)
 				case isAccount:
-					agg, err = loadAccount(gctx, p.store, p.cfg.Snapshots, domain.AccountID(id))
+					agg, err = loadAccount(gctx, p.store, p.cfg.Snapshots, p.snapAuth, p.snapWarn, domain.AccountID(id))
 				default:
 					agg, err = loadPayment(gctx, p.store, domain.PaymentID(id))
 				}

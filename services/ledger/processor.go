@@ -58,6 +58,12 @@ type Config struct {
 	// (default 1,000) and is read when an account is not in the cache.
 	Snapshots     eventstore.SnapshotStore
 	SnapshotEvery uint64
+	// SnapshotKey authenticates snapshots (HMAC-SHA256, at least MinSnapshotKeyBytes): a
+	// snapshot is used only if this key made it, so it must be a secret the database's
+	// roles do not hold. Processors sharing a store share the key, or ignore each other's
+	// snapshots. Nil means a random key for this processor: its snapshots then only serve
+	// it, and a restart folds every account from its events once.
+	SnapshotKey []byte
 
 	// SharedStore says other processes may append to the same store (PostgreSQL with
 	// several instances). Then a refusal made on cached state is re-checked against the
@@ -105,6 +111,9 @@ func (c Config) Validate() error {
 	if c.BatchTimeout < 0 {
 		errs = append(errs, fmt.Errorf("ledger config: BatchTimeout is %s, want 0 (the default) or more", c.BatchTimeout))
 	}
+	if c.SnapshotKey != nil && len(c.SnapshotKey) < MinSnapshotKeyBytes {
+		errs = append(errs, fmt.Errorf("ledger config: SnapshotKey is %d bytes, want at least %d", len(c.SnapshotKey), MinSnapshotKeyBytes))
+	}
 	if err := c.Limits.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("ledger config: %w", err))
 	}
@@ -145,6 +154,10 @@ func (c *Config) setDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.SnapshotKey == nil {
+		c.SnapshotKey = make([]byte, MinSnapshotKeyBytes)
+		rand.Read(c.SnapshotKey) // never fails (crypto/rand since Go 1.24)
 	}
 }
 
@@ -214,8 +227,10 @@ type Processor struct {
 	done    chan struct{}
 	once    sync.Once
 
-	snapQueue chan eventstore.Snapshot
+	snapQueue chan snapshotRequest
 	snapDone  chan struct{}
+	snapAuth  snapshotAuth
+	snapWarn  *snapshotWarnings
 
 	// Owned by the loop goroutine.
 	inflight []*flight // decided batches the store has not answered yet, oldest first
@@ -248,8 +263,10 @@ func New(store eventstore.Store, cfg Config) (*Processor, error) {
 		queue:     make(chan *call, cfg.QueueSize),
 		closing:   make(chan struct{}),
 		done:      make(chan struct{}),
-		snapQueue: make(chan eventstore.Snapshot, snapshotQueueSize),
+		snapQueue: make(chan snapshotRequest, snapshotQueueSize),
 		snapDone:  make(chan struct{}),
+		snapAuth:  snapshotAuth{key: cfg.SnapshotKey},
+		snapWarn:  &snapshotWarnings{logged: map[string]bool{}, log: cfg.Logger},
 		cache:     newLRU(cfg.CacheSize),
 		stale:     map[string]bool{},
 		mustRead:  map[string]bool{},

@@ -310,7 +310,8 @@ func testSnapshots(t *testing.T, b backend) {
 	if !ok {
 		t.Fatalf("%s store does not keep snapshots", b.name)
 	}
-	p := newProcessor(t, store, ledger.Config{Snapshots: snaps, SnapshotEvery: 50, SharedStore: b.shared})
+	key := snapshotKey(t)
+	p := newProcessor(t, store, ledger.Config{Snapshots: snaps, SnapshotKey: key, SnapshotEvery: 50, SharedStore: b.shared})
 	open(t, p, "world", usd, domain.KindExternal, 0)
 	open(t, p, "merchant", usd, domain.KindMerchant, 0)
 	const n = 230
@@ -322,7 +323,7 @@ func testSnapshots(t *testing.T, b backend) {
 	// A new processor (a restart) folds the merchant from its newest snapshot plus the
 	// events after it, not from its first event.
 	counting := &countingStore{Store: store}
-	p2 := newProcessor(t, counting, ledger.Config{Snapshots: snaps, SnapshotEvery: 50, SharedStore: b.shared})
+	p2 := newProcessor(t, counting, ledger.Config{Snapshots: snaps, SnapshotKey: key, SnapshotEvery: 50, SharedStore: b.shared})
 	m, err := p2.Account(ctxT(t), "merchant")
 	if err != nil || m.Posted != n || m.Version != n+1 {
 		t.Fatalf("merchant after restart: want posted %d version %d, got %+v (err %v)", n, n+1, m, err)

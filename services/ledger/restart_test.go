@@ -102,6 +102,7 @@ func testRetryAfterRestart(t *testing.T, b backend, restart restartKind) {
 	env := &restartEnv{store: store, reopen: reopen, cfg: ledger.Config{Clock: clock.Now, SharedStore: b.shared}}
 	if restart.snapshots {
 		env.cfg.SnapshotEvery = 2
+		env.cfg.SnapshotKey = snapshotKey(t) // shared by the processors before and after the restart
 	}
 	firstCfg := env.cfg
 	if restart.tinyCache {
