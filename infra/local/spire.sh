@@ -73,6 +73,12 @@ wait_for() {
 	return 1
 }
 
+# failed_start DIR MESSAGE: a half-started SPIRE leaves no process behind.
+failed_start() {
+	stop "$1"
+	die "$2"
+}
+
 start() {
 	local dir=$1
 	build
@@ -116,12 +122,12 @@ CONF
 	"$BIN/spire-server" run -config "$dir/server.conf" >"$dir/server.log" 2>&1 &
 	echo $! >"$dir/server.pid"
 	wait_for 60 "$BIN/spire-server" healthcheck -socketPath "$dir/server.sock" ||
-		die "spire-server not healthy within 60s (log: $dir/server.log)"
+		failed_start "$dir" "spire-server not healthy within 60s (log: $dir/server.log)"
 
 	local token
 	token=$("$BIN/spire-server" token generate -socketPath "$dir/server.sock" -spiffeID "$NODE_ID" -ttl 600 |
 		awk '/^Token:/ {print $2}')
-	[[ -n $token ]] || die "no join token from spire-server"
+	[[ -n $token ]] || failed_start "$dir" "no join token from spire-server"
 
 	cat >"$dir/agent.conf" <<CONF
 agent {
@@ -158,7 +164,7 @@ CONF
 	"$BIN/spire-agent" run -config "$dir/agent.conf" -joinToken "$token" >"$dir/agent.log" 2>&1 &
 	echo $! >"$dir/agent.pid"
 	wait_for 60 "$BIN/spire-agent" healthcheck -socketPath "$dir/agent.sock" ||
-		die "spire-agent not healthy within 60s (log: $dir/agent.log)"
+		failed_start "$dir" "spire-agent not healthy within 60s (log: $dir/agent.log)"
 	printf 'unix://%s\n' "$dir/agent.sock" | tee "$dir/workload-api"
 }
 
