@@ -19,6 +19,7 @@ func TestLoadtestRefusesBadFlags(t *testing.T) {
 		{[]string{"--server", "https://example.com"}, "not on loopback"},
 		{[]string{"--scenario", "all"}, "--scenario must be one of"},
 		{[]string{"--accounts", "1", "--concurrency", "0"}, "--concurrency must be in 1..4096"},
+		{[]string{"--gc-percent", "0"}, "--gc-percent must be in 1..10000"},
 	}
 	for _, c := range cases {
 		code, _, stderr := execCLI(noEnv, append([]string{"loadtest"}, c.args...)...)
