@@ -34,7 +34,7 @@ import (
 //     one in its directory).
 //
 // Verifying against the events instead would mean folding them, which is what a snapshot
-// exists to avoid; the HMAC costs a microsecond or two (BenchmarkLoadAccount). An old but
+// exists to avoid; the check costs about 3 µs of CPU (BenchmarkSnapshotCheck). An old but
 // genuine snapshot of the same stream still fits: loading from it folds the events after
 // it, so it is slower, not wrong. A snapshot that does not check out is ignored, logged
 // once per stream with the reason, and the account is folded from its first event.
