@@ -41,7 +41,8 @@ func ProducerConfig(clientID string, version sarama.KafkaVersion) *sarama.Config
 	// Batching: with one request in flight per broker, what arrives meanwhile forms the
 	// next request; a short linger fills batches without adding visible latency.
 	c.Producer.Flush.Frequency = 2 * time.Millisecond
-	c.Producer.Flush.Bytes = 512 << 10
+	c.Producer.Flush.Bytes = 1 << 20
+	c.ChannelBufferSize = 4096 // between the relay and sarama's per-partition batching
 	c.Producer.Flush.MaxMessages = 0
 	c.Producer.Compression = sarama.CompressionNone
 	c.Producer.Partitioner = sarama.NewHashPartitioner // key → partition: per-key order

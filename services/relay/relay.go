@@ -313,24 +313,27 @@ func (r *Relay) session(ctx context.Context) error {
 		r.saver(saveCtx, w, stopSending)
 	}()
 
-	subErr := r.cfg.Store.Subscribe(sendCtx, cp, r.cfg.MaxBatch, func(ctx context.Context, batch []eventstore.RecordedEvent) error {
-		for i := range batch {
-			e := &batch[i]
-			msg, err := r.cfg.TopicNames.message(e)
-			if err != nil {
-				return permanent(err)
-			}
-			if err := w.admit(ctx, e.Position); err != nil {
-				return err
-			}
-			select {
-			case producer.Input() <- msg:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+	// The subscription reads one batch ahead of the sender, so reading the log and
+	// handing events to the producer overlap; memory stays bounded by two batches beyond
+	// the window. This relies on the store handing each batch in a slice of its own.
+	batches := make(chan []eventstore.RecordedEvent, 1)
+	sendDone := make(chan struct{})
+	go func() {
+		defer close(sendDone)
+		if err := r.send(sendCtx, batches, producer, w); err != nil && sendCtx.Err() == nil {
+			stopSending(err)
 		}
-		return nil
+	}()
+	subErr := r.cfg.Store.Subscribe(sendCtx, cp, r.cfg.MaxBatch, func(ctx context.Context, batch []eventstore.RecordedEvent) error {
+		select {
+		case batches <- batch:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	})
+	close(batches)
+	<-sendDone
 
 	// Drain: no more sends; the producer flushes what it holds and reports every outcome,
 	// then closes its channels. Bounded by its own retries and timeouts; DrainTimeout
@@ -378,6 +381,29 @@ func (r *Relay) sessionError(saveErr, subErr error, sendCtx context.Context) err
 		return fmt.Errorf("read the log: %w", subErr)
 	}
 	return subErr
+}
+
+// send hands the events of each batch to the producer, each once the window admits it,
+// until batches closes or ctx ends.
+func (r *Relay) send(ctx context.Context, batches <-chan []eventstore.RecordedEvent, producer sarama.AsyncProducer, w *window) error {
+	for batch := range batches {
+		for i := range batch {
+			e := &batch[i]
+			msg, err := r.cfg.TopicNames.message(e)
+			if err != nil {
+				return permanent(err)
+			}
+			if err := w.admit(ctx, e.Position); err != nil {
+				return err
+			}
+			select {
+			case producer.Input() <- msg:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	return nil
 }
 
 // producerRetryBudget is about the longest the producer retries one message.

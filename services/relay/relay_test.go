@@ -87,7 +87,7 @@ type fixture struct {
 	next        atomic.Int64 // transfers made
 }
 
-func newFixture(t *testing.T, customers int) *fixture {
+func newFixture(t testing.TB, customers int) *fixture {
 	t.Helper()
 	schema := pgtest.Schema(t, "sp_relay")
 	store := projtest.PostgresStoreIn(t, schema)
@@ -126,7 +126,7 @@ func (f *fixture) transfer(ctx context.Context) error {
 }
 
 // transfers makes n transfers from a few goroutines, the way clients do.
-func (f *fixture) transfers(t *testing.T, n int) {
+func (f *fixture) transfers(t testing.TB, n int) {
 	t.Helper()
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -147,7 +147,7 @@ func (f *fixture) transfers(t *testing.T, n int) {
 	}
 }
 
-func (f *fixture) checkpoints(t *testing.T) *relay.PGCheckpoints {
+func (f *fixture) checkpoints(t testing.TB) *relay.PGCheckpoints {
 	t.Helper()
 	cps, err := relay.OpenPGCheckpoints(context.Background(), f.store.Pool(), f.cpSchema, "relay")
 	if err != nil {
@@ -156,7 +156,7 @@ func (f *fixture) checkpoints(t *testing.T) *relay.PGCheckpoints {
 	return cps
 }
 
-func (f *fixture) head(t *testing.T) uint64 {
+func (f *fixture) head(t testing.TB) uint64 {
 	t.Helper()
 	h, err := f.store.Head(context.Background())
 	if err != nil {
@@ -182,7 +182,7 @@ func (f *fixture) log(t *testing.T) []eventstore.RecordedEvent {
 }
 
 // waitCheckpoint waits until the relay's saved checkpoint reaches position.
-func waitCheckpoint(t *testing.T, cps relay.Checkpoints, position uint64, timeout time.Duration) {
+func waitCheckpoint(t testing.TB, cps relay.Checkpoints, position uint64, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -202,7 +202,7 @@ func waitCheckpoint(t *testing.T, cps relay.Checkpoints, position uint64, timeou
 
 // startRelay runs a relay in this process until the returned stop is called; stop returns
 // Run's error.
-func (f *fixture) startRelay(t *testing.T, addr string, edit ...func(*relay.Config)) (*relay.Relay, func() error) {
+func (f *fixture) startRelay(t testing.TB, addr string, edit ...func(*relay.Config)) (*relay.Relay, func() error) {
 	t.Helper()
 	cfg := relay.Config{Store: f.store, Checkpoints: f.checkpoints(t), Brokers: []string{addr}, TopicNames: f.topics,
 		Topics: &relay.TopicSettings{Partitions: 4, ReplicationFactor: 1}, RetryBackoff: 100 * time.Millisecond}

@@ -1,0 +1,140 @@
+package relay_test
+
+import (
+	"context"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/securepay/securepay/eventstore"
+	"github.com/securepay/securepay/internal/kafkatest"
+	"github.com/securepay/securepay/services/relay"
+)
+
+// BenchmarkRelay measures the relay against the real broker and a PostgreSQL log, in two
+// phases (docs/PERFORMANCE.md, "Outbox relay to Kafka"):
+//
+//   - catch-up: a log of SECUREPAY_RELAY_BENCH_TRANSFERS transfers (default 50,000; three
+//     events each) is published from position 0: events/s with acks=all, from the first
+//     acknowledgement (after the topics' creation) to the checkpoint at the head;
+//   - live: transfers are committed by 64 clients for SECUREPAY_RELAY_BENCH_SECONDS (default
+//     20) while the relay runs: the ledger's rate, the relay's rate, and the latency from the
+//     store's recorded time to the broker's acknowledgement, p50/p99/max.
+//
+// Run: go test -run '^$' -bench BenchmarkRelay -benchtime 1x ./services/relay/
+func BenchmarkRelay(b *testing.B) {
+	addr := kafkatest.Addr(b)
+	transfers := envInt("SECUREPAY_RELAY_BENCH_TRANSFERS", 50_000)
+	seconds := envInt("SECUREPAY_RELAY_BENCH_SECONDS", 20)
+	for range b.N {
+		f := newFixture(b, 200)
+		f.transfers(b, transfers)
+		head := f.head(b)
+
+		var mu sync.Mutex
+		var live bool
+		var latencies []time.Duration
+		var acked atomic.Int64
+		var firstAck atomic.Int64 // unix ns of the first acknowledgement: the clock starts once topics exist
+		_, stop := f.startRelay(b, addr, func(c *relay.Config) {
+			c.Topics = &relay.TopicSettings{Partitions: 12, ReplicationFactor: 1}
+			c.Window = envInt("SECUREPAY_RELAY_BENCH_WINDOW", 10_000)
+			c.Observe = func(p relay.Published) {
+				if acked.Add(1) == 1 {
+					firstAck.Store(p.AckedAt.UnixNano())
+				}
+				mu.Lock()
+				if live {
+					latencies = append(latencies, p.AckedAt.Sub(p.RecordedAt))
+				}
+				mu.Unlock()
+			}
+		})
+		waitCheckpoint(b, f.checkpoints(b), head, 10*time.Minute)
+		catchUp := time.Since(time.Unix(0, firstAck.Load()))
+		b.ReportMetric(float64(head)/catchUp.Seconds(), "catchup-events/s")
+		b.Logf("catch-up: %d events in %s = %.0f events/s", head, catchUp.Round(time.Millisecond), float64(head)/catchUp.Seconds())
+
+		mu.Lock()
+		live = true
+		mu.Unlock()
+		before := f.head(b)
+		ackedBefore := acked.Load()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(seconds)*time.Second)
+		var wg sync.WaitGroup
+		var committed atomic.Int64
+		liveStart := time.Now()
+		for range 64 {
+			wg.Go(func() {
+				for ctx.Err() == nil {
+					if err := f.transfer(ctx); err == nil {
+						committed.Add(1)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		cancel()
+		liveDur := time.Since(liveStart)
+		after := f.head(b)
+		waitCheckpoint(b, f.checkpoints(b), after, 5*time.Minute)
+		drained := time.Since(liveStart)
+		_ = stop()
+
+		mu.Lock()
+		lat := slices.Clone(latencies)
+		mu.Unlock()
+		slices.Sort(lat)
+		q := func(p float64) time.Duration {
+			if len(lat) == 0 {
+				return 0
+			}
+			return lat[min(len(lat)-1, int(p*float64(len(lat))))]
+		}
+		events := after - before
+		b.ReportMetric(float64(committed.Load())/liveDur.Seconds(), "live-transfers/s")
+		b.ReportMetric(float64(events)/liveDur.Seconds(), "live-events/s")
+		b.ReportMetric(float64(q(0.50).Microseconds())/1000, "p50-ms")
+		b.ReportMetric(float64(q(0.99).Microseconds())/1000, "p99-ms")
+		b.Logf("live: %d transfers (%d events) in %s = %.0f transfers/s, %.0f events/s; relay acknowledged %d, all published %s after the start",
+			committed.Load(), events, liveDur.Round(time.Millisecond), float64(committed.Load())/liveDur.Seconds(), float64(events)/liveDur.Seconds(),
+			acked.Load()-ackedBefore, drained.Round(time.Millisecond))
+		b.Logf("commit-to-Kafka latency over %d events: p50 %s, p90 %s, p99 %s, max %s",
+			len(lat), q(0.50).Round(time.Microsecond), q(0.90).Round(time.Microsecond), q(0.99).Round(time.Microsecond), q(1).Round(time.Microsecond))
+	}
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// BenchmarkReadLog is the relay's input alone: the PostgreSQL subscription of a log like
+// BenchmarkRelay's, nothing sent; the ceiling the relay cannot pass.
+func BenchmarkReadLog(b *testing.B) {
+	transfers := envInt("SECUREPAY_RELAY_BENCH_TRANSFERS", 50_000)
+	f := newFixture(b, 200)
+	f.transfers(b, transfers)
+	head := f.head(b)
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		ctx, cancel := context.WithCancel(context.Background())
+		var n uint64
+		_ = f.store.Subscribe(ctx, 0, 1000, func(ctx context.Context, batch []eventstore.RecordedEvent) error {
+			n += uint64(len(batch))
+			if n >= head {
+				cancel()
+			}
+			return nil
+		})
+		cancel()
+		b.ReportMetric(float64(head)/time.Since(start).Seconds(), "events/s")
+	}
+}
