@@ -71,3 +71,13 @@ func loopbackHostsOnly(next http.Handler, errs *connect.ErrorWriter) http.Handle
 		http.Error(w, msg, http.StatusMisdirectedRequest)
 	})
 }
+
+// OriginAllowed is the CORS decision of Config.CORSOrigins, for the gateway, which serves
+// the same browsers: exact origins, "*" for all, LoopbackOrigins for pages on loopback.
+func OriginAllowed(allowed []string) func(origin string) bool { return originAllowed(allowed) }
+
+// LoopbackHostsOnly is Config.LoopbackHostsOnly as a handler wrapper, for the gateway of
+// `securepay dev`: requests addressed to any name but a loopback one are refused.
+func LoopbackHostsOnly(next http.Handler) http.Handler {
+	return loopbackHostsOnly(next, connect.NewErrorWriter())
+}

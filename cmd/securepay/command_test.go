@@ -303,8 +303,11 @@ func TestJSONErrors(t *testing.T) {
 	mustCLI(t, url, "account", "open", "alice")
 	mustCLI(t, url, "transfer", "--from", "world", "--to", "alice", "--amount", "10.00")
 	getenv := func(k string) string {
-		if k == "SECUREPAY_SERVER" {
+		switch k {
+		case "SECUREPAY_SERVER":
 			return url
+		case "SECUREPAY_TOKEN":
+			return devTokenFor(url)
 		}
 		return ""
 	}

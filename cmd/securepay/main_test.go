@@ -47,12 +47,13 @@ func startDevEnv(t *testing.T, environ map[string]string, flags ...string) strin
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	var stderr syncBuffer
+	keyFile := filepath.Join(t.TempDir(), "dev-token-key.pem")
 	go func() {
 		listen := []string{"--listen", "127.0.0.1:0"}
 		if environ != nil {
 			listen = nil // the environment's, or the default
 		}
-		done <- run(ctx, append(append([]string{"dev", "--dir", t.TempDir()}, listen...), flags...), pw, &stderr, func(k string) string { return environ[k] })
+		done <- run(ctx, append(append([]string{"dev", "--dir", t.TempDir(), "--token-key-file", keyFile}, listen...), flags...), pw, &stderr, func(k string) string { return environ[k] })
 		pw.Close()
 	}()
 	var ended error
@@ -83,8 +84,10 @@ func startDevEnv(t *testing.T, environ map[string]string, flags ...string) strin
 		case l := <-lines:
 			printed = append(printed, l)
 			if url, ok := strings.CutPrefix(l, "SecurePay dev is listening on "); ok {
-				// Read the rest of the banner: it must offer a first transfer to paste.
-				for len(printed) < 12 {
+				// Read the rest of the banner: it must offer a token and a first transfer
+				// to paste.
+				const first = "securepay transfer --from world --to alice --amount 100.00 --asset USD"
+				for !strings.Contains(printed[len(printed)-1], first) && len(printed) < 30 {
 					select {
 					case l := <-lines:
 						printed = append(printed, l)
@@ -92,9 +95,11 @@ func startDevEnv(t *testing.T, environ map[string]string, flags ...string) strin
 						t.Fatalf("dev banner incomplete: %q", printed)
 					}
 				}
-				if !strings.Contains(strings.Join(printed, "\n"), "securepay transfer --from world --to alice --amount 100.00 --asset USD") {
-					t.Fatalf("dev banner: want a ready-to-paste first transfer, got:\n%s", strings.Join(printed, "\n"))
+				banner := strings.Join(printed, "\n")
+				if !strings.Contains(banner, first) || !strings.Contains(banner, "export SECUREPAY_TOKEN=$(securepay dev token") {
+					t.Fatalf("dev banner: want a ready-to-paste token and first transfer, got:\n%s", banner)
 				}
+				registerDevToken(t, url, keyFile)
 				return url
 			}
 		case err := <-done:
@@ -111,8 +116,11 @@ func cli(t *testing.T, url string, args ...string) (string, error) {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	getenv := func(k string) string {
-		if k == "SECUREPAY_SERVER" {
+		switch k {
+		case "SECUREPAY_SERVER":
 			return url
+		case "SECUREPAY_TOKEN":
+			return devTokenFor(url)
 		}
 		return ""
 	}

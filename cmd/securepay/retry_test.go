@@ -80,6 +80,11 @@ func startProxy(t *testing.T, upstream string, step func(procedure string, n int
 	srv.Start()
 	t.Cleanup(srv.Close)
 	p.url = srv.URL
+	// The CLI behind the proxy talks to the dev server's gateway: it needs its token.
+	if tok := devTokenFor(upstream); tok != "" {
+		devTokens.Store(p.url, tok)
+		t.Cleanup(func() { devTokens.Delete(p.url) })
+	}
 	return p
 }
 
@@ -166,6 +171,8 @@ func serverEnv(url, cache string) func(string) string {
 			return url
 		case "SECUREPAY_CACHE":
 			return cache
+		case "SECUREPAY_TOKEN":
+			return devTokenFor(url)
 		}
 		return ""
 	}

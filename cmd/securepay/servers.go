@@ -26,6 +26,7 @@ import (
 	"github.com/securepay/securepay/projections/pg"
 	redisviews "github.com/securepay/securepay/projections/redis"
 	"github.com/securepay/securepay/services"
+	"github.com/securepay/securepay/services/gateway"
 	"github.com/securepay/securepay/services/ledger"
 )
 
@@ -45,6 +46,8 @@ type devConfig struct {
 	GCPercent int
 	Limits    domain.Limits // ceilings on amounts and credit limits (limitFlags in main.go)
 	Relay     *relayConfig  // --kafka: publish the log to this broker (relay.go)
+	// TokenKeyFile is the development token key (token.go); "" means the default.
+	TokenKeyFile string
 }
 
 // devCmd is `securepay dev`'s flags.
@@ -78,6 +81,7 @@ func devCommand(e env) *Command {
 	fs.IntVar(&c.cfg.HistoryCap, "history-cap", 200, "history lines kept in memory per account (older pages answer HISTORY_TRIMMED)")
 	fs.IntVar(&c.memLimitMiB, "memory-limit-mb", 300, "soft memory limit of the process in MiB, so the dev server stays small on a laptop (0: none; GOMEMLIMIT wins)")
 	limitFlags(fs, &c.cfg.Limits)
+	ef.String(&c.cfg.TokenKeyFile, "token-key-file", "SECUREPAY_DEV_TOKEN_KEY_FILE", "", "the development token signing key `file` (default: in $SECUREPAY_CACHE/dev or the user cache directory; made if absent)")
 	ef.String(&c.kafka, "kafka", "SECUREPAY_DEV_KAFKA", "", "publish the log to the Kafka broker at `host:port` (securepay.payments.v1, securepay.notifications.v1); none by default")
 	fs.IntVar(&c.gcPercent, "gc-percent", 400, "heap growth between collections, in percent of the live heap (GOGC); only applied with a memory limit, which caps the heap it lets grow (GOGC wins)")
 	return cmd
@@ -167,19 +171,21 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 		ln.Close()
 		return fmt.Errorf("dev: projections: %w", err)
 	}
-	srv, err := services.NewServer(services.Config{
+	signer, keyNote, err := devTokenSigner(e, cfg.TokenKeyFile, dir)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dev: %w", err)
+	}
+	// The public port is the gateway; the components sit behind it on loopback mTLS
+	// (devgateway.go). Cleartext on loopback: only a page this machine serves may call
+	// (CORSOrigins), and only under a loopback name (DNS rebinding).
+	stack, err := newDevStack(services.Config{
 		Commands:    proc,
 		Reader:      views.Reader(),
 		Store:       store,
 		Idempotency: services.NewMemoryIdempotencyStore(0, nil),
-		AllowH2C:    true,
-		CORSOrigins: cfg.CORSOrigins,
-		// Cleartext on loopback without authentication: only a page this machine
-		// serves may call (CORSOrigins), and only under a loopback name (DNS rebinding).
-		LoopbackHostsOnly: true,
-		Reflection:        cfg.Reflection,
-		Logger:            log,
-	})
+		Logger:      log,
+	}, signer, gateway.Config{CORSOrigins: cfg.CORSOrigins, LoopbackHostsOnly: true, Reflection: cfg.Reflection}, log)
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("dev: %w", err)
@@ -188,6 +194,8 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	url := "http://" + ln.Addr().String()
 	fmt.Fprintf(e.stdout, "SecurePay dev is listening on %s\n", url)
 	fmt.Fprintf(e.stdout, "  protocols: Connect, gRPC and gRPC-web on one port (cleartext HTTP/2 and HTTP/1.1)\n")
+	fmt.Fprintf(e.stdout, "  gateway:   every call needs a token (Authorization: Bearer); components behind it on loopback mTLS\n")
+	fmt.Fprintf(e.stdout, "  tokens:    signed by the development key %s\n", keyNote)
 	fmt.Fprintf(e.stdout, "  ledger:    embedded store in %s%s\n", dir, map[bool]string{true: " (deleted on exit)", false: ""}[cfg.Dir == ""])
 	fmt.Fprintf(e.stdout, "  views:     in memory, rebuilt from the log at every start\n")
 	fmt.Fprintf(e.stdout, "  snapshots: authenticated with the key in %s (generated on first use)\n", snapKeyFile)
@@ -197,6 +205,7 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	fmt.Fprintln(e.stdout)
 	fmt.Fprintf(e.stdout, "Make a first transfer (in another terminal):\n\n")
 	fmt.Fprintf(e.stdout, "  export SECUREPAY_SERVER=%s\n", url)
+	fmt.Fprintf(e.stdout, "  export SECUREPAY_TOKEN=$(securepay dev token%s --role operator,customer --account world,alice)\n", devTokenKeyFlag(e, signer))
 	fmt.Fprintf(e.stdout, "  securepay account open world --asset USD --kind external && \\\n")
 	fmt.Fprintf(e.stdout, "  securepay account open alice --asset USD && \\\n")
 	fmt.Fprintf(e.stdout, "  securepay transfer --from world --to alice --amount 100.00 --asset USD && \\\n")
@@ -220,7 +229,7 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 			return fmt.Errorf("dev: relay: %w", err)
 		}
 	}
-	g.Go(func() error { return srv.Serve(gctx, ln) })
+	g.Go(func() error { return stack.serve(gctx, ln) })
 	err = g.Wait()
 	stopViews()
 	bg.Wait()

@@ -324,3 +324,27 @@ func (b bearerAuth) WrapStreamingClient(next connect.StreamingClientFunc) connec
 func (b bearerAuth) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return next
 }
+
+// devTokenSigner is dev's signer: the key of --token-key-file, else the default
+// (devKeyPath), else, where the environment names no cache directory, a key in dev's own
+// directory. note says where, for the banner.
+func devTokenSigner(e env, keyFile, dir string) (*devSigner, string, error) {
+	path, err := devKeyPath(e, keyFile)
+	if err != nil {
+		path = filepath.Join(dir, "token-signing-key.pem")
+	}
+	s, err := loadOrCreateDevKey(path)
+	if err != nil {
+		return nil, "", err
+	}
+	return s, path, nil
+}
+
+// devTokenKeyFlag is the --key-file a `dev token` command needs to use s: none when s
+// is the default key.
+func devTokenKeyFlag(e env, s *devSigner) string {
+	if def, err := devKeyPath(e, ""); err == nil && def == s.path {
+		return ""
+	}
+	return " --key-file " + s.path
+}

@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/securepay/securepay/services/gateway"
 )
@@ -53,7 +55,7 @@ func startTokenGateway(t *testing.T, cache string) string {
 		t.Fatal(err)
 	}
 	down := gateway.Upstream{URL: "http://127.0.0.1:1", Client: &http.Client{}}
-	gw, err := gateway.New(gateway.Config{Payments: down, Queries: down, Audit: down, Auth: auth})
+	gw, err := gateway.New(gateway.Config{Payments: down, Queries: down, Audit: down, Auth: auth, AllowH2C: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,4 +165,37 @@ func TestDevKeyIsPrivate(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Errorf("a key file others can read: %v, want a refusal naming chmod 600", err)
 	}
+}
+
+// devTokens holds the token of each dev server a test started (startDevEnv), by URL, so
+// that the CLI environments of the tests send it.
+var devTokens sync.Map
+
+// testAccounts are every account id the command tests use: the test token owns them all.
+var testAccounts = []string{"world", "usd-world", "alice", "anna", "bert", "bill", "bob", "carol", "dave", "shop",
+	"a", "a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9", "a10", "b4"}
+
+// registerDevToken mints a token of every role, owning testAccounts, with the dev server's
+// key, for the tests that talk to it.
+func registerDevToken(t *testing.T, url, keyFile string) {
+	t.Helper()
+	s, err := loadOrCreateDevKey(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := s.sign("dev-test", []string{"customer", "operator", "auditor"}, testAccounts, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	devTokens.Store(url, tok)
+	t.Cleanup(func() { devTokens.Delete(url) })
+}
+
+// devTokenFor is the token of the dev server at url (a proxy in front of it is found by
+// the dev URL the test gave it; "" for any other server).
+func devTokenFor(url string) string {
+	if v, ok := devTokens.Load(url); ok {
+		return v.(string)
+	}
+	return ""
 }

@@ -12,9 +12,11 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -22,6 +24,7 @@ import (
 
 	"connectrpc.com/connect"
 	connectcors "connectrpc.com/cors"
+	"connectrpc.com/grpcreflect"
 	"github.com/rs/cors"
 
 	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
@@ -46,9 +49,19 @@ type Config struct {
 	StreamsPerPrincipal int
 	// MaxRequestBytes bounds one request message; default 1 MiB, as the components.
 	MaxRequestBytes int
-	// CORSOrigins lists the browser origins allowed to call; empty refuses other origins.
+	// CORSOrigins lists the browser origins allowed to call (services.LoopbackOrigins:
+	// pages on this machine; "*": any); empty refuses other origins.
 	CORSOrigins []string
-	Logger      *slog.Logger
+	// LoopbackHostsOnly refuses requests addressed to a name that is not a loopback one
+	// (DNS rebinding), for securepay dev.
+	LoopbackHostsOnly bool
+	// Reflection serves gRPC reflection of the API (grpcurl, buf curl --list-methods).
+	Reflection bool
+	// TLS serves HTTP/2 over TLS (Serve). Without it Serve speaks cleartext HTTP/2 and
+	// HTTP/1.1, which only AllowH2C permits (securepay dev, on loopback).
+	TLS      *tls.Config
+	AllowH2C bool
+	Logger   *slog.Logger
 }
 
 // Upstream is one component the gateway forwards to.
@@ -104,6 +117,8 @@ func (c Config) Validate() error {
 		return errors.New("gateway config: exactly one of Auth.JWKSURL and Auth.StaticJWKS is required")
 	case c.Auth.Leeway < 0 || c.Auth.Leeway > 5*time.Minute:
 		return errors.New("gateway config: Auth.Leeway must be between 0 and 5 minutes")
+	case c.TLS == nil && !c.AllowH2C:
+		return errors.New("gateway config: TLS is required (cleartext h2c only with AllowH2C, for local development)")
 	case c.StreamsPerPrincipal < 0 || c.MaxRequestBytes < 0 || c.Auth.MaxTokenBytes < 0 ||
 		c.Auth.JWKSRefresh < 0 || c.Auth.JWKSMinInterval < 0:
 		return errors.New("gateway config: sizes and intervals must not be negative")
@@ -239,15 +254,29 @@ func New(cfg Config) (*Gateway, error) {
 	mux.Handle(ledgerv1connect.NewPaymentServiceHandler(&paymentService{g: g}, opts...))
 	mux.Handle(ledgerv1connect.NewBalanceServiceHandler(&balanceService{g: g}, opts...))
 	mux.Handle(ledgerv1connect.NewAuditServiceHandler(&auditService{g: g}, opts...))
+	mux.Handle("/healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		// Liveness of the gateway itself; each component reports its own readiness.
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	}))
+	if cfg.Reflection {
+		reflector := grpcreflect.NewStaticReflector(ledgerv1connect.AccountServiceName, ledgerv1connect.PaymentServiceName,
+			ledgerv1connect.BalanceServiceName, ledgerv1connect.AuditServiceName)
+		mux.Handle(grpcreflect.NewHandlerV1(reflector))
+		mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	}
 	var h http.Handler = mux
 	if len(cfg.CORSOrigins) > 0 {
 		h = cors.New(cors.Options{
-			AllowedOrigins: cfg.CORSOrigins,
-			AllowedMethods: connectcors.AllowedMethods(),
-			AllowedHeaders: append(connectcors.AllowedHeaders(), services.IdempotencyKeyHeader, "Authorization", "X-Correlation-Id", "X-Request-Id"),
-			ExposedHeaders: append(connectcors.ExposedHeaders(), services.ReplayedHeader, "X-Correlation-Id", "Retry-After"),
-			MaxAge:         7200,
+			AllowOriginFunc: services.OriginAllowed(cfg.CORSOrigins),
+			AllowedMethods:  connectcors.AllowedMethods(),
+			AllowedHeaders:  append(connectcors.AllowedHeaders(), services.IdempotencyKeyHeader, "Authorization", "X-Correlation-Id", "X-Request-Id"),
+			ExposedHeaders:  append(connectcors.ExposedHeaders(), services.ReplayedHeader, ResponseCorrelationHeader, "Retry-After"),
+			MaxAge:          7200,
 		}).Handler(h)
+	}
+	if cfg.LoopbackHostsOnly {
+		h = services.LoopbackHostsOnly(h)
 	}
 	g.handler = h
 	return g, nil
@@ -255,6 +284,52 @@ func New(cfg Config) (*Gateway, error) {
 
 // Handler serves the public API.
 func (g *Gateway) Handler() http.Handler { return g.handler }
+
+// Serve serves the public API on ln until ctx ends, then shuts down: open streams are
+// cut (clients reconnect elsewhere) and unary calls get shutdownTimeout to finish.
+func (g *Gateway) Serve(ctx context.Context, ln net.Listener, shutdownTimeout time.Duration) error {
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	if g.cfg.TLS != nil {
+		protocols.SetHTTP2(true)
+	} else {
+		protocols.SetUnencryptedHTTP2(true)
+	}
+	srv := &http.Server{
+		Handler:           g.handler,
+		Protocols:         &protocols,
+		TLSConfig:         g.cfg.TLS,
+		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		HTTP2:             &http.HTTP2Config{SendPingTimeout: 5 * time.Second, PingTimeout: 5 * time.Second},
+		ErrorLog:          slog.NewLogLogger(g.cfg.Logger.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	errc := make(chan error, 1)
+	go func() {
+		if g.cfg.TLS != nil {
+			errc <- srv.ServeTLS(ln, "", "")
+		} else {
+			errc <- srv.Serve(ln)
+		}
+	}()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("gateway: serve %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	// Shutdown waits for idle connections only; streams never become idle, so they are
+	// closed when the timeout ends.
+	if err := srv.Shutdown(sctx); err != nil {
+		_ = srv.Close()
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("gateway: serve %s: %w", ln.Addr(), err)
+	}
+	return nil
+}
 
 // call is what the gateway knows about a request once authenticated.
 type call struct {

@@ -320,6 +320,7 @@ func startGateway(t testing.TB, is *issuer, led *ledgerNode, o fixtureOptions) (
 		},
 		Limiter:             o.limiter,
 		StreamsPerPrincipal: o.streams,
+		AllowH2C:            true, // served by httptest with its own TLS
 	})
 	if err != nil {
 		t.Fatal(err)
