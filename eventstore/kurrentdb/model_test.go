@@ -190,7 +190,7 @@ func TestUnknownOutcomeIsSettledThroughTheLogSlot(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 			defer cancel()
 			f, url := startFakeKurrent(t)
 			s := openOnFake(t, url, newNamespace(t))
@@ -215,7 +215,7 @@ func TestUnknownOutcomeIsSettledThroughTheLogSlot(t *testing.T) {
 }
 
 func TestConflictNamesTheFirstFailingStream(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	_, url := startFakeKurrent(t)
 	s := openOnFake(t, url, newNamespace(t))
@@ -243,7 +243,7 @@ func TestConflictNamesTheFirstFailingStream(t *testing.T) {
 }
 
 func TestStaleTipAndPinnedAnyAreRetried(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	f, url := startFakeKurrent(t)
 	ns := newNamespace(t)
@@ -267,7 +267,7 @@ func TestStaleTipAndPinnedAnyAreRetried(t *testing.T) {
 }
 
 func TestSnapshotsAgainstProtocolModel(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	f, url := startFakeKurrent(t)
 	ns := newNamespace(t)
@@ -290,7 +290,7 @@ func TestSnapshotsAgainstProtocolModel(t *testing.T) {
 }
 
 func TestSubscriberIsWokenByAnotherProcessCommit(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	_, url := startFakeKurrent(t)
 	ns := newNamespace(t)
