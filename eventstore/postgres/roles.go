@@ -135,7 +135,8 @@ var tablePrivileges = []string{"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE
 // CheckServingRole refuses (ErrUnsafeServingRole, every reason listed with its fix) a login
 // role that could rewrite or hide a rewrite of the log: a superuser; a role (or one it can
 // become through membership, SET ROLE included) with SUPERUSER, BYPASSRLS or CREATEROLE (a
-// CREATEROLE role can grant itself the owner's role); one that owns, or is a member of the
+// CREATEROLE role can grant itself the owner's role), or a member of pg_execute_server_program
+// or pg_write_server_files (the server's OS user); one that owns, or is a member of the
 // owner of, the schema or anything in it (owners disable triggers, alter and drop
 // tables); one holding more than logPrivileges or CREATE in the schema. It also refuses a
 // role that cannot serve (not a member of the app role), naming the migrate command that
@@ -180,6 +181,11 @@ func checkServingRole(ctx context.Context, pool *pgxpool.Pool, schema, appRole s
 		}
 		if createRole {
 			add("%s has CREATEROLE and can grant itself the tables' owner (fix: %s)", who, fix("NOCREATEROLE"))
+		}
+		if name == "pg_execute_server_program" || name == "pg_write_server_files" {
+			// COPY ... PROGRAM / TO a file runs as the server's operating-system user, which
+			// can rewrite the data files or connect as a superuser over the local socket.
+			add("it is a member of %s, which acts as the database server's operating-system user (fix: REVOKE %s FROM %s)", name, name, me)
 		}
 	}
 	rows.Close()
