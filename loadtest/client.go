@@ -36,6 +36,9 @@ type Target struct {
 	// connection serialises every frame through one writer on each side). For HTTP/1.1
 	// it is ignored: every concurrent request has a connection of its own.
 	Conns int
+	// Wrap, when set, wraps each connection's transport: the bank test uses it to send
+	// each procedure to the component process that serves it.
+	Wrap func(http.RoundTripper) http.RoundTripper
 }
 
 // Clients are the generated Connect clients of every service, over one transport each for
@@ -98,6 +101,9 @@ func (t Target) Dial() (*Clients, error) {
 	base := strings.TrimRight(t.Server, "/")
 	client := func() *http.Client {
 		var rt http.RoundTripper = newTransport()
+		if t.Wrap != nil {
+			rt = t.Wrap(rt)
+		}
 		if token != "" {
 			rt = bearer{token: "Bearer " + token, next: rt}
 		}

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/securepay/securepay/loadtest"
 )
 
 // envOr reads a setting of the long run from the environment.
@@ -28,7 +26,8 @@ func envOr[T any](t *testing.T, name string, def T, parse func(string) (T, error
 // TestBankUnderFaults is the bank test against `securepay serve` on PostgreSQL and Redis
 // over TLS, all in processes of their own, with the server SIGKILLed and restarted, then
 // PostgreSQL crashed (immediate stop) and restarted, then the server killed again, then
-// Redis restarted empty. It must end with zero violations.
+// Redis restarted empty. It must end with zero violations. SECUREPAY_BANK_TOPOLOGY=split
+// runs payments, queries, audit and projector as four processes instead, and kills each.
 //
 // The short run (the default, about 30 s of load) is part of `go test ./...`. The long
 // run takes its settings from the environment:
@@ -42,23 +41,28 @@ func TestBankUnderFaults(t *testing.T) {
 	seed := envOr(t, "SECUREPAY_BANK_SEED", uint64(time.Now().UnixNano()), func(s string) (uint64, error) { return strconv.ParseUint(s, 10, 64) })
 	writers := envOr(t, "SECUREPAY_BANK_WRITERS", 16, strconv.Atoi)
 	accounts := envOr(t, "SECUREPAY_BANK_ACCOUNTS", 8, strconv.Atoi)
-	names := envOr(t, "SECUREPAY_BANK_FAULTS", "kill-server,crash-postgres,kill-server,restart-redis", func(s string) (string, error) { return s, nil })
+	topology := envOr(t, "SECUREPAY_BANK_TOPOLOGY", "all", func(s string) (string, error) { return s, nil })
+	defaultFaults := map[string]string{
+		"all":   "kill-server,crash-postgres,kill-server,restart-redis",
+		"split": "kill-payments,crash-postgres,kill-queries,kill-projector,kill-audit,restart-redis",
+	}[topology]
+	names := envOr(t, "SECUREPAY_BANK_FAULTS", defaultFaults, func(s string) (string, error) { return s, nil })
 
-	c := startCluster(t)
+	c := startCluster(t, topology)
 	all := c.faults()
 	var faults []Fault
 	if names != "none" {
 		for _, n := range strings.Split(names, ",") {
 			f, ok := all[n]
 			if !ok {
-				t.Fatalf("SECUREPAY_BANK_FAULTS: unknown fault %q; known: kill-server, crash-postgres, restart-redis, flush-redis, or none", n)
+				t.Fatalf("SECUREPAY_BANK_FAULTS: unknown fault %q; known: kill-server, crash-postgres, restart-redis, flush-redis, kill-COMPONENT (split topology), or none", n)
 			}
 			faults = append(faults, f)
 		}
 	}
 	t.Logf("seed %d (SECUREPAY_BANK_SEED=%d repeats the clients' choices)", seed, seed)
 	rep, err := Run(context.Background(), Config{
-		Target: loadtest.Target{Server: "https://" + c.addr, CAFile: c.cert, Conns: 2},
+		Target: c.target(),
 		RunID:  "bank" + strconv.FormatUint(seed%1_000_000, 10), Seed: seed,
 		Accounts: accounts, FundEach: 1000_00, Writers: writers, Readers: 2,
 		Duration: duration, Faults: faults, FaultEvery: every,

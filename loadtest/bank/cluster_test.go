@@ -23,6 +23,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/securepay/securepay/loadtest"
+	"github.com/securepay/securepay/services"
 )
 
 // cluster is everything the bank test runs against, each part a process of its own that
@@ -39,14 +42,28 @@ type cluster struct {
 	pgPort  int
 	rDir    string
 	rPort   int
-	addr    string // the server's 127.0.0.1:PORT, the same across restarts
 	dsnFile string // serve's DSN (its own login role), private
 	cert    string // self-signed: also the CA file clients trust
 	key     string
+	// servers are the server processes by component ("all" when one process runs every
+	// component), each on a port of its own that stays the same across restarts.
+	servers map[string]*server
+	mu      sync.Mutex
+}
 
-	mu     sync.Mutex
-	server *exec.Cmd
-	exited chan struct{}
+// server is one `securepay serve [COMPONENT]` process.
+type server struct {
+	component string
+	addr      string
+	cmd       *exec.Cmd
+	exited    chan struct{}
+}
+
+// topologies are the ways the bank test can run the server: every component in one
+// process, or payments, queries, audit and projector in four.
+var topologies = map[string][]string{
+	"all":   {"all"},
+	"split": {"payments", "queries", "audit", "projector"},
 }
 
 func freePort(t *testing.T) int {
@@ -71,8 +88,12 @@ func (c *cluster) script(name string, args ...string) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-func startCluster(t *testing.T) *cluster {
+func startCluster(t *testing.T, topology string) *cluster {
 	t.Helper()
+	components, ok := topologies[topology]
+	if !ok {
+		t.Fatalf("unknown topology %q: say all or split", topology)
+	}
 	gomod, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
 		t.Fatalf("go env GOMOD: %v", err)
@@ -88,7 +109,10 @@ func startCluster(t *testing.T) *cluster {
 	}
 	c := &cluster{t: t, root: filepath.Dir(strings.TrimSpace(string(gomod))), dir: dir, bin: filepath.Join(dir, "securepay"),
 		pgDir: filepath.Join(dir, "pg"), rDir: filepath.Join(dir, "redis"), pgPort: freePort(t), rPort: freePort(t)}
-	c.addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	c.servers = map[string]*server{}
+	for _, comp := range components {
+		c.servers[comp] = &server{component: comp, addr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	}
 	t.Cleanup(c.stop)
 
 	build := exec.Command("go", "build", "-o", c.bin, "./cmd/securepay")
@@ -122,10 +146,44 @@ func startCluster(t *testing.T) *cluster {
 	}
 	c.dsnFile = c.private("serve-dsn", strings.Replace(ownerDSN, "postgres://postgres@", "postgres://bank_serve@", 1))
 	c.cert, c.key = c.selfSigned()
-	if err := c.startServer(); err != nil {
-		t.Fatal(err)
+	for _, comp := range components {
+		if err := c.startServer(comp); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return c
+}
+
+// target is how clients reach the cluster: one URL, and with the components split, each
+// procedure sent to the process that serves it (as the gateway does).
+func (c *cluster) target() loadtest.Target {
+	t := loadtest.Target{CAFile: c.cert, Conns: 2}
+	if all, ok := c.servers["all"]; ok {
+		t.Server = "https://" + all.addr
+		return t
+	}
+	t.Server = "https://" + c.servers["payments"].addr
+	t.Wrap = func(next http.RoundTripper) http.RoundTripper {
+		return routeByComponent{next: next, addr: func(comp string) string { return c.servers[comp].addr }}
+	}
+	return t
+}
+
+// routeByComponent sends each request to the component that serves its procedure.
+type routeByComponent struct {
+	next http.RoundTripper
+	addr func(component string) string
+}
+
+func (r routeByComponent) RoundTrip(req *http.Request) (*http.Response, error) {
+	comp, ok := services.ComponentOf(req.URL.Path)
+	if !ok {
+		return nil, fmt.Errorf("no component serves %s", req.URL.Path)
+	}
+	req = req.Clone(req.Context())
+	req.URL.Host = r.addr(string(comp))
+	req.Host = req.URL.Host
+	return r.next.RoundTrip(req)
 }
 
 func (c *cluster) private(name, content string) string {
@@ -136,29 +194,52 @@ func (c *cluster) private(name, content string) string {
 	return p
 }
 
-// startServer launches `securepay serve` and waits until it answers /readyz.
-func (c *cluster) startServer() error {
-	logFile, err := os.OpenFile(filepath.Join(c.dir, "serve.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+// startServer launches `securepay serve COMPONENT` and waits until it answers /readyz.
+// This is the one place that says how the server under test runs.
+func (c *cluster) startServer(component string) error {
+	srv := c.servers[component]
+	logFile, err := os.OpenFile(filepath.Join(c.dir, "serve-"+component+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(c.bin, "serve", "--listen", c.addr, "--postgres-dsn-file", c.dsnFile,
-		"--redis-addr", fmt.Sprintf("127.0.0.1:%d", c.rPort), "--tls-cert", c.cert, "--tls-key", c.key)
+	args := []string{"serve"}
+	if component != "all" {
+		args = append(args, component)
+	}
+	args = append(args, "--listen", srv.addr, "--postgres-dsn-file", c.dsnFile, "--tls-cert", c.cert, "--tls-key", c.key)
+	if component != "audit" { // audit reads the log only
+		args = append(args, "--redis-addr", fmt.Sprintf("127.0.0.1:%d", c.rPort))
+	}
+	cmd := exec.Command(c.bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
-		return fmt.Errorf("start serve: %w", err)
+		return fmt.Errorf("start serve %s: %w", component, err)
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); logFile.Close(); close(exited) }()
 	c.mu.Lock()
-	c.server, c.exited = cmd, exited
+	srv.cmd, srv.exited = cmd, exited
 	c.mu.Unlock()
-	return c.waitReady(exited)
+	return c.waitReady(component)
 }
 
-// waitReady polls /readyz until it answers 200, the server exits, or a minute passes.
-func (c *cluster) waitReady(exited <-chan struct{}) error {
+// waitReadyAll waits for every server process.
+func (c *cluster) waitReadyAll() error {
+	for comp := range c.servers {
+		if err := c.waitReady(comp); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitReady polls a server's /readyz until it answers 200, it exits, or a minute passes.
+func (c *cluster) waitReady(component string) error {
+	c.mu.Lock()
+	srv := c.servers[component]
+	exited, addr := srv.exited, srv.addr
+	c.mu.Unlock()
 	pool := x509.NewCertPool()
 	pemBytes, err := os.ReadFile(c.cert)
 	if err != nil {
@@ -171,10 +252,10 @@ func (c *cluster) waitReady(exited <-chan struct{}) error {
 	for time.Now().Before(deadline) {
 		select {
 		case <-exited:
-			return fmt.Errorf("serve exited before it was ready; its log:\n%s", c.serverLog())
+			return fmt.Errorf("serve %s exited before it was ready; its log:\n%s", component, c.serverLog(component))
 		default:
 		}
-		if res, err := hc.Get("https://" + c.addr + "/readyz"); err == nil {
+		if res, err := hc.Get("https://" + addr + "/readyz"); err == nil {
 			res.Body.Close()
 			if res.StatusCode == http.StatusOK {
 				return nil
@@ -182,21 +263,21 @@ func (c *cluster) waitReady(exited <-chan struct{}) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("serve not ready on %s after a minute; its log:\n%s", c.addr, c.serverLog())
+	return fmt.Errorf("serve %s not ready on %s after a minute; its log:\n%s", component, addr, c.serverLog(component))
 }
 
-func (c *cluster) serverLog() string {
-	b, _ := os.ReadFile(filepath.Join(c.dir, "serve.log"))
+func (c *cluster) serverLog(component string) string {
+	b, _ := os.ReadFile(filepath.Join(c.dir, "serve-"+component+".log"))
 	if len(b) > 4000 {
 		b = b[len(b)-4000:]
 	}
 	return string(b)
 }
 
-// killServer sends SIGKILL and waits for the process to be gone.
-func (c *cluster) killServer() error {
+// killServer sends SIGKILL to a server process and waits for it to be gone.
+func (c *cluster) killServer(component string) error {
 	c.mu.Lock()
-	cmd, exited := c.server, c.exited
+	cmd, exited := c.servers[component].cmd, c.servers[component].exited
 	c.mu.Unlock()
 	if cmd == nil {
 		return nil
@@ -213,15 +294,30 @@ func (c *cluster) killServer() error {
 	return nil
 }
 
-// faults are the faults the test can inject, by name.
+// kill SIGKILLs the server processes of components, then restarts them.
+func (c *cluster) kill(components ...string) error {
+	for _, comp := range components {
+		if err := c.killServer(comp); err != nil {
+			return err
+		}
+	}
+	for _, comp := range components {
+		if err := c.startServer(comp); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// faults are the faults the test can inject, by name: kill-server kills every server
+// process at once; with the components split, kill-COMPONENT kills one.
 func (c *cluster) faults() map[string]Fault {
-	return map[string]Fault{
-		"kill-server": {Name: "kill-server", Inject: func(context.Context) error {
-			if err := c.killServer(); err != nil {
-				return err
-			}
-			return c.startServer()
-		}},
+	var all []string
+	for comp := range c.servers {
+		all = append(all, comp)
+	}
+	faults := map[string]Fault{
+		"kill-server": {Name: "kill-server", Inject: func(context.Context) error { return c.kill(all...) }},
 		"crash-postgres": {Name: "crash-postgres", Inject: func(context.Context) error {
 			if _, err := c.script("postgres.sh", "crash", c.pgDir); err != nil {
 				return err
@@ -230,7 +326,7 @@ func (c *cluster) faults() map[string]Fault {
 			if _, err := c.script("postgres.sh", "start", c.pgDir, fmt.Sprint(c.pgPort)); err != nil {
 				return err
 			}
-			return c.waitReady(c.exitedChan())
+			return c.waitReadyAll()
 		}},
 		"restart-redis": {Name: "restart-redis", Inject: func(context.Context) error {
 			// Redis runs without persistence: a restart also empties it.
@@ -241,7 +337,7 @@ func (c *cluster) faults() map[string]Fault {
 			if _, err := c.script("redis.sh", "start", c.rDir, fmt.Sprint(c.rPort)); err != nil {
 				return err
 			}
-			return c.waitReady(c.exitedChan())
+			return c.waitReadyAll()
 		}},
 		"flush-redis": {Name: "flush-redis", Inject: func(context.Context) error {
 			out, err := exec.Command("redis-cli", "-h", "127.0.0.1", "-p", fmt.Sprint(c.rPort), "FLUSHALL").CombinedOutput()
@@ -251,20 +347,22 @@ func (c *cluster) faults() map[string]Fault {
 			return nil
 		}},
 	}
-}
-
-func (c *cluster) exitedChan() <-chan struct{} {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.exited
+	if len(all) > 1 {
+		for _, comp := range all {
+			faults["kill-"+comp] = Fault{Name: "kill-" + comp, Inject: func(context.Context) error { return c.kill(comp) }}
+		}
+	}
+	return faults
 }
 
 // stop ends every process the cluster started and removes its directory, keeping the
 // server's log in the test output when the test failed.
 func (c *cluster) stop() {
-	_ = c.killServer()
-	if c.t.Failed() {
-		c.t.Logf("serve's log (tail):\n%s", c.serverLog())
+	for comp := range c.servers {
+		_ = c.killServer(comp)
+		if c.t.Failed() {
+			c.t.Logf("serve %s's log (tail):\n%s", comp, c.serverLog(comp))
+		}
 	}
 	if _, err := c.script("redis.sh", "stop", c.rDir); err != nil {
 		c.t.Log(err)
