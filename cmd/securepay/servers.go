@@ -417,14 +417,15 @@ func serveCommand(e env) *Command {
 			"queries (GetPayment, GetBalance, ListHistory, WatchAccount from the views), audit\n" +
 			"(AuditService; needs no Redis) or projector (runs the views; health only). Without\n" +
 			"it, or with all, every component runs in this one process. The outbox relay to\n" +
-			"Kafka runs alone with its own flags: securepay serve relay -h.\n\n" +
+			"Kafka runs alone with its own flags: securepay serve relay -h; so does the public\n" +
+			"gateway (OIDC tokens, roles, rate limits, mTLS to the components): securepay serve gateway -h.\n\n" +
 			"With no authentication configured, serve listens on loopback only.\n\n" +
 			"Give secrets (the DSN, a Redis URL with a password) as files readable only by the\n" +
 			"server's user, or in the environment: a flag's value is visible to every user in ps.",
 		Args: []Arg{{Name: "COMPONENT", Optional: true}},
 		Run:  c.run,
 		// relay has flags of its own (Kafka, no listener, no Redis): a subcommand.
-		Commands: []*Command{relayCommand(e)},
+		Commands: []*Command{relayCommand(e), gatewayServeCommand(e)},
 	}
 	fs := &cmd.Flag
 	ef := envFlags{fs, e}

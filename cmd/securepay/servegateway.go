@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/securepay/securepay/services/gateway"
+	"github.com/securepay/securepay/services/mtls"
+)
+
+// gatewayServeConfig is `securepay serve gateway`.
+type gatewayServeConfig struct {
+	Listen                       string
+	TLSCert, TLSKey              string
+	SPIFFESocket, TrustDomain    string
+	PaymentsURL, QueriesURL      string
+	AuditURL                     string
+	Issuer, Audience, JWKSURL    string
+	Algorithms                   string
+	RedisAddr, RedisAddrFile     string
+	RedisDB                      int
+	RedisCAFile                  string
+	Rate, Burst, StreamsPerPrinc int
+	CORS                         string
+	Reflection                   bool
+	Shutdown                     time.Duration
+}
+
+func gatewayServeCommand(e env) *Command {
+	c := &gatewayServeConfig{}
+	cmd := &Command{
+		UsageLine: "securepay serve gateway --oidc-issuer URL --oidc-audience AUD --oidc-jwks-url URL --payments-url URL --queries-url URL --audit-url URL --tls-cert FILE --tls-key FILE --redis-addr HOST:PORT|URL [flags]",
+		Short:     "run the public gateway: OIDC/JWT, roles and ownership, rate limits, mTLS to the components",
+		Long: "Run the public gateway. Every call needs an access token from the OIDC issuer\n" +
+			"(Authorization: Bearer), is authorised by role and by the accounts the token owns,\n" +
+			"is rate-limited per principal (GCRA in Redis, shared by all gateways), and is\n" +
+			"forwarded over SPIFFE mTLS to the payments, queries or audit component. The\n" +
+			"gateway's SVID comes from the SPIFFE Workload API; without it the gateway does not\n" +
+			"start (there is no plaintext path to the components). See infra/keycloak for an\n" +
+			"issuer that puts the roles and accounts claims in its tokens.",
+		Run: func(ctx context.Context, e env, _ []string) error { return serveGateway(ctx, e, *c) },
+	}
+	fs := &cmd.Flag
+	ef := envFlags{fs, e}
+	ef.String(&c.Listen, "listen", "SECUREPAY_GATEWAY_LISTEN", ":8443", "public `address` to listen on (TLS; every call is authenticated)")
+	ef.String(&c.TLSCert, "tls-cert", "SECUREPAY_TLS_CERT", "", "PEM certificate chain `file` of the public port")
+	ef.String(&c.TLSKey, "tls-key", "SECUREPAY_TLS_KEY", "", "PEM private key `file` of the public port")
+	ef.String(&c.SPIFFESocket, "spiffe-socket", "SPIFFE_ENDPOINT_SOCKET", "", "SPIFFE Workload API `address` (unix:///run/spire/agent.sock)")
+	ef.String(&c.TrustDomain, "trust-domain", "SECUREPAY_TRUST_DOMAIN", mtls.DefaultTrustDomain, "SPIFFE trust `domain` of the components")
+	ef.String(&c.PaymentsURL, "payments-url", "SECUREPAY_PAYMENTS_URL", "", "https `URL` of the payments component")
+	ef.String(&c.QueriesURL, "queries-url", "SECUREPAY_QUERIES_URL", "", "https `URL` of the queries component")
+	ef.String(&c.AuditURL, "audit-url", "SECUREPAY_AUDIT_URL", "", "https `URL` of the audit component")
+	ef.String(&c.Issuer, "oidc-issuer", "SECUREPAY_OIDC_ISSUER", "", "the tokens' issuer (`iss`), e.g. https://keycloak.example.com/realms/securepay")
+	ef.String(&c.Audience, "oidc-audience", "SECUREPAY_OIDC_AUDIENCE", "", "the `audience` the tokens must name (aud)")
+	ef.String(&c.JWKSURL, "oidc-jwks-url", "SECUREPAY_OIDC_JWKS_URL", "", "the issuer's JWKS `URL` (Keycloak: ISSUER/protocol/openid-connect/certs)")
+	ef.String(&c.Algorithms, "oidc-algorithms", "SECUREPAY_OIDC_ALGORITHMS", "RS256,ES256", "comma-separated signature `algorithms` accepted (none and HS* never)")
+	ef.String(&c.RedisAddr, "redis-addr", "SECUREPAY_REDIS_ADDR", "", "Redis of the rate limits: `host:port` or redis[s]:// URL (a URL with a password belongs in --redis-addr-file)")
+	ef.String(&c.RedisAddrFile, "redis-addr-file", "SECUREPAY_REDIS_ADDR_FILE", "", "`file` holding the Redis address or URL, readable only by its owner")
+	fs.IntVar(&c.RedisDB, "redis-db", 0, "Redis logical database `number`")
+	ef.String(&c.RedisCAFile, "redis-ca-file", "SECUREPAY_REDIS_CA_FILE", "", "PEM `file` of the CA of a rediss:// server")
+	fs.IntVar(&c.Rate, "rate-limit", gateway.DefaultLimit.Rate, "calls per second one principal may make, across all gateways")
+	fs.IntVar(&c.Burst, "rate-burst", gateway.DefaultLimit.Burst, "calls one principal may make at once")
+	fs.IntVar(&c.StreamsPerPrinc, "streams-per-principal", 4, "open streams (watch, log) one principal may hold on this gateway")
+	ef.String(&c.CORS, "cors-origins", "SECUREPAY_CORS_ORIGINS", "", "comma-separated browser `origins` allowed to call")
+	fs.BoolVar(&c.Reflection, "reflection", false, "serve gRPC reflection (it lists every procedure to any caller)")
+	fs.DurationVar(&c.Shutdown, "shutdown-timeout", 30*time.Second, "how long in-flight requests get at shutdown")
+	return cmd
+}
+
+// validate names every problem at once.
+func (c *gatewayServeConfig) validate() (*redis.Options, *certReloader, spiffeid.TrustDomain, error) {
+	var errs []error
+	need := func(v, flag, variable, what string) {
+		if v == "" {
+			errs = append(errs, fmt.Errorf("%s is missing: set --%s or %s", what, flag, variable))
+		}
+	}
+	need(c.Issuer, "oidc-issuer", "SECUREPAY_OIDC_ISSUER", "the OIDC issuer")
+	need(c.Audience, "oidc-audience", "SECUREPAY_OIDC_AUDIENCE", "the token audience")
+	need(c.SPIFFESocket, "spiffe-socket", "SPIFFE_ENDPOINT_SOCKET", "the SPIFFE Workload API address")
+	for _, u := range []struct{ v, flag, variable, what string }{
+		{c.PaymentsURL, "payments-url", "SECUREPAY_PAYMENTS_URL", "the payments component's URL"},
+		{c.QueriesURL, "queries-url", "SECUREPAY_QUERIES_URL", "the queries component's URL"},
+		{c.AuditURL, "audit-url", "SECUREPAY_AUDIT_URL", "the audit component's URL"},
+		{c.JWKSURL, "oidc-jwks-url", "SECUREPAY_OIDC_JWKS_URL", "the issuer's JWKS URL"},
+	} {
+		need(u.v, u.flag, u.variable, u.what)
+		if u.v == "" {
+			continue
+		}
+		if p, err := url.Parse(u.v); err != nil || p.Scheme != "https" || p.Host == "" {
+			errs = append(errs, fmt.Errorf("--%s %q must be an https:// URL (there is no plaintext path)", u.flag, u.v))
+		}
+	}
+	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--trust-domain %q: %v", c.TrustDomain, err))
+	}
+	if c.Rate <= 0 || c.Burst <= 0 || c.StreamsPerPrinc <= 0 || c.Shutdown <= 0 {
+		errs = append(errs, errors.New("--rate-limit, --rate-burst, --streams-per-principal and --shutdown-timeout must be positive"))
+	}
+	var ropts *redis.Options
+	addr, err := secretSetting{what: "the Redis address", value: c.RedisAddr, file: c.RedisAddrFile,
+		flag: "redis-addr", variable: "SECUREPAY_REDIS_ADDR", fileFlag: "redis-addr-file", fileVar: "SECUREPAY_REDIS_ADDR_FILE"}.resolve()
+	switch {
+	case err != nil:
+		errs = append(errs, err)
+	case addr == "":
+		errs = append(errs, errors.New("the Redis address of the rate limits is missing: set --redis-addr or SECUREPAY_REDIS_ADDR, or --redis-addr-file"))
+	default:
+		if ropts, err = redisOptions(addr, c.RedisDB, c.RedisCAFile); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	var certs *certReloader
+	if c.TLSCert == "" || c.TLSKey == "" {
+		errs = append(errs, errors.New("TLS is required on the public port: set --tls-cert and --tls-key (SECUREPAY_TLS_CERT, SECUREPAY_TLS_KEY)"))
+	} else if certs, err = newCertReloader(c.TLSCert, c.TLSKey, slog.New(slog.DiscardHandler)); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := parseGatewayAlgorithms(c.Algorithms); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, nil, td, fmt.Errorf("serve gateway: configuration is not usable:\n  - %w", joinLines(errs))
+	}
+	return ropts, certs, td, nil
+}
+
+func parseGatewayAlgorithms(s string) ([]string, error) {
+	algs := splitList(s)
+	if len(algs) == 0 {
+		return nil, errors.New("--oidc-algorithms names no algorithm")
+	}
+	return algs, nil
+}
+
+func serveGateway(ctx context.Context, e env, c gatewayServeConfig) error {
+	ropts, certs, td, err := c.validate()
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	ids := mtls.WellKnownIDs(td)
+	// Without an SVID the gateway has no way to reach the components: it does not start.
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	src, err := mtls.WorkloadSource(sctx, c.SPIFFESocket, mtls.WithID(ids.Gateway))
+	cancel()
+	if err != nil {
+		return fmt.Errorf("serve gateway: no SVID for %s: %w", ids.Gateway, err)
+	}
+	defer src.Close()
+	rdb := redis.NewClient(ropts)
+	defer rdb.Close()
+	algs, _ := parseGatewayAlgorithms(c.Algorithms)
+	limiter, err := gateway.NewRedisLimiter(rdb, gateway.Limit{Rate: c.Rate, Burst: c.Burst, Period: time.Second})
+	if err != nil {
+		return fmt.Errorf("serve gateway: %w", err)
+	}
+	gw, err := gateway.New(gateway.Config{
+		Payments:            gateway.Upstream{URL: c.PaymentsURL, Client: mtls.HTTPClient(src, ids.Payments)},
+		Queries:             gateway.Upstream{URL: c.QueriesURL, Client: mtls.HTTPClient(src, ids.Queries)},
+		Audit:               gateway.Upstream{URL: c.AuditURL, Client: mtls.HTTPClient(src, ids.Audit)},
+		Auth:                gateway.Auth{Issuer: c.Issuer, Audience: c.Audience, JWKSURL: c.JWKSURL, Algorithms: algs},
+		Limiter:             limiter,
+		StreamsPerPrincipal: c.StreamsPerPrinc,
+		CORSOrigins:         splitList(c.CORS),
+		Reflection:          c.Reflection,
+		TLS:                 &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
+		Logger:              log,
+	})
+	if err != nil {
+		return fmt.Errorf("serve gateway: %w", err)
+	}
+	ln, err := net.Listen("tcp", c.Listen)
+	if err != nil {
+		return fmt.Errorf("serve gateway: listen on %s: %w", c.Listen, err)
+	}
+	log.Info("gateway serving", "listen", ln.Addr().String(), "issuer", c.Issuer, "payments", c.PaymentsURL, "queries", c.QueriesURL, "audit", c.AuditURL)
+	return gw.Serve(ctx, ln, c.Shutdown)
+}
