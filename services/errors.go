@@ -31,18 +31,19 @@ type Reason string
 
 // Reasons the API adds to the domain's own.
 const (
-	ReasonConflict             Reason = "CONFLICT"
-	ReasonNotCaughtUp          Reason = "NOT_CAUGHT_UP"
-	ReasonHistoryTrimmed       Reason = "HISTORY_TRIMMED"
-	ReasonNotFound             Reason = "NOT_FOUND"
-	ReasonUnavailable          Reason = "UNAVAILABLE"
-	ReasonInternal             Reason = "INTERNAL"
-	ReasonTooManyStreams       Reason = "TOO_MANY_STREAMS"
-	ReasonRequestTooLarge      Reason = "REQUEST_TOO_LARGE"
-	ReasonIdempotencyKey       Reason = "IDEMPOTENCY_KEY_INVALID"
-	ReasonIdempotencyMismatch  Reason = "IDEMPOTENCY_KEY_REUSED"
-	ReasonIdempotencyInFlight  Reason = "IDEMPOTENCY_REQUEST_IN_PROGRESS"
-	ReasonIdempotencyStoreDown Reason = "IDEMPOTENCY_STORE_UNAVAILABLE"
+	ReasonConflict              Reason = "CONFLICT"
+	ReasonNotCaughtUp           Reason = "NOT_CAUGHT_UP"
+	ReasonHistoryTrimmed        Reason = "HISTORY_TRIMMED"
+	ReasonNotFound              Reason = "NOT_FOUND"
+	ReasonUnavailable           Reason = "UNAVAILABLE"
+	ReasonInternal              Reason = "INTERNAL"
+	ReasonTooManyStreams        Reason = "TOO_MANY_STREAMS"
+	ReasonRequestTooLarge       Reason = "REQUEST_TOO_LARGE"
+	ReasonIdempotencyKey        Reason = "IDEMPOTENCY_KEY_INVALID"
+	ReasonIdempotencyMismatch   Reason = "IDEMPOTENCY_KEY_REUSED"
+	ReasonIdempotencyInFlight   Reason = "IDEMPOTENCY_REQUEST_IN_PROGRESS"
+	ReasonIdempotencyStoreDown  Reason = "IDEMPOTENCY_STORE_UNAVAILABLE"
+	ReasonCheckpointUnavailable Reason = "CHECKPOINT_UNAVAILABLE"
 
 	// The gateway's refusals (services/gateway): no valid token, a role that may not call
 	// the procedure, more calls than the principal's rate allows.
@@ -77,22 +78,23 @@ var codes = map[Reason]connect.Code{
 	// overflow): the request is refused as it stands.
 	Reason(domain.ReasonLimitExceeded): connect.CodeInvalidArgument,
 
-	ReasonConflict:             connect.CodeAborted,
-	ReasonNotCaughtUp:          connect.CodeDeadlineExceeded,
-	ReasonHistoryTrimmed:       connect.CodeFailedPrecondition,
-	ReasonNotFound:             connect.CodeNotFound,
-	ReasonUnavailable:          connect.CodeUnavailable,
-	ReasonInternal:             connect.CodeInternal,
-	ReasonTooManyStreams:       connect.CodeResourceExhausted,
-	ReasonRequestTooLarge:      connect.CodeResourceExhausted,
-	ReasonIdempotencyKey:       connect.CodeInvalidArgument,
-	ReasonIdempotencyMismatch:  connect.CodeAlreadyExists,
-	ReasonIdempotencyInFlight:  connect.CodeAborted,
-	ReasonIdempotencyStoreDown: connect.CodeUnavailable,
-	ReasonUnauthenticated:      connect.CodeUnauthenticated,
-	ReasonPermissionDenied:     connect.CodePermissionDenied,
-	ReasonRateLimited:          connect.CodeResourceExhausted,
-	ReasonRateLimiterDown:      connect.CodeUnavailable,
+	ReasonConflict:              connect.CodeAborted,
+	ReasonNotCaughtUp:           connect.CodeDeadlineExceeded,
+	ReasonHistoryTrimmed:        connect.CodeFailedPrecondition,
+	ReasonNotFound:              connect.CodeNotFound,
+	ReasonUnavailable:           connect.CodeUnavailable,
+	ReasonInternal:              connect.CodeInternal,
+	ReasonTooManyStreams:        connect.CodeResourceExhausted,
+	ReasonRequestTooLarge:       connect.CodeResourceExhausted,
+	ReasonIdempotencyKey:        connect.CodeInvalidArgument,
+	ReasonIdempotencyMismatch:   connect.CodeAlreadyExists,
+	ReasonIdempotencyInFlight:   connect.CodeAborted,
+	ReasonIdempotencyStoreDown:  connect.CodeUnavailable,
+	ReasonUnauthenticated:       connect.CodeUnauthenticated,
+	ReasonPermissionDenied:      connect.CodePermissionDenied,
+	ReasonRateLimited:           connect.CodeResourceExhausted,
+	ReasonRateLimiterDown:       connect.CodeUnavailable,
+	ReasonCheckpointUnavailable: connect.CodeFailedPrecondition,
 }
 
 // Reasons returns every reason this API sends, sorted. The slice is the caller's own.

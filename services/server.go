@@ -92,6 +92,9 @@ type Config struct {
 	// MaxViewLag is how many positions the views may trail the log and still be ready;
 	// default 10000.
 	MaxViewLag uint64
+	// Checkpoints answers the AuditService's checkpoint and proof calls; nil on a server
+	// that keeps no Merkle tree (they answer CHECKPOINT_UNAVAILABLE).
+	Checkpoints *Checkpoints
 }
 
 // Validate reports the first problem with c.
@@ -277,7 +280,7 @@ func NewServer(cfg Config) (*Server, error) {
 	mount(ledgerv1connect.NewAccountServiceHandler(&accountService{cmds: cfg.Commands, meta: meta}, opts...))
 	mount(ledgerv1connect.NewPaymentServiceHandler(&paymentService{cmds: cfg.Commands, reader: cfg.Reader, meta: meta, readWait: cfg.ReadWait}, opts...))
 	mount(ledgerv1connect.NewBalanceServiceHandler(&balanceService{reader: cfg.Reader, store: cfg.Store, readWait: cfg.ReadWait, streams: s.streams}, opts...))
-	mount(ledgerv1connect.NewAuditServiceHandler(&auditService{store: cfg.Store, streams: s.streams}, opts...))
+	mount(ledgerv1connect.NewAuditServiceHandler(&auditService{store: cfg.Store, streams: s.streams, checkpoints: cfg.Checkpoints}, opts...))
 	mux.Handle(grpchealth.NewHandler(s.health))
 	s.health.healthHTTP(mux)
 	if cfg.Reflection {

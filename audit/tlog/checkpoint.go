@@ -177,3 +177,13 @@ func canonicalSignatures(signed []byte) error {
 	}
 	return nil
 }
+
+// ParseCheckpointNote reads the checkpoint in a signed note without checking any
+// signature: for assembling a receipt, which CheckReceipt then verifies.
+func ParseCheckpointNote(signed []byte) (Checkpoint, error) {
+	i := bytes.Index(signed, []byte("\n\n"))
+	if i < 0 || len(signed) > MaxCheckpointBytes {
+		return Checkpoint{}, fmt.Errorf("%w: not a signed note", ErrCheckpoint)
+	}
+	return ParseCheckpoint(string(signed[:i+1]))
+}

@@ -21,7 +21,7 @@ const (
 	LatestFile = "checkpoint"
 	// HistoryDir keeps every published checkpoint, named by its size (20 digits), so an
 	// auditor can fetch the one they need for a consistency proof.
-	HistoryDir = "checkpoints"
+	HistoryDir = "history"
 	// TreeDir holds the tree's node files (Tree).
 	TreeDir = "tree"
 )

@@ -98,6 +98,8 @@ func TestUsageLinesNameTheArguments(t *testing.T) {
 		"history":             {"ACCOUNT_ID"},
 		"watch":               {"ACCOUNT_ID"},
 		"audit replay":        {"STREAM"},
+		"audit prove":         {"PAYMENT_ID"},
+		"audit check-receipt": {"FILE"},
 		"projections rebuild": {"NAME"},
 		"help":                {"COMMAND", "SUBCOMMAND"},
 		"serve":               {"COMPONENT"},
@@ -142,7 +144,7 @@ func TestOnlyWritesOfferAnIdempotencyKey(t *testing.T) {
 		"account open": true, "account freeze": true, "account unfreeze": true, "account close": true,
 		"transfer": true, "batch": true, "authorise": true, "capture": true, "void": true, "refund": true,
 		"account get": false, "payment": false, "payment get": false, "balance": false, "history": false,
-		"verify": false, "watch": false,
+		"verify": false, "watch": false, "audit checkpoint": false, "audit prove": false,
 		// loadtest writes, with ids of its own made unique per run: a key would only repeat them.
 		"loadtest": false,
 	}

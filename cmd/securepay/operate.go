@@ -238,7 +238,9 @@ func auditCommand(e env) *Command {
 		UsageLine: "securepay audit verify [flags]",
 		Short:     "recompute the hash chain of the whole log and name the first bad position",
 	}
-	verify.Run = newAuditCmd(e, verify).verify
+	vc := newAuditCmd(e, verify)
+	vc.registerSince(&verify.Flag) // audit_tlog.go
+	verify.Run = vc.verify
 	balances := &Command{
 		UsageLine: "securepay audit balances [--as-of POSITION|TIME] [flags]",
 		Short:     "recompute every balance from the log and compare it with the service's view",
@@ -258,7 +260,12 @@ func auditCommand(e env) *Command {
 		Long: "Auditors: read the log directly, not through the service, and recompute what the\n" +
 			"service claims: on PostgreSQL (--postgres-dsn), or in the directory of a stopped dev\n" +
 			"ledger (--dir).",
-		Commands: []*Command{export, verify, balances, replay},
+		Commands: []*Command{export, verify, balances, replay,
+			auditCheckpointCommand(e),
+			auditProveCommand(e),
+			auditCheckReceiptCommand(e),
+			auditKeygenCommand(e),
+		},
 	}
 }
 
@@ -268,6 +275,7 @@ type auditCmd struct {
 	from, to uint64 // export
 	stream   string // export
 	asOf     string // balances
+	since    sinceFlags
 }
 
 func newAuditCmd(e env, cmd *Command) *auditCmd {
@@ -293,6 +301,12 @@ func (c *auditCmd) export(ctx context.Context, e env, _ []string) error {
 }
 
 func (c *auditCmd) verify(ctx context.Context, e env, _ []string) error {
+	switch {
+	case c.since.checkpoint != "":
+		return c.verifySince(ctx, e)
+	case c.since.publicKey != "" || c.since.tree != "":
+		return usagef("audit verify: --public-key and --tree go with --since-checkpoint FILE")
+	}
 	o, err := c.store.open(ctx, e, "audit")
 	if err != nil {
 		return err

@@ -74,7 +74,7 @@ func TestOperatorCommandsRefuseBadInvocations(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"audit"}, "say export, verify, balances or replay"},
+		{[]string{"audit"}, "say export, verify, balances, replay, checkpoint, prove, check-receipt or keygen"},
 		{[]string{"audit", "verify"}, "say where the log is"},
 		{[]string{"audit", "verify", "--dir", dir, "--postgres-dsn", "postgres://127.0.0.1/x"}, "not both"},
 		{[]string{"audit", "replay", "--dir", dir}, "name the stream"},

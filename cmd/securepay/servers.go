@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -165,6 +166,18 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 		return fmt.Errorf("dev: start the ledger: %w", err)
 	}
 	defer proc.Close()
+	// dev signs checkpoints with a key of its own, generated into its directory.
+	devPrivate, keyFile, pubFile, keyCreated, err := devKey(dir)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dev: checkpoint key: %w", err)
+	}
+	cpr, err := openCheckpointer(store, filepath.Join(dir, "tlog"), devPrivate, devCheckpointInterval, log)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dev: checkpoints: %w", err)
+	}
+	defer cpr.close()
 	views := memory.New(cfg.HistoryCap)
 	runner, err := projections.NewRunner(projections.RunnerConfig{Store: store, Projectors: views.Projectors(), Logger: log})
 	if err != nil {
@@ -184,6 +197,7 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 		Reader:      views.Reader(),
 		Store:       store,
 		Idempotency: services.NewMemoryIdempotencyStore(0, nil),
+		Checkpoints: cpr.services(),
 		Logger:      log,
 	}, signer, gateway.Config{CORSOrigins: cfg.CORSOrigins, LoopbackHostsOnly: true, Reflection: cfg.Reflection}, log)
 	if err != nil {
@@ -210,6 +224,7 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	fmt.Fprintf(e.stdout, "  securepay account open alice --asset USD && \\\n")
 	fmt.Fprintf(e.stdout, "  securepay transfer --from world --to alice --amount 100.00 --asset USD && \\\n")
 	fmt.Fprintf(e.stdout, "  securepay balance alice\n\n")
+	printDevCheckpoints(e.stdout, dir, keyFile, pubFile, keyCreated) // audit_tlog.go
 	fmt.Fprintf(e.stdout, "Stop with Ctrl-C: in-flight requests finish first.\n")
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -229,6 +244,7 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 			return fmt.Errorf("dev: relay: %w", err)
 		}
 	}
+	cpr.run(viewsCtx, &bg)
 	g.Go(func() error { return stack.serve(gctx, ln) })
 	err = g.Wait()
 	stopViews()
@@ -297,8 +313,10 @@ type serveConfig struct {
 	// SnapshotKeyFile holds the key that authenticates snapshots (snapshotkey.go).
 	SnapshotKeyFile string
 	snapshotKey     []byte
-	tlsCerts        *certReloader  // the pair of --tls-cert/--tls-key, reloaded when the files change
-	redisOpts       *redis.Options // from RedisAddr, RedisDB and RedisCAFile
+	Checkpoints     checkpointFlags // the Merkle tree's checkpoint signer (audit_tlog.go)
+	checkpointKey   string          // read from Checkpoints.keyFile by Validate; "" when off
+	tlsCerts        *certReloader   // the pair of --tls-cert/--tls-key, reloaded when the files change
+	redisOpts       *redis.Options  // from RedisAddr, RedisDB and RedisCAFile
 }
 
 // Validate names every problem at once, with the flag and variable that fix it, and
@@ -367,6 +385,11 @@ func (c *serveConfig) Validate() error {
 	}
 	if c.MaxStreams <= 0 || c.MaxReqBytes <= 0 || c.ReqTimeout <= 0 || c.Shutdown <= 0 || c.RedisTimeout <= 0 {
 		errs = append(errs, errors.New("--max-streams, --max-request-bytes, --request-timeout, --shutdown-timeout and --redis-timeout must be positive"))
+	}
+	if key, err := c.Checkpoints.key(); err != nil {
+		errs = append(errs, err)
+	} else {
+		c.checkpointKey = key
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("serve: configuration is not usable:\n  - %w", joinLines(errs))
@@ -450,6 +473,7 @@ func serveCommand(e env) *Command {
 	fs.IntVar(&c.cfg.MaxReqBytes, "max-request-bytes", 1<<20, "largest request message, in bytes")
 	fs.DurationVar(&c.cfg.ReqTimeout, "request-timeout", 30*time.Second, "deadline of one unary request")
 	fs.DurationVar(&c.cfg.RedisTimeout, "redis-timeout", redisviews.DefaultReadTimeout, "bound of one balance-cache call to Redis before a read falls back to PostgreSQL")
+	c.cfg.Checkpoints.register(fs, e)
 	return cmd
 }
 
@@ -584,6 +608,16 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 		// Every instance runs an expirer: Expire is idempotent, so several are safe together.
 		expirer := &ledger.Expirer{Store: store, Processor: proc, Logger: log}
 		background = append(background, func(ctx context.Context) { _ = expirer.Run(ctx) })
+	}
+	if has(services.ComponentAudit) && cfg.checkpointKey != "" {
+		// The audit component answers proofs from the tree it keeps and signs.
+		cpr, err := openCheckpointer(store, cfg.Checkpoints.dir, cfg.checkpointKey, cfg.Checkpoints.interval, log)
+		if err != nil {
+			return fmt.Errorf("serve: checkpoints: %w", err)
+		}
+		defer cpr.close()
+		scfg.Checkpoints = cpr.services()
+		background = append(background, cpr.runUntil)
 	}
 	cfg.tlsCerts.log = log // before the first handshake: no reload can run yet
 	srv, err := services.NewServer(scfg)

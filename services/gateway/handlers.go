@@ -7,6 +7,7 @@ import (
 
 	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
 	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
+	"github.com/securepay/securepay/services"
 )
 
 // Each handler names what its request acts on (target), asks the policy, and forwards.
@@ -162,4 +163,31 @@ func (s *auditService) VerifyChain(ctx context.Context, req *connect.Request[led
 		return nil, err
 	}
 	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).audit.VerifyChain)
+}
+
+func (s *auditService) GetCheckpoint(ctx context.Context, req *connect.Request[ledgerv1.GetCheckpointRequest]) (*connect.Response[ledgerv1.GetCheckpointResponse], error) {
+	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{}, 0); err != nil {
+		return nil, err
+	}
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).audit.GetCheckpoint)
+}
+
+func (s *auditService) ProveInclusion(ctx context.Context, req *connect.Request[ledgerv1.ProveInclusionRequest]) (*connect.Response[ledgerv1.ProveInclusionResponse], error) {
+	if req.Msg.GetPaymentId() == "" {
+		// A position may name anyone's event: only auditors and operators prove those.
+		if c, ok := callOf(ctx); ok && !c.principal.Has(RoleAuditor) && !c.principal.Has(RoleOperator) {
+			return nil, services.NewError(services.ReasonPermissionDenied, "a customer proves its own payments by payment_id; proofs of log positions are for auditors and operators")
+		}
+	}
+	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{paymentID: req.Msg.GetPaymentId()}, 0); err != nil {
+		return nil, err
+	}
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).audit.ProveInclusion)
+}
+
+func (s *auditService) ProveConsistency(ctx context.Context, req *connect.Request[ledgerv1.ProveConsistencyRequest]) (*connect.Response[ledgerv1.ProveConsistencyResponse], error) {
+	if _, err := s.g.authorize(ctx, req.Spec().Procedure, target{}, 0); err != nil {
+		return nil, err
+	}
+	return forward(ctx, s.g, req, s.g.up.of(req.Spec().Procedure).audit.ProveConsistency)
 }

@@ -92,5 +92,11 @@ func Policy() map[string]Rule {
 		ledgerv1connect.AuditServiceReadStreamProcedure:  {RoleAuditor: Any},
 		ledgerv1connect.AuditServiceStreamLogProcedure:   {RoleAuditor: Any},
 		ledgerv1connect.AuditServiceVerifyChainProcedure: {RoleAuditor: Any},
+		// Checkpoints and proofs are hashes, signed or to be checked against a signature:
+		// anyone may hold them. A customer proves a payment it is party to (its receipt),
+		// never a log position, which would show another's event.
+		ledgerv1connect.AuditServiceGetCheckpointProcedure:    readAny(Any),
+		ledgerv1connect.AuditServiceProveInclusionProcedure:   readAny(PartyToPayment),
+		ledgerv1connect.AuditServiceProveConsistencyProcedure: readAny(Any),
 	}
 }

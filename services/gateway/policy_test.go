@@ -104,6 +104,18 @@ func callers(a api) map[string]func(context.Context) error {
 			_, err := a.audit.VerifyChain(ctx, connect.NewRequest(&ledgerv1.VerifyChainRequest{}))
 			return err
 		},
+		ledgerv1connect.AuditServiceGetCheckpointProcedure: func(ctx context.Context) error {
+			_, err := a.audit.GetCheckpoint(ctx, connect.NewRequest(&ledgerv1.GetCheckpointRequest{}))
+			return err
+		},
+		ledgerv1connect.AuditServiceProveInclusionProcedure: func(ctx context.Context) error {
+			_, err := a.audit.ProveInclusion(ctx, connect.NewRequest(&ledgerv1.ProveInclusionRequest{Target: &ledgerv1.ProveInclusionRequest_PaymentId{PaymentId: "own-pay"}}))
+			return err
+		},
+		ledgerv1connect.AuditServiceProveConsistencyProcedure: func(ctx context.Context) error {
+			_, err := a.audit.ProveConsistency(ctx, connect.NewRequest(&ledgerv1.ProveConsistencyRequest{FromSize: 1}))
+			return err
+		},
 	}
 }
 

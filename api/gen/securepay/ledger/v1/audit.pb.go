@@ -566,6 +566,412 @@ func (x *VerifyChainResponse) GetBreakReason() string {
 	return ""
 }
 
+type GetCheckpointRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCheckpointRequest) Reset() {
+	*x = GetCheckpointRequest{}
+	mi := &file_securepay_ledger_v1_audit_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCheckpointRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCheckpointRequest) ProtoMessage() {}
+
+func (x *GetCheckpointRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_securepay_ledger_v1_audit_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCheckpointRequest.ProtoReflect.Descriptor instead.
+func (*GetCheckpointRequest) Descriptor() ([]byte, []int) {
+	return file_securepay_ledger_v1_audit_proto_rawDescGZIP(), []int{8}
+}
+
+type GetCheckpointResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The signed note, byte for byte as the signer published it.
+	Checkpoint string `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// The size and root it carries (the note is what to trust: check its signature).
+	TreeSize      uint64 `protobuf:"varint,2,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
+	RootHash      []byte `protobuf:"bytes,3,opt,name=root_hash,json=rootHash,proto3" json:"root_hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCheckpointResponse) Reset() {
+	*x = GetCheckpointResponse{}
+	mi := &file_securepay_ledger_v1_audit_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCheckpointResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCheckpointResponse) ProtoMessage() {}
+
+func (x *GetCheckpointResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_securepay_ledger_v1_audit_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCheckpointResponse.ProtoReflect.Descriptor instead.
+func (*GetCheckpointResponse) Descriptor() ([]byte, []int) {
+	return file_securepay_ledger_v1_audit_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GetCheckpointResponse) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
+func (x *GetCheckpointResponse) GetTreeSize() uint64 {
+	if x != nil {
+		return x.TreeSize
+	}
+	return 0
+}
+
+func (x *GetCheckpointResponse) GetRootHash() []byte {
+	if x != nil {
+		return x.RootHash
+	}
+	return nil
+}
+
+type ProveInclusionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Target:
+	//
+	//	*ProveInclusionRequest_PaymentId
+	//	*ProveInclusionRequest_Position
+	Target isProveInclusionRequest_Target `protobuf_oneof:"target"`
+	// Which event of the payment, by its version in the payment's stream: 1 is the event
+	// that created it; 0 means 1. Only with payment_id.
+	PaymentEvent uint64 `protobuf:"varint,3,opt,name=payment_event,json=paymentEvent,proto3" json:"payment_event,omitempty"`
+	// The tree size to prove against; 0 means the newest checkpoint's.
+	TreeSize      uint64 `protobuf:"varint,4,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProveInclusionRequest) Reset() {
+	*x = ProveInclusionRequest{}
+	mi := &file_securepay_ledger_v1_audit_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProveInclusionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProveInclusionRequest) ProtoMessage() {}
+
+func (x *ProveInclusionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_securepay_ledger_v1_audit_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProveInclusionRequest.ProtoReflect.Descriptor instead.
+func (*ProveInclusionRequest) Descriptor() ([]byte, []int) {
+	return file_securepay_ledger_v1_audit_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ProveInclusionRequest) GetTarget() isProveInclusionRequest_Target {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *ProveInclusionRequest) GetPaymentId() string {
+	if x != nil {
+		if x, ok := x.Target.(*ProveInclusionRequest_PaymentId); ok {
+			return x.PaymentId
+		}
+	}
+	return ""
+}
+
+func (x *ProveInclusionRequest) GetPosition() uint64 {
+	if x != nil {
+		if x, ok := x.Target.(*ProveInclusionRequest_Position); ok {
+			return x.Position
+		}
+	}
+	return 0
+}
+
+func (x *ProveInclusionRequest) GetPaymentEvent() uint64 {
+	if x != nil {
+		return x.PaymentEvent
+	}
+	return 0
+}
+
+func (x *ProveInclusionRequest) GetTreeSize() uint64 {
+	if x != nil {
+		return x.TreeSize
+	}
+	return 0
+}
+
+type isProveInclusionRequest_Target interface {
+	isProveInclusionRequest_Target()
+}
+
+type ProveInclusionRequest_PaymentId struct {
+	// A payment: the proof is for one of its events (payment_event).
+	PaymentId string `protobuf:"bytes,1,opt,name=payment_id,json=paymentId,proto3,oneof"`
+}
+
+type ProveInclusionRequest_Position struct {
+	// A log position (1-based).
+	Position uint64 `protobuf:"varint,2,opt,name=position,proto3,oneof"`
+}
+
+func (*ProveInclusionRequest_PaymentId) isProveInclusionRequest_Target() {}
+
+func (*ProveInclusionRequest_Position) isProveInclusionRequest_Target() {}
+
+type ProveInclusionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event, exactly as stored.
+	Event *Event `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// Its leaf index in the tree: position - 1.
+	LeafIndex uint64 `protobuf:"varint,2,opt,name=leaf_index,json=leafIndex,proto3" json:"leaf_index,omitempty"`
+	TreeSize  uint64 `protobuf:"varint,3,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
+	// RFC 6962 audit path, from the leaf's sibling up.
+	Proof [][]byte `protobuf:"bytes,4,rep,name=proof,proto3" json:"proof,omitempty"`
+	// The signed checkpoint of tree_size when it is the newest one (always when the
+	// request's tree_size was 0); empty otherwise.
+	Checkpoint    string `protobuf:"bytes,5,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProveInclusionResponse) Reset() {
+	*x = ProveInclusionResponse{}
+	mi := &file_securepay_ledger_v1_audit_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProveInclusionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProveInclusionResponse) ProtoMessage() {}
+
+func (x *ProveInclusionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_securepay_ledger_v1_audit_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProveInclusionResponse.ProtoReflect.Descriptor instead.
+func (*ProveInclusionResponse) Descriptor() ([]byte, []int) {
+	return file_securepay_ledger_v1_audit_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ProveInclusionResponse) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *ProveInclusionResponse) GetLeafIndex() uint64 {
+	if x != nil {
+		return x.LeafIndex
+	}
+	return 0
+}
+
+func (x *ProveInclusionResponse) GetTreeSize() uint64 {
+	if x != nil {
+		return x.TreeSize
+	}
+	return 0
+}
+
+func (x *ProveInclusionResponse) GetProof() [][]byte {
+	if x != nil {
+		return x.Proof
+	}
+	return nil
+}
+
+func (x *ProveInclusionResponse) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
+type ProveConsistencyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The older tree size (an auditor's checkpoint).
+	FromSize uint64 `protobuf:"varint,1,opt,name=from_size,json=fromSize,proto3" json:"from_size,omitempty"`
+	// The newer tree size; 0 means the newest checkpoint's.
+	ToSize        uint64 `protobuf:"varint,2,opt,name=to_size,json=toSize,proto3" json:"to_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProveConsistencyRequest) Reset() {
+	*x = ProveConsistencyRequest{}
+	mi := &file_securepay_ledger_v1_audit_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProveConsistencyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProveConsistencyRequest) ProtoMessage() {}
+
+func (x *ProveConsistencyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_securepay_ledger_v1_audit_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProveConsistencyRequest.ProtoReflect.Descriptor instead.
+func (*ProveConsistencyRequest) Descriptor() ([]byte, []int) {
+	return file_securepay_ledger_v1_audit_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ProveConsistencyRequest) GetFromSize() uint64 {
+	if x != nil {
+		return x.FromSize
+	}
+	return 0
+}
+
+func (x *ProveConsistencyRequest) GetToSize() uint64 {
+	if x != nil {
+		return x.ToSize
+	}
+	return 0
+}
+
+type ProveConsistencyResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	FromSize uint64                 `protobuf:"varint,1,opt,name=from_size,json=fromSize,proto3" json:"from_size,omitempty"`
+	ToSize   uint64                 `protobuf:"varint,2,opt,name=to_size,json=toSize,proto3" json:"to_size,omitempty"`
+	// RFC 6962 consistency proof.
+	Proof [][]byte `protobuf:"bytes,3,rep,name=proof,proto3" json:"proof,omitempty"`
+	// The signed checkpoint of to_size when it is the newest one; empty otherwise.
+	Checkpoint    string `protobuf:"bytes,4,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProveConsistencyResponse) Reset() {
+	*x = ProveConsistencyResponse{}
+	mi := &file_securepay_ledger_v1_audit_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProveConsistencyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProveConsistencyResponse) ProtoMessage() {}
+
+func (x *ProveConsistencyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_securepay_ledger_v1_audit_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProveConsistencyResponse.ProtoReflect.Descriptor instead.
+func (*ProveConsistencyResponse) Descriptor() ([]byte, []int) {
+	return file_securepay_ledger_v1_audit_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ProveConsistencyResponse) GetFromSize() uint64 {
+	if x != nil {
+		return x.FromSize
+	}
+	return 0
+}
+
+func (x *ProveConsistencyResponse) GetToSize() uint64 {
+	if x != nil {
+		return x.ToSize
+	}
+	return 0
+}
+
+func (x *ProveConsistencyResponse) GetProof() [][]byte {
+	if x != nil {
+		return x.Proof
+	}
+	return nil
+}
+
+func (x *ProveConsistencyResponse) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
 var File_securepay_ledger_v1_audit_proto protoreflect.FileDescriptor
 
 const file_securepay_ledger_v1_audit_proto_rawDesc = "" +
@@ -613,12 +1019,48 @@ const file_securepay_ledger_v1_audit_proto_rawDesc = "" +
 	"\rlast_position\x18\x03 \x01(\x04R\flastPosition\x12\x1b\n" +
 	"\tlast_hash\x18\x04 \x01(\tR\blastHash\x12%\n" +
 	"\x0ebreak_position\x18\x05 \x01(\x04R\rbreakPosition\x12!\n" +
-	"\fbreak_reason\x18\x06 \x01(\tR\vbreakReason2\xb7\x02\n" +
+	"\fbreak_reason\x18\x06 \x01(\tR\vbreakReason\"\x16\n" +
+	"\x14GetCheckpointRequest\"q\n" +
+	"\x15GetCheckpointResponse\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x01 \x01(\tR\n" +
+	"checkpoint\x12\x1b\n" +
+	"\ttree_size\x18\x02 \x01(\x04R\btreeSize\x12\x1b\n" +
+	"\troot_hash\x18\x03 \x01(\fR\brootHash\"\xd1\x01\n" +
+	"\x15ProveInclusionRequest\x12>\n" +
+	"\n" +
+	"payment_id\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x18\x10\x01\x18@2\x12^[A-Za-z0-9._:-]+$H\x00R\tpaymentId\x12%\n" +
+	"\bposition\x18\x02 \x01(\x04B\a\xbaH\x042\x02 \x00H\x00R\bposition\x12#\n" +
+	"\rpayment_event\x18\x03 \x01(\x04R\fpaymentEvent\x12\x1b\n" +
+	"\ttree_size\x18\x04 \x01(\x04R\btreeSizeB\x0f\n" +
+	"\x06target\x12\x05\xbaH\x02\b\x01\"\xbc\x01\n" +
+	"\x16ProveInclusionResponse\x120\n" +
+	"\x05event\x18\x01 \x01(\v2\x1a.securepay.ledger.v1.EventR\x05event\x12\x1d\n" +
+	"\n" +
+	"leaf_index\x18\x02 \x01(\x04R\tleafIndex\x12\x1b\n" +
+	"\ttree_size\x18\x03 \x01(\x04R\btreeSize\x12\x14\n" +
+	"\x05proof\x18\x04 \x03(\fR\x05proof\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x05 \x01(\tR\n" +
+	"checkpoint\"X\n" +
+	"\x17ProveConsistencyRequest\x12$\n" +
+	"\tfrom_size\x18\x01 \x01(\x04B\a\xbaH\x042\x02 \x00R\bfromSize\x12\x17\n" +
+	"\ato_size\x18\x02 \x01(\x04R\x06toSize\"\x86\x01\n" +
+	"\x18ProveConsistencyResponse\x12\x1b\n" +
+	"\tfrom_size\x18\x01 \x01(\x04R\bfromSize\x12\x17\n" +
+	"\ato_size\x18\x02 \x01(\x04R\x06toSize\x12\x14\n" +
+	"\x05proof\x18\x03 \x03(\fR\x05proof\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x04 \x01(\tR\n" +
+	"checkpoint2\x8a\x05\n" +
 	"\fAuditService\x12b\n" +
 	"\n" +
 	"ReadStream\x12&.securepay.ledger.v1.ReadStreamRequest\x1a'.securepay.ledger.v1.ReadStreamResponse\"\x03\x90\x02\x01\x12\\\n" +
 	"\tStreamLog\x12%.securepay.ledger.v1.StreamLogRequest\x1a&.securepay.ledger.v1.StreamLogResponse0\x01\x12e\n" +
-	"\vVerifyChain\x12'.securepay.ledger.v1.VerifyChainRequest\x1a(.securepay.ledger.v1.VerifyChainResponse\"\x03\x90\x02\x01BEZCgithub.com/securepay/securepay/api/gen/securepay/ledger/v1;ledgerv1b\x06proto3"
+	"\vVerifyChain\x12'.securepay.ledger.v1.VerifyChainRequest\x1a(.securepay.ledger.v1.VerifyChainResponse\"\x03\x90\x02\x01\x12k\n" +
+	"\rGetCheckpoint\x12).securepay.ledger.v1.GetCheckpointRequest\x1a*.securepay.ledger.v1.GetCheckpointResponse\"\x03\x90\x02\x01\x12n\n" +
+	"\x0eProveInclusion\x12*.securepay.ledger.v1.ProveInclusionRequest\x1a+.securepay.ledger.v1.ProveInclusionResponse\"\x03\x90\x02\x01\x12t\n" +
+	"\x10ProveConsistency\x12,.securepay.ledger.v1.ProveConsistencyRequest\x1a-.securepay.ledger.v1.ProveConsistencyResponse\"\x03\x90\x02\x01BEZCgithub.com/securepay/securepay/api/gen/securepay/ledger/v1;ledgerv1b\x06proto3"
 
 var (
 	file_securepay_ledger_v1_audit_proto_rawDescOnce sync.Once
@@ -632,34 +1074,47 @@ func file_securepay_ledger_v1_audit_proto_rawDescGZIP() []byte {
 	return file_securepay_ledger_v1_audit_proto_rawDescData
 }
 
-var file_securepay_ledger_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_securepay_ledger_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_securepay_ledger_v1_audit_proto_goTypes = []any{
-	(*EventMetadata)(nil),         // 0: securepay.ledger.v1.EventMetadata
-	(*Event)(nil),                 // 1: securepay.ledger.v1.Event
-	(*ReadStreamRequest)(nil),     // 2: securepay.ledger.v1.ReadStreamRequest
-	(*ReadStreamResponse)(nil),    // 3: securepay.ledger.v1.ReadStreamResponse
-	(*StreamLogRequest)(nil),      // 4: securepay.ledger.v1.StreamLogRequest
-	(*StreamLogResponse)(nil),     // 5: securepay.ledger.v1.StreamLogResponse
-	(*VerifyChainRequest)(nil),    // 6: securepay.ledger.v1.VerifyChainRequest
-	(*VerifyChainResponse)(nil),   // 7: securepay.ledger.v1.VerifyChainResponse
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*EventMetadata)(nil),            // 0: securepay.ledger.v1.EventMetadata
+	(*Event)(nil),                    // 1: securepay.ledger.v1.Event
+	(*ReadStreamRequest)(nil),        // 2: securepay.ledger.v1.ReadStreamRequest
+	(*ReadStreamResponse)(nil),       // 3: securepay.ledger.v1.ReadStreamResponse
+	(*StreamLogRequest)(nil),         // 4: securepay.ledger.v1.StreamLogRequest
+	(*StreamLogResponse)(nil),        // 5: securepay.ledger.v1.StreamLogResponse
+	(*VerifyChainRequest)(nil),       // 6: securepay.ledger.v1.VerifyChainRequest
+	(*VerifyChainResponse)(nil),      // 7: securepay.ledger.v1.VerifyChainResponse
+	(*GetCheckpointRequest)(nil),     // 8: securepay.ledger.v1.GetCheckpointRequest
+	(*GetCheckpointResponse)(nil),    // 9: securepay.ledger.v1.GetCheckpointResponse
+	(*ProveInclusionRequest)(nil),    // 10: securepay.ledger.v1.ProveInclusionRequest
+	(*ProveInclusionResponse)(nil),   // 11: securepay.ledger.v1.ProveInclusionResponse
+	(*ProveConsistencyRequest)(nil),  // 12: securepay.ledger.v1.ProveConsistencyRequest
+	(*ProveConsistencyResponse)(nil), // 13: securepay.ledger.v1.ProveConsistencyResponse
+	(*timestamppb.Timestamp)(nil),    // 14: google.protobuf.Timestamp
 }
 var file_securepay_ledger_v1_audit_proto_depIdxs = []int32{
-	8, // 0: securepay.ledger.v1.Event.recorded_at:type_name -> google.protobuf.Timestamp
-	0, // 1: securepay.ledger.v1.Event.metadata:type_name -> securepay.ledger.v1.EventMetadata
-	1, // 2: securepay.ledger.v1.ReadStreamResponse.events:type_name -> securepay.ledger.v1.Event
-	1, // 3: securepay.ledger.v1.StreamLogResponse.events:type_name -> securepay.ledger.v1.Event
-	2, // 4: securepay.ledger.v1.AuditService.ReadStream:input_type -> securepay.ledger.v1.ReadStreamRequest
-	4, // 5: securepay.ledger.v1.AuditService.StreamLog:input_type -> securepay.ledger.v1.StreamLogRequest
-	6, // 6: securepay.ledger.v1.AuditService.VerifyChain:input_type -> securepay.ledger.v1.VerifyChainRequest
-	3, // 7: securepay.ledger.v1.AuditService.ReadStream:output_type -> securepay.ledger.v1.ReadStreamResponse
-	5, // 8: securepay.ledger.v1.AuditService.StreamLog:output_type -> securepay.ledger.v1.StreamLogResponse
-	7, // 9: securepay.ledger.v1.AuditService.VerifyChain:output_type -> securepay.ledger.v1.VerifyChainResponse
-	7, // [7:10] is the sub-list for method output_type
-	4, // [4:7] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	14, // 0: securepay.ledger.v1.Event.recorded_at:type_name -> google.protobuf.Timestamp
+	0,  // 1: securepay.ledger.v1.Event.metadata:type_name -> securepay.ledger.v1.EventMetadata
+	1,  // 2: securepay.ledger.v1.ReadStreamResponse.events:type_name -> securepay.ledger.v1.Event
+	1,  // 3: securepay.ledger.v1.StreamLogResponse.events:type_name -> securepay.ledger.v1.Event
+	1,  // 4: securepay.ledger.v1.ProveInclusionResponse.event:type_name -> securepay.ledger.v1.Event
+	2,  // 5: securepay.ledger.v1.AuditService.ReadStream:input_type -> securepay.ledger.v1.ReadStreamRequest
+	4,  // 6: securepay.ledger.v1.AuditService.StreamLog:input_type -> securepay.ledger.v1.StreamLogRequest
+	6,  // 7: securepay.ledger.v1.AuditService.VerifyChain:input_type -> securepay.ledger.v1.VerifyChainRequest
+	8,  // 8: securepay.ledger.v1.AuditService.GetCheckpoint:input_type -> securepay.ledger.v1.GetCheckpointRequest
+	10, // 9: securepay.ledger.v1.AuditService.ProveInclusion:input_type -> securepay.ledger.v1.ProveInclusionRequest
+	12, // 10: securepay.ledger.v1.AuditService.ProveConsistency:input_type -> securepay.ledger.v1.ProveConsistencyRequest
+	3,  // 11: securepay.ledger.v1.AuditService.ReadStream:output_type -> securepay.ledger.v1.ReadStreamResponse
+	5,  // 12: securepay.ledger.v1.AuditService.StreamLog:output_type -> securepay.ledger.v1.StreamLogResponse
+	7,  // 13: securepay.ledger.v1.AuditService.VerifyChain:output_type -> securepay.ledger.v1.VerifyChainResponse
+	9,  // 14: securepay.ledger.v1.AuditService.GetCheckpoint:output_type -> securepay.ledger.v1.GetCheckpointResponse
+	11, // 15: securepay.ledger.v1.AuditService.ProveInclusion:output_type -> securepay.ledger.v1.ProveInclusionResponse
+	13, // 16: securepay.ledger.v1.AuditService.ProveConsistency:output_type -> securepay.ledger.v1.ProveConsistencyResponse
+	11, // [11:17] is the sub-list for method output_type
+	5,  // [5:11] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_securepay_ledger_v1_audit_proto_init() }
@@ -667,13 +1122,17 @@ func file_securepay_ledger_v1_audit_proto_init() {
 	if File_securepay_ledger_v1_audit_proto != nil {
 		return
 	}
+	file_securepay_ledger_v1_audit_proto_msgTypes[10].OneofWrappers = []any{
+		(*ProveInclusionRequest_PaymentId)(nil),
+		(*ProveInclusionRequest_Position)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_securepay_ledger_v1_audit_proto_rawDesc), len(file_securepay_ledger_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

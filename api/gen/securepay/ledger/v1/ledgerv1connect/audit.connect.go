@@ -40,6 +40,15 @@ const (
 	// AuditServiceVerifyChainProcedure is the fully-qualified name of the AuditService's VerifyChain
 	// RPC.
 	AuditServiceVerifyChainProcedure = "/securepay.ledger.v1.AuditService/VerifyChain"
+	// AuditServiceGetCheckpointProcedure is the fully-qualified name of the AuditService's
+	// GetCheckpoint RPC.
+	AuditServiceGetCheckpointProcedure = "/securepay.ledger.v1.AuditService/GetCheckpoint"
+	// AuditServiceProveInclusionProcedure is the fully-qualified name of the AuditService's
+	// ProveInclusion RPC.
+	AuditServiceProveInclusionProcedure = "/securepay.ledger.v1.AuditService/ProveInclusion"
+	// AuditServiceProveConsistencyProcedure is the fully-qualified name of the AuditService's
+	// ProveConsistency RPC.
+	AuditServiceProveConsistencyProcedure = "/securepay.ledger.v1.AuditService/ProveConsistency"
 )
 
 // AuditServiceClient is a client for the securepay.ledger.v1.AuditService service.
@@ -53,6 +62,16 @@ type AuditServiceClient interface {
 	// VerifyChain recomputes the hash chain over the whole log and names the first position
 	// that does not verify.
 	VerifyChain(context.Context, *connect.Request[v1.VerifyChainRequest]) (*connect.Response[v1.VerifyChainResponse], error)
+	// GetCheckpoint returns the newest signed checkpoint: the log's size and the root of its
+	// Merkle tree (RFC 6962) in the C2SP tlog-checkpoint format, signed with the checkpoint
+	// signer's Ed25519 key (docs/EVENTS.md, "Signed checkpoints").
+	GetCheckpoint(context.Context, *connect.Request[v1.GetCheckpointRequest]) (*connect.Response[v1.GetCheckpointResponse], error)
+	// ProveInclusion proves that one event (a payment's, or the one at a log position) is in
+	// the tree of a checkpoint: with the event and the signed checkpoint it is a receipt.
+	ProveInclusion(context.Context, *connect.Request[v1.ProveInclusionRequest]) (*connect.Response[v1.ProveInclusionResponse], error)
+	// ProveConsistency proves that the tree of to_size extends the tree of from_size: no
+	// event of the older checkpoint was changed, removed or reordered.
+	ProveConsistency(context.Context, *connect.Request[v1.ProveConsistencyRequest]) (*connect.Response[v1.ProveConsistencyResponse], error)
 }
 
 // NewAuditServiceClient constructs a client for the securepay.ledger.v1.AuditService service. By
@@ -86,14 +105,38 @@ func NewAuditServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		getCheckpoint: connect.NewClient[v1.GetCheckpointRequest, v1.GetCheckpointResponse](
+			httpClient,
+			baseURL+AuditServiceGetCheckpointProcedure,
+			connect.WithSchema(auditServiceMethods.ByName("GetCheckpoint")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		proveInclusion: connect.NewClient[v1.ProveInclusionRequest, v1.ProveInclusionResponse](
+			httpClient,
+			baseURL+AuditServiceProveInclusionProcedure,
+			connect.WithSchema(auditServiceMethods.ByName("ProveInclusion")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		proveConsistency: connect.NewClient[v1.ProveConsistencyRequest, v1.ProveConsistencyResponse](
+			httpClient,
+			baseURL+AuditServiceProveConsistencyProcedure,
+			connect.WithSchema(auditServiceMethods.ByName("ProveConsistency")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // auditServiceClient implements AuditServiceClient.
 type auditServiceClient struct {
-	readStream  *connect.Client[v1.ReadStreamRequest, v1.ReadStreamResponse]
-	streamLog   *connect.Client[v1.StreamLogRequest, v1.StreamLogResponse]
-	verifyChain *connect.Client[v1.VerifyChainRequest, v1.VerifyChainResponse]
+	readStream       *connect.Client[v1.ReadStreamRequest, v1.ReadStreamResponse]
+	streamLog        *connect.Client[v1.StreamLogRequest, v1.StreamLogResponse]
+	verifyChain      *connect.Client[v1.VerifyChainRequest, v1.VerifyChainResponse]
+	getCheckpoint    *connect.Client[v1.GetCheckpointRequest, v1.GetCheckpointResponse]
+	proveInclusion   *connect.Client[v1.ProveInclusionRequest, v1.ProveInclusionResponse]
+	proveConsistency *connect.Client[v1.ProveConsistencyRequest, v1.ProveConsistencyResponse]
 }
 
 // ReadStream calls securepay.ledger.v1.AuditService.ReadStream.
@@ -111,6 +154,21 @@ func (c *auditServiceClient) VerifyChain(ctx context.Context, req *connect.Reque
 	return c.verifyChain.CallUnary(ctx, req)
 }
 
+// GetCheckpoint calls securepay.ledger.v1.AuditService.GetCheckpoint.
+func (c *auditServiceClient) GetCheckpoint(ctx context.Context, req *connect.Request[v1.GetCheckpointRequest]) (*connect.Response[v1.GetCheckpointResponse], error) {
+	return c.getCheckpoint.CallUnary(ctx, req)
+}
+
+// ProveInclusion calls securepay.ledger.v1.AuditService.ProveInclusion.
+func (c *auditServiceClient) ProveInclusion(ctx context.Context, req *connect.Request[v1.ProveInclusionRequest]) (*connect.Response[v1.ProveInclusionResponse], error) {
+	return c.proveInclusion.CallUnary(ctx, req)
+}
+
+// ProveConsistency calls securepay.ledger.v1.AuditService.ProveConsistency.
+func (c *auditServiceClient) ProveConsistency(ctx context.Context, req *connect.Request[v1.ProveConsistencyRequest]) (*connect.Response[v1.ProveConsistencyResponse], error) {
+	return c.proveConsistency.CallUnary(ctx, req)
+}
+
 // AuditServiceHandler is an implementation of the securepay.ledger.v1.AuditService service.
 type AuditServiceHandler interface {
 	// ReadStream returns up to limit events of one stream after a stream version.
@@ -122,6 +180,16 @@ type AuditServiceHandler interface {
 	// VerifyChain recomputes the hash chain over the whole log and names the first position
 	// that does not verify.
 	VerifyChain(context.Context, *connect.Request[v1.VerifyChainRequest]) (*connect.Response[v1.VerifyChainResponse], error)
+	// GetCheckpoint returns the newest signed checkpoint: the log's size and the root of its
+	// Merkle tree (RFC 6962) in the C2SP tlog-checkpoint format, signed with the checkpoint
+	// signer's Ed25519 key (docs/EVENTS.md, "Signed checkpoints").
+	GetCheckpoint(context.Context, *connect.Request[v1.GetCheckpointRequest]) (*connect.Response[v1.GetCheckpointResponse], error)
+	// ProveInclusion proves that one event (a payment's, or the one at a log position) is in
+	// the tree of a checkpoint: with the event and the signed checkpoint it is a receipt.
+	ProveInclusion(context.Context, *connect.Request[v1.ProveInclusionRequest]) (*connect.Response[v1.ProveInclusionResponse], error)
+	// ProveConsistency proves that the tree of to_size extends the tree of from_size: no
+	// event of the older checkpoint was changed, removed or reordered.
+	ProveConsistency(context.Context, *connect.Request[v1.ProveConsistencyRequest]) (*connect.Response[v1.ProveConsistencyResponse], error)
 }
 
 // NewAuditServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -151,6 +219,27 @@ func NewAuditServiceHandler(svc AuditServiceHandler, opts ...connect.HandlerOpti
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	auditServiceGetCheckpointHandler := connect.NewUnaryHandler(
+		AuditServiceGetCheckpointProcedure,
+		svc.GetCheckpoint,
+		connect.WithSchema(auditServiceMethods.ByName("GetCheckpoint")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	auditServiceProveInclusionHandler := connect.NewUnaryHandler(
+		AuditServiceProveInclusionProcedure,
+		svc.ProveInclusion,
+		connect.WithSchema(auditServiceMethods.ByName("ProveInclusion")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	auditServiceProveConsistencyHandler := connect.NewUnaryHandler(
+		AuditServiceProveConsistencyProcedure,
+		svc.ProveConsistency,
+		connect.WithSchema(auditServiceMethods.ByName("ProveConsistency")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/securepay.ledger.v1.AuditService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AuditServiceReadStreamProcedure:
@@ -159,6 +248,12 @@ func NewAuditServiceHandler(svc AuditServiceHandler, opts ...connect.HandlerOpti
 			auditServiceStreamLogHandler.ServeHTTP(w, r)
 		case AuditServiceVerifyChainProcedure:
 			auditServiceVerifyChainHandler.ServeHTTP(w, r)
+		case AuditServiceGetCheckpointProcedure:
+			auditServiceGetCheckpointHandler.ServeHTTP(w, r)
+		case AuditServiceProveInclusionProcedure:
+			auditServiceProveInclusionHandler.ServeHTTP(w, r)
+		case AuditServiceProveConsistencyProcedure:
+			auditServiceProveConsistencyHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -178,4 +273,16 @@ func (UnimplementedAuditServiceHandler) StreamLog(context.Context, *connect.Requ
 
 func (UnimplementedAuditServiceHandler) VerifyChain(context.Context, *connect.Request[v1.VerifyChainRequest]) (*connect.Response[v1.VerifyChainResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("securepay.ledger.v1.AuditService.VerifyChain is not implemented"))
+}
+
+func (UnimplementedAuditServiceHandler) GetCheckpoint(context.Context, *connect.Request[v1.GetCheckpointRequest]) (*connect.Response[v1.GetCheckpointResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("securepay.ledger.v1.AuditService.GetCheckpoint is not implemented"))
+}
+
+func (UnimplementedAuditServiceHandler) ProveInclusion(context.Context, *connect.Request[v1.ProveInclusionRequest]) (*connect.Response[v1.ProveInclusionResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("securepay.ledger.v1.AuditService.ProveInclusion is not implemented"))
+}
+
+func (UnimplementedAuditServiceHandler) ProveConsistency(context.Context, *connect.Request[v1.ProveConsistencyRequest]) (*connect.Response[v1.ProveConsistencyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("securepay.ledger.v1.AuditService.ProveConsistency is not implemented"))
 }
