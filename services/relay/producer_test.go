@@ -8,6 +8,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/securepay/securepay/services/relay"
+	"github.com/securepay/securepay/services/telemetry"
 )
 
 func TestCheckProducerRefusesUnsafeSettings(t *testing.T) {
@@ -67,3 +68,7 @@ func TestConfigValidateNamesEveryProblem(t *testing.T) {
 		t.Fatalf("min ISR above the replication factor: %v", err)
 	}
 }
+
+// The metrics the dashboards and alerts read (services/telemetry) plug into the relay as
+// they are.
+var _ relay.Metrics = (*telemetry.RelayMetrics)(nil)

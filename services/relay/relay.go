@@ -66,6 +66,19 @@ type Config struct {
 	Observe func(Published)
 	// Clock stamps acknowledgements for Observe; default time.Now.
 	Clock func() time.Time
+	// Metrics, when set, receives every acknowledgement and failed publish, and the
+	// relay's progress every ProgressInterval (default 1s); *telemetry.RelayMetrics is one.
+	Metrics          Metrics
+	ProgressInterval time.Duration
+}
+
+// Metrics is what the relay reports for dashboards and alerts ("relay stalled").
+type Metrics interface {
+	Acked(topic string, recordedAt time.Time)
+	PublishFailed(topic string)
+	// Progress: the saved checkpoint, the log's head, the age of the oldest event not yet
+	// covered by the checkpoint (0 when caught up), the messages sent and not acknowledged.
+	Progress(checkpoint, head uint64, oldestUnacked time.Duration, inFlight int)
 }
 
 // Published is one event the broker acknowledged.
@@ -167,6 +180,8 @@ type Relay struct {
 
 	mu     sync.Mutex
 	status Status
+	sent   uint64 // the last position handed to the producer in the current session
+	win    *window
 }
 
 // New checks cfg and returns a Relay ready to Run.
@@ -195,6 +210,9 @@ func New(cfg Config) (*Relay, error) {
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
+	}
+	if cfg.ProgressInterval <= 0 {
+		cfg.ProgressInterval = time.Second
 	}
 	return &Relay{cfg: cfg, log: cfg.Logger.With("component", "relay"), status: Status{State: StateNotRunning}}, nil
 }
@@ -229,6 +247,11 @@ func permanent(err error) error { return permanentError{err} }
 // itself when the broker is back. The backoff bounds its rate.
 func (r *Relay) Run(ctx context.Context) error {
 	r.setStatus(func(s *Status) { s.State = StateStarting })
+	if r.cfg.Metrics != nil {
+		progressCtx, stop := context.WithCancel(ctx)
+		defer stop()
+		go r.reportProgress(progressCtx)
+	}
 	backoff := r.cfg.RetryBackoff
 	for {
 		before := r.Status().Checkpoint
@@ -295,6 +318,9 @@ func (r *Relay) session(ctx context.Context) error {
 	r.log.Info("relay publishing", "from_position", cp, "brokers", r.cfg.Brokers)
 
 	w := newWindow(cp, r.cfg.Window)
+	r.mu.Lock()
+	r.win, r.sent = w, cp
+	r.mu.Unlock()
 	// sendCtx ends the sending: at ctx's end, or with the first failure as its cause.
 	sendCtx, stopSending := context.WithCancelCause(ctx)
 	defer stopSending(nil)
@@ -401,9 +427,52 @@ func (r *Relay) send(ctx context.Context, batches <-chan []eventstore.RecordedEv
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+			if r.cfg.Metrics != nil {
+				r.mu.Lock()
+				r.sent = e.Position
+				r.mu.Unlock()
+			}
 		}
 	}
 	return nil
+}
+
+// reportProgress sends the relay's progress to Metrics every ProgressInterval until ctx
+// ends. A failed read of the log skips one report.
+func (r *Relay) reportProgress(ctx context.Context) {
+	t := time.NewTicker(r.cfg.ProgressInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.mu.Lock()
+		cp, sent, w := r.status.Checkpoint, r.sent, r.win
+		r.mu.Unlock()
+		inFlight := 0
+		if w != nil {
+			if _, acked := w.positions(); sent > acked {
+				inFlight = int(sent - acked)
+			}
+		}
+		head, err := r.cfg.Store.Head(ctx)
+		if err != nil {
+			continue
+		}
+		var age time.Duration
+		if head > cp {
+			next, err := r.cfg.Store.ReadAll(ctx, cp, 1)
+			if err != nil {
+				continue
+			}
+			if len(next) == 1 {
+				age = max(0, r.cfg.Clock().Sub(next[0].RecordedAt))
+			}
+		}
+		r.cfg.Metrics.Progress(cp, head, age, inFlight)
+	}
 }
 
 // producerRetryBudget is about the longest the producer retries one message.
@@ -428,6 +497,9 @@ func (r *Relay) acks(producer sarama.AsyncProducer, w *window, fail context.Canc
 				fail(permanent(err))
 				continue
 			}
+			if r.cfg.Metrics != nil {
+				r.cfg.Metrics.Acked(m.Topic, m.Timestamp)
+			}
 			if r.cfg.Observe != nil {
 				r.cfg.Observe(Published{Position: pos, RecordedAt: m.Timestamp, AckedAt: r.cfg.Clock(), Topic: m.Topic, Partition: m.Partition, Offset: m.Offset})
 			}
@@ -437,6 +509,9 @@ func (r *Relay) acks(producer sarama.AsyncProducer, w *window, fail context.Canc
 				continue
 			}
 			pos, _ := pe.Msg.Metadata.(uint64)
+			if r.cfg.Metrics != nil {
+				r.cfg.Metrics.PublishFailed(pe.Msg.Topic)
+			}
 			// The first failure is the cause; the ones after it are its consequences.
 			fail(fmt.Errorf("publish position %d to %s: %w", pos, pe.Msg.Topic, pe.Err))
 		}

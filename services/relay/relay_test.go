@@ -332,19 +332,70 @@ func (f *fixture) verify(t *testing.T, addr string, maxDuplicates int) int {
 	return dups
 }
 
+// metrics records what the relay reports to relay.Metrics.
+type metrics struct {
+	mu       sync.Mutex
+	acked    map[string]int
+	failed   map[string]int
+	progress []progress
+}
+
+type progress struct {
+	checkpoint, head uint64
+	age              time.Duration
+	inFlight         int
+}
+
+func newMetrics() *metrics { return &metrics{acked: map[string]int{}, failed: map[string]int{}} }
+
+func (m *metrics) Acked(topic string, _ time.Time) { m.mu.Lock(); m.acked[topic]++; m.mu.Unlock() }
+func (m *metrics) PublishFailed(topic string)      { m.mu.Lock(); m.failed[topic]++; m.mu.Unlock() }
+func (m *metrics) Progress(cp, head uint64, age time.Duration, inFlight int) {
+	m.mu.Lock()
+	m.progress = append(m.progress, progress{cp, head, age, inFlight})
+	m.mu.Unlock()
+}
+
+func (m *metrics) last() (progress, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.progress) == 0 {
+		return progress{}, false
+	}
+	return m.progress[len(m.progress)-1], true
+}
+
 func TestRelayPublishesEveryEventOnceInKeyOrder(t *testing.T) {
 	addr := kafkatest.Addr(t)
 	f := newFixture(t, 20)
 	var observed atomic.Int64
+	m := newMetrics()
 	r, stop := f.startRelay(t, addr, func(c *relay.Config) {
 		c.Observe = func(relay.Published) { observed.Add(1) }
+		c.Metrics, c.ProgressInterval = m, 20*time.Millisecond
 	})
 	f.transfers(t, 400) // committed while the relay runs
 	head := f.head(t)
 	waitCheckpoint(t, f.checkpoints(t), head, 2*time.Minute)
+	// The progress reports catch up too: nothing behind, nothing in flight.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		p, ok := m.last()
+		if ok && p == (progress{checkpoint: head, head: head}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("last progress report %+v, want checkpoint and head %d, no lag, nothing in flight", p, head)
+		}
+	}
 	if err := stop(); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Run after a clean stop returned %v, want context.Canceled", err)
 	}
+	m.mu.Lock()
+	acked := m.acked[f.topics.Payments] + m.acked[f.topics.Notifications]
+	if m.acked[f.topics.Payments] != 400 || uint64(acked) != head || len(m.failed) != 0 {
+		t.Fatalf("metrics: acknowledged %v, failed %v; want 400 payment events and %d in all, no failure", m.acked, m.failed, head)
+	}
+	m.mu.Unlock()
 	if st := r.Status(); st.Checkpoint != head || st.State != relay.StateNotRunning {
 		t.Fatalf("status after a clean stop: %+v, want checkpoint %d, not running", st, head)
 	}
@@ -445,8 +496,10 @@ func TestRelayBrokerRestart(t *testing.T) {
 	broker := kafkatest.StartBroker(t)
 	f := newFixture(t, 20)
 	const window = 200
+	m := newMetrics()
 	r, stop := f.startRelay(t, broker.Addr, func(c *relay.Config) {
 		c.Window = window
+		c.Metrics = m
 		c.Producer = relay.ProducerConfig("relay-test", relay.DefaultKafkaVersion)
 		c.Producer.Producer.Retry.Max = 3 // give up quickly, so sessions restart during the outage
 	})
@@ -471,6 +524,12 @@ func TestRelayBrokerRestart(t *testing.T) {
 	waitCheckpoint(t, f.checkpoints(t), f.head(t), 3*time.Minute)
 	if err := stop(); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Run: %v", err)
+	}
+	m.mu.Lock()
+	failed := m.failed[f.topics.Payments] + m.failed[f.topics.Notifications]
+	m.mu.Unlock()
+	if failed == 0 {
+		t.Errorf("no failed publish reported to the metrics while the broker was down")
 	}
 	dups := f.verify(t, broker.Addr, 10*window)
 	t.Logf("%d events through a broker restart, %d re-published", f.head(t), dups)
