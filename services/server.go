@@ -52,6 +52,12 @@ type Config struct {
 	CorrelationID func(ctx context.Context, h http.Header) string
 	Logger        *slog.Logger
 
+	// Interceptors run before all of the server's own, outermost first: tracing and RPC
+	// metrics (services/telemetry's RPCInterceptors), so they see every call and its final
+	// code. Metrics, when set, is served at /metrics on the API port and the health port.
+	Interceptors []connect.Interceptor
+	Metrics      http.Handler
+
 	// TLS serves HTTP/2 over TLS. Without it the server speaks cleartext HTTP/2 (h2c) and
 	// HTTP/1.1, which is only allowed with AllowH2C (local development).
 	TLS      *tls.Config
@@ -240,12 +246,12 @@ func NewServer(cfg Config) (*Server, error) {
 	// Interceptors run outermost first: reasons are added to validation refusals last,
 	// validation happens before the idempotency store is touched, and idempotency sees the
 	// final Connect codes that errorInterceptor produced.
-	interceptors := []connect.Interceptor{
+	interceptors := append(slices.Clip(cfg.Interceptors),
 		validationReasonInterceptor{},
 		validationMessages{}, // services/validation.go: sentences instead of regexes
 		timeoutInterceptor{timeout: cfg.RequestTimeout},
 		validate.NewInterceptor(),
-	}
+	)
 	if s.set.has(ComponentPayments) {
 		// Only writes use the idempotency store, and only payments serves writes.
 		idem, err := newIdempotencyInterceptor(idempotencyConfig{
@@ -283,6 +289,9 @@ func NewServer(cfg Config) (*Server, error) {
 	mount(ledgerv1connect.NewAuditServiceHandler(&auditService{store: cfg.Store, streams: s.streams, checkpoints: cfg.Checkpoints}, opts...))
 	mux.Handle(grpchealth.NewHandler(s.health))
 	s.health.healthHTTP(mux)
+	if cfg.Metrics != nil {
+		mux.Handle("/metrics", cfg.Metrics)
+	}
 	if cfg.Reflection {
 		reflector := grpcreflect.NewStaticReflector(append([]string{grpchealth.HealthV1ServiceName}, services...)...)
 		mux.Handle(grpcreflect.NewHandlerV1(reflector))
@@ -323,6 +332,9 @@ func (s *Server) HealthHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle(grpchealth.NewHandler(s.health))
 	s.health.healthHTTP(mux)
+	if s.cfg.Metrics != nil {
+		mux.Handle("/metrics", s.cfg.Metrics)
+	}
 	return mux
 }
 

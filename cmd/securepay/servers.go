@@ -29,6 +29,7 @@ import (
 	"github.com/securepay/securepay/services"
 	"github.com/securepay/securepay/services/gateway"
 	"github.com/securepay/securepay/services/ledger"
+	"github.com/securepay/securepay/services/telemetry"
 )
 
 // devConfig is `securepay dev`.
@@ -49,6 +50,9 @@ type devConfig struct {
 	Relay     *relayConfig  // --kafka: publish the log to this broker (relay.go)
 	// TokenKeyFile is the development token key (token.go); "" means the default.
 	TokenKeyFile string
+	Telemetry    telemetrySettings
+	// MetricsListen is the loopback address of /metrics (the public port is the gateway's).
+	MetricsListen string
 }
 
 // devCmd is `securepay dev`'s flags.
@@ -84,6 +88,8 @@ func devCommand(e env) *Command {
 	limitFlags(fs, &c.cfg.Limits)
 	ef.String(&c.cfg.TokenKeyFile, "token-key-file", "SECUREPAY_DEV_TOKEN_KEY_FILE", "", "the development token signing key `file` (default: in $SECUREPAY_CACHE/dev or the user cache directory; made if absent)")
 	ef.String(&c.kafka, "kafka", "SECUREPAY_DEV_KAFKA", "", "publish the log to the Kafka broker at `host:port` (securepay.payments.v1, securepay.notifications.v1); none by default")
+	telemetryFlags(ef, &c.cfg.Telemetry, "SECUREPAY_DEV_", true)
+	ef.String(&c.cfg.MetricsListen, "metrics-listen", "SECUREPAY_DEV_METRICS_LISTEN", "127.0.0.1:0", "loopback `address` of /metrics (Prometheus); port 0 picks a free one")
 	fs.IntVar(&c.gcPercent, "gc-percent", 400, "heap growth between collections, in percent of the live heap (GOGC); only applied with a memory limit, which caps the heap it lets grow (GOGC wins)")
 	return cmd
 }
@@ -153,6 +159,24 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 		return fmt.Errorf("dev: open the embedded store in %s: %w", dir, err)
 	}
 	defer store.Close()
+	tel, closeTelemetry, err := openTelemetry(ctx, cfg.Telemetry, "securepay-dev")
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dev: %w", err)
+	}
+	defer closeTelemetry()
+	obs, rpcIcs, err := serverTelemetry(tel, devGatewayTrust())
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dev: %w", err)
+	}
+	// The public port is the gateway's; the metrics get a loopback port of their own.
+	metricsLn, err := net.Listen("tcp", cfg.MetricsListen)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dev: metrics: listen on %s: %w", cfg.MetricsListen, err)
+	}
+	defer metricsLn.Close()
 	// 20,000 cached aggregates are plenty for a development ledger and keep it small;
 	// the rest are read from the store (and its snapshots) when needed.
 	snapKey, snapKeyFile, err := devSnapshotKey(dir)
@@ -160,7 +184,7 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 		ln.Close()
 		return fmt.Errorf("dev: %w", err)
 	}
-	proc, err := ledger.New(store, ledger.Config{Snapshots: store, SnapshotKey: snapKey, CacheSize: 20_000, Logger: log, Limits: cfg.Limits})
+	proc, err := ledger.New(store, ledger.Config{Snapshots: store, SnapshotKey: snapKey, CacheSize: 20_000, Logger: log, Limits: cfg.Limits, Observer: obs})
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("dev: start the ledger: %w", err)
@@ -180,6 +204,9 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	defer cpr.close()
 	views := memory.New(cfg.HistoryCap)
 	runner, err := projections.NewRunner(projections.RunnerConfig{Store: store, Projectors: views.Projectors(), Logger: log})
+	if err == nil {
+		err = tel.ObserveProjections(runner.Status, 0)
+	}
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("dev: projections: %w", err)
@@ -199,6 +226,9 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 		Idempotency: services.NewMemoryIdempotencyStore(0, nil),
 		Checkpoints: cpr.services(),
 		Logger:      log,
+		// Behind the gateway on mTLS: only the gateway reaches the components, so its
+		// trace context is ours.
+		Interceptors: rpcIcs,
 	}, signer, gateway.Config{CORSOrigins: cfg.CORSOrigins, LoopbackHostsOnly: true, Reflection: cfg.Reflection}, log)
 	if err != nil {
 		ln.Close()
@@ -215,6 +245,10 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	fmt.Fprintf(e.stdout, "  snapshots: authenticated with the key in %s (generated on first use)\n", snapKeyFile)
 	if cfg.Relay != nil {
 		fmt.Fprintf(e.stdout, "  relay:     the log to Kafka at %s (%s, %s)\n", strings.Join(cfg.Relay.Brokers, ","), cfg.Relay.Topics.Payments, cfg.Relay.Topics.Notifications)
+	}
+	fmt.Fprintf(e.stdout, "  metrics:   http://%s/metrics (Prometheus)\n", metricsLn.Addr())
+	if cfg.Telemetry.TraceFile != "" {
+		fmt.Fprintf(e.stdout, "  traces:    one JSON line per span in %s\n", cfg.Telemetry.TraceFile)
 	}
 	fmt.Fprintln(e.stdout)
 	fmt.Fprintf(e.stdout, "Make a first transfer (in another terminal):\n\n")
@@ -246,6 +280,7 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	}
 	cpr.run(viewsCtx, &bg)
 	g.Go(func() error { return stack.serve(gctx, ln) })
+	g.Go(func() error { return serveMetrics(gctx, metricsLn, tel) })
 	err = g.Wait()
 	stopViews()
 	bg.Wait()
@@ -315,8 +350,9 @@ type serveConfig struct {
 	snapshotKey     []byte
 	Checkpoints     checkpointFlags // the Merkle tree's checkpoint signer (audit_tlog.go)
 	checkpointKey   string          // read from Checkpoints.keyFile by Validate; "" when off
-	tlsCerts        *certReloader   // the pair of --tls-cert/--tls-key, reloaded when the files change
-	redisOpts       *redis.Options  // from RedisAddr, RedisDB and RedisCAFile
+	Telemetry       telemetrySettings
+	tlsCerts        *certReloader  // the pair of --tls-cert/--tls-key, reloaded when the files change
+	redisOpts       *redis.Options // from RedisAddr, RedisDB and RedisCAFile
 }
 
 // Validate names every problem at once, with the flag and variable that fix it, and
@@ -390,6 +426,9 @@ func (c *serveConfig) Validate() error {
 		errs = append(errs, err)
 	} else {
 		c.checkpointKey = key
+	}
+	if _, err := c.Telemetry.config("securepay"); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("serve: configuration is not usable:\n  - %w", joinLines(errs))
@@ -472,6 +511,7 @@ func serveCommand(e env) *Command {
 	limitFlags(fs, &c.cfg.Limits)
 	fs.IntVar(&c.cfg.MaxReqBytes, "max-request-bytes", 1<<20, "largest request message, in bytes")
 	fs.DurationVar(&c.cfg.ReqTimeout, "request-timeout", 30*time.Second, "deadline of one unary request")
+	telemetryFlags(ef, &c.cfg.Telemetry, "SECUREPAY_", false)
 	fs.DurationVar(&c.cfg.RedisTimeout, "redis-timeout", redisviews.DefaultReadTimeout, "bound of one balance-cache call to Redis before a read falls back to PostgreSQL")
 	c.cfg.Checkpoints.register(fs, e)
 	return cmd
@@ -500,7 +540,19 @@ func (w *lateWaiter) Wait(ctx context.Context, projector string, position uint64
 }
 
 func serve(ctx context.Context, e env, cfg serveConfig) error {
-	log := slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	// JSON lines with the trace and correlation ids, secrets redacted (services/telemetry).
+	log := slog.New(telemetry.NewLogHandler(e.stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	tel, closeTelemetry, err := openTelemetry(ctx, cfg.Telemetry, "securepay-"+cfg.Component)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer closeTelemetry()
+	// No caller's trace context is trusted until components are reached only over mTLS
+	// (edge.TrustGateway is the trust to give then).
+	obs, rpcIcs, err := serverTelemetry(tel, nil)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
 	// go-redis logs through one process-wide logger (its own, printing plain lines to
 	// stderr that break the JSON log, once per failed dial). SetLogger is that global: set
 	// here, where the process's logging is wired; it is atomic, so a second serve in the
@@ -509,7 +561,7 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 	redis.SetLogger(goRedisLogger{log})
 	comps := cfg.components()
 	has := func(c services.Component) bool { return slices.Contains(comps, c) }
-	store, err := postgres.Open(ctx, postgres.Config{DSN: cfg.PostgresDSN, Schema: cfg.EventSchema})
+	store, err := postgres.Open(ctx, postgres.Config{DSN: cfg.PostgresDSN, Schema: cfg.EventSchema, Tracer: tel.PGXTracer()})
 	if errors.Is(err, postgres.ErrSchemaNotMigrated) {
 		return fmt.Errorf("serve: %w: run `securepay migrate` first", err)
 	}
@@ -532,11 +584,16 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 		ShutdownTimeout: cfg.Shutdown,
 		MaxStreams:      cfg.MaxStreams,
 		Logger:          log,
+		Interceptors:    rpcIcs,
+		Metrics:         tel.MetricsHandler(),
 	}
 	var rdb *redis.Client
 	if needsRedis(comps) {
 		rdb = redis.NewClient(cfg.redisOpts)
 		defer rdb.Close()
+		if err := tel.InstrumentRedis(rdb); err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
 		pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err = rdb.Ping(pingCtx).Err()
 		cancel()
@@ -583,6 +640,9 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 				Projectors: append(pgViews.Projectors(), redisViews.Projectors()...),
 				Logger:     log,
 			})
+			if err == nil {
+				err = tel.ObserveProjections(runner.Status, 0)
+			}
 			if err != nil {
 				return fmt.Errorf("serve: projections: %w", err)
 			}
@@ -598,7 +658,7 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 		if cfg.snapshotKey == nil {
 			log.Warn("no --snapshot-key-file: snapshots are authenticated with a key of this process only, so after a restart, and across instances, every account is folded from its events once")
 		}
-		proc, err := ledger.New(store, ledger.Config{SharedStore: true, Snapshots: store, SnapshotKey: cfg.snapshotKey, Logger: log, Limits: cfg.Limits})
+		proc, err := ledger.New(store, ledger.Config{SharedStore: true, Snapshots: store, SnapshotKey: cfg.snapshotKey, Logger: log, Limits: cfg.Limits, Observer: obs})
 		if err != nil {
 			return fmt.Errorf("serve: start the ledger: %w", err)
 		}

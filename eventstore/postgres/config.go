@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -37,6 +38,9 @@ type Config struct {
 	// serialised by the append lock, so more connections than concurrent writers plus
 	// readers gain nothing.
 	MaxConns int32
+	// Tracer, when set, traces every statement of the pool opened from DSN (a span per
+	// query under the caller's span: services/telemetry's PGXTracer).
+	Tracer pgx.QueryTracer
 
 	// Pool is a pool owned by the caller; Close leaves it open.
 	Pool *pgxpool.Pool

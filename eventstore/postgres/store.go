@@ -144,6 +144,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			return nil, fmt.Errorf("postgres event store: parse DSN: %w", err)
 		}
 		pc.MaxConns = cfg.MaxConns
+		pc.ConnConfig.Tracer = cfg.Tracer
 		if pool, err = pgxpool.NewWithConfig(ctx, pc); err != nil {
 			return nil, fmt.Errorf("postgres event store: connect: %w", err)
 		}

@@ -43,7 +43,7 @@ func exported(t *testing.T) map[string]bool {
 	done(ledger.Result{}, nil)
 	_, appended := obs.Append(ctx, nil, 3)
 	appended(eventstore.AppendResult{}, nil)
-	ics, err := tel.RPCInterceptors(false)
+	ics, err := tel.RPCInterceptors(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

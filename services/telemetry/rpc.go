@@ -15,11 +15,12 @@ import (
 // installs, outermost first: tracing (otelconnect; only when tracing is on) and the RPC
 // metrics (servers only; clients pass through it).
 //
-// trustRemote says whether a traceparent that arrives with a request is our own (a call
-// from another SecurePay component over mTLS: the server span becomes its child) or a
-// stranger's (the public edge: the server span starts a new trace and links to the
-// caller's, so a client cannot choose our trace ids or sampling).
-func (t *Telemetry) RPCInterceptors(trustRemote bool) ([]connect.Interceptor, error) {
+// trust says, per request, whether a traceparent that arrives with it is our own (a call
+// from another SecurePay component, e.g. edge.TrustGateway on the mTLS peer: the server
+// span becomes its child) or a stranger's (the public edge: the server span starts a new
+// trace and links to the caller's, so a client cannot choose our trace ids or sampling).
+// Nil trusts no one; TrustAll everyone (tests, a component reachable only by ours).
+func (t *Telemetry) RPCInterceptors(trust func(ctx context.Context) bool) ([]connect.Interceptor, error) {
 	m, err := t.rpcMetrics()
 	if err != nil {
 		return nil, err
@@ -32,14 +33,52 @@ func (t *Telemetry) RPCInterceptors(trustRemote bool) ([]connect.Interceptor, er
 		otelconnect.WithPropagator(t.propagator),
 		otelconnect.WithoutMetrics(), // ours are Prometheus, registered per process
 	}
-	if trustRemote {
-		opts = append(opts, otelconnect.WithTrustRemote())
-	}
-	tracing, err := otelconnect.NewInterceptor(opts...)
+	untrusted, err := otelconnect.NewInterceptor(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: connect tracing: %w", err)
 	}
-	return []connect.Interceptor{tracing, m}, nil
+	trusted, err := otelconnect.NewInterceptor(append(opts, otelconnect.WithTrustRemote())...)
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: connect tracing: %w", err)
+	}
+	if trust == nil {
+		trust = func(context.Context) bool { return false }
+	}
+	return []connect.Interceptor{trustSwitch{trusted: trusted, untrusted: untrusted, trust: trust}, m}, nil
+}
+
+// TrustAll trusts every caller's trace context.
+func TrustAll(context.Context) bool { return true }
+
+// trustSwitch picks, per request, the tracing interceptor that trusts the caller's trace
+// context or the one that only links to it.
+type trustSwitch struct {
+	trusted, untrusted connect.Interceptor
+	trust              func(context.Context) bool
+}
+
+func (s trustSwitch) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	t, u := s.trusted.WrapUnary(next), s.untrusted.WrapUnary(next)
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if req.Spec().IsClient || s.trust(ctx) {
+			return t(ctx, req) // a client span always continues our own trace
+		}
+		return u(ctx, req)
+	}
+}
+
+func (s trustSwitch) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return s.trusted.WrapStreamingClient(next)
+}
+
+func (s trustSwitch) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	t, u := s.trusted.WrapStreamingHandler(next), s.untrusted.WrapStreamingHandler(next)
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		if s.trust(ctx) {
+			return t(ctx, conn)
+		}
+		return u(ctx, conn)
+	}
 }
 
 // rpcMetrics registers the RPC histogram once per Telemetry: a process may build several

@@ -78,7 +78,7 @@ func newPaymentPath(t *testing.T) *paymentPath {
 	pp.store, pp.proc = store, proc
 
 	// The payment component trusts the edge's trace context (mTLS peers in production).
-	payIcs, err := pp.payT.RPCInterceptors(true)
+	payIcs, err := pp.payT.RPCInterceptors(telemetry.TrustAll)
 	if err != nil {
 		t.Fatalf("payment interceptors: %v", err)
 	}
@@ -104,7 +104,7 @@ func newPaymentPath(t *testing.T) *paymentPath {
 
 	// The edge does not trust its callers' trace context; its client to the payment
 	// component propagates the edge's.
-	edgeIcs, err := pp.edgeT.RPCInterceptors(false)
+	edgeIcs, err := pp.edgeT.RPCInterceptors(nil)
 	if err != nil {
 		t.Fatalf("edge interceptors: %v", err)
 	}
