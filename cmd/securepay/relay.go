@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -16,6 +18,7 @@ import (
 	"github.com/securepay/securepay/eventstore"
 	"github.com/securepay/securepay/eventstore/postgres"
 	"github.com/securepay/securepay/services/relay"
+	"github.com/securepay/securepay/services/telemetry"
 )
 
 // relayConfig is `securepay serve relay`, from flags and environment.
@@ -35,6 +38,7 @@ type relayConfig struct {
 	Partitions       int
 	Replication      int
 	MinISR           int
+	MetricsListen    string // "" for none
 	LogLevel         slog.Level
 
 	producer *sarama.Config // built by Validate
@@ -86,6 +90,11 @@ func (c *relayConfig) Validate() error {
 	}
 	if c.Name == "" {
 		errs = append(errs, errors.New("--name must not be empty"))
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			errs = append(errs, fmt.Errorf("--metrics-listen %q is not host:port: %v", c.MetricsListen, err))
+		}
 	}
 	if len(errs) > 0 {
 		return usageError{msg: fmt.Sprintf("serve relay: configuration is not usable:\n  - %v", joinLines(errs))}
@@ -141,6 +150,7 @@ func relayCommand(e env) *Command {
 	fs.BoolVar(&c.cfg.CreateTopics, "create-topics", true, "create the topics when missing (existing ones are left as they are)")
 	fs.IntVar(&c.cfg.Partitions, "topic-partitions", 12, "partitions of a created topic")
 	fs.IntVar(&c.cfg.Replication, "topic-replication-factor", -1, "replication factor of a created topic (-1: the broker's default)")
+	ef.String(&c.cfg.MetricsListen, "metrics-listen", "SECUREPAY_RELAY_METRICS_LISTEN", "", "serve Prometheus metrics on GET /metrics at this `address` (e.g. 127.0.0.1:9464; none by default)")
 	fs.IntVar(&c.cfg.MinISR, "topic-min-insync-replicas", 0, "min.insync.replicas of a created topic (0: the broker's default; 2 of 3 in production)")
 	return cmd
 }
@@ -169,7 +179,16 @@ func serveRelay(ctx context.Context, e env, cfg relayConfig) error {
 	if err != nil {
 		return fmt.Errorf("serve relay: %w", err)
 	}
-	r, err := newRelay(store, cps, cfg, log)
+	var metrics relay.Metrics
+	if cfg.MetricsListen != "" {
+		m, stop, err := serveRelayMetrics(ctx, cfg.MetricsListen, log)
+		if err != nil {
+			return fmt.Errorf("serve relay: %w", err)
+		}
+		defer stop()
+		metrics = m
+	}
+	r, err := newRelay(store, cps, cfg, log, metrics)
 	if err != nil {
 		return fmt.Errorf("serve relay: %w", err)
 	}
@@ -182,10 +201,37 @@ func serveRelay(ctx context.Context, e env, cfg relayConfig) error {
 	return nil
 }
 
-func newRelay(store eventstore.Store, cps relay.Checkpoints, cfg relayConfig, log *slog.Logger) (*relay.Relay, error) {
+// serveRelayMetrics serves the relay's Prometheus metrics on addr until stop is called.
+func serveRelayMetrics(ctx context.Context, addr string, log *slog.Logger) (relay.Metrics, func(), error) {
+	tel, err := telemetry.New(ctx, telemetry.Config{ServiceName: "securepay-relay"})
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := tel.RelayMetrics()
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("metrics: listen on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", tel.MetricsHandler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 15 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	log.Info("relay metrics", "addr", ln.Addr().String())
+	return m, func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		_ = tel.Shutdown(sctx)
+	}, nil
+}
+
+func newRelay(store eventstore.Store, cps relay.Checkpoints, cfg relayConfig, log *slog.Logger, metrics relay.Metrics) (*relay.Relay, error) {
 	rc := relay.Config{
 		Store: store, Checkpoints: cps, Brokers: cfg.Brokers, Producer: cfg.producer,
-		TopicNames: cfg.Topics, Window: cfg.Window, Logger: log,
+		TopicNames: cfg.Topics, Window: cfg.Window, Logger: log, Metrics: metrics,
 	}
 	if cfg.CreateTopics {
 		rc.Topics = &relay.TopicSettings{Partitions: int32(cfg.Partitions), ReplicationFactor: int16(cfg.Replication), MinInsyncReplicas: cfg.MinISR}
@@ -211,7 +257,7 @@ func devRelayConfig(brokers string) (relayConfig, error) {
 // startDevRelay runs the relay of `securepay dev --kafka` in bg until ctx ends, with its
 // checkpoint in the dev directory (kept with --dir, so a restart continues where it was).
 func startDevRelay(ctx context.Context, bg *sync.WaitGroup, store eventstore.Store, dir string, cfg relayConfig, log *slog.Logger) error {
-	r, err := newRelay(store, relay.FileCheckpoints{Path: filepath.Join(dir, "relay.checkpoint")}, cfg, log)
+	r, err := newRelay(store, relay.FileCheckpoints{Path: filepath.Join(dir, "relay.checkpoint")}, cfg, log, nil)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -37,6 +39,7 @@ func TestServeRelayRefusesUnsafeSettings(t *testing.T) {
 		{"broker without port", []string{"--kafka-brokers", "kafka.internal"}, `"kafka.internal" is not host:port`},
 		{"no window", []string{"--kafka-brokers", "127.0.0.1:1", "--window", "0"}, "--window must be 1..1000000"},
 		{"replication 0", []string{"--kafka-brokers", "127.0.0.1:1", "--topic-replication-factor", "0"}, "--topic-replication-factor"},
+		{"metrics address", []string{"--kafka-brokers", "127.0.0.1:1", "--metrics-listen", "9464"}, `--metrics-listen "9464" is not host:port`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -93,12 +96,18 @@ func TestServeRelayPublishes(t *testing.T) {
 	}
 
 	payments, notifications := kafkatest.Name(t, relay.TopicPayments), kafkatest.Name(t, relay.TopicNotifications)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := ln.Addr().String()
+	ln.Close()
 	relayCtx, stopRelay := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	var stderr strings.Builder
 	go func() {
 		done <- run(relayCtx, []string{"serve", "relay", "--postgres-dsn", dsn, "--kafka-brokers", addr, "--topic-partitions", "2",
-			"--payments-topic", payments, "--notifications-topic", notifications, "--checkpoint-schema", "relay_cmd_test"}, io.Discard, &stderr, noEnv)
+			"--payments-topic", payments, "--notifications-topic", notifications, "--checkpoint-schema", "relay_cmd_test", "--metrics-listen", metricsAddr}, io.Discard, &stderr, noEnv)
 	}()
 	for i := 10; i < 20; i++ {
 		transfer(i) // while it runs
@@ -107,6 +116,22 @@ func TestServeRelayPublishes(t *testing.T) {
 	msgs := kafkatest.Consume(t, addr, []string{payments, notifications}, 2*time.Minute, func(ms []*sarama.ConsumerMessage) bool {
 		return uint64(len(ms)) >= head
 	})
+	// Its metrics say what it published, per topic.
+	want := fmt.Sprintf(`securepay_relay_published_total{topic=%q} 20`, payments)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		body := ""
+		if resp, err := http.Get("http://" + metricsAddr + "/metrics"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body = string(b)
+		}
+		if strings.Contains(body, want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET /metrics does not say %q:\n%s", want, body)
+		}
+	}
 	stopRelay()
 	if err := <-done; err != nil {
 		t.Fatalf("serve relay stopped with %v\n%s", err, stderr.String())
