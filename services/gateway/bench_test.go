@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -14,14 +15,16 @@ import (
 	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
 	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
 	"github.com/securepay/securepay/services"
+	"github.com/securepay/securepay/services/gateway"
 	"github.com/securepay/securepay/services/mtls"
 )
 
 // BenchmarkTransfer measures the gateway's cost on the hot path in one run: transfers
 // between 64 accounts by 64 concurrent callers, (direct) to the payments component over
 // its mTLS client, as the gateway itself calls it, and (gateway) through the gateway
-// with JWT verification, the policy, the rate limiter (in memory here; Redis adds one
-// round trip, see docs/PERFORMANCE.md) and the mTLS hop. Reported: transfers/s and p99.
+// with JWT verification, the policy, an in-memory rate limiter and the mTLS hop, and
+// (gateway-redis, when SECUREPAY_TEST_REDIS_ADDR is set) with the production limiter in
+// Redis. Reported: transfers/s and p99.
 //
 //	go test -run XXX -bench BenchmarkTransfer -benchtime 4000x ./services/gateway
 func BenchmarkTransfer(b *testing.B) {
@@ -50,10 +53,24 @@ func BenchmarkTransfer(b *testing.B) {
 		b.Fatal(err)
 	}
 	direct := ledgerv1connect.NewPaymentServiceClient(mtls.HTTPClient(gwSrc, f.ledger.ids.Payments), f.ledger.url[services.ComponentPayments])
-	for _, path := range []struct {
+	paths := []struct {
 		name   string
 		client ledgerv1connect.PaymentServiceClient
-	}{{"direct", direct}, {"gateway", owner.payments}} {
+	}{{"direct", direct}, {"gateway", owner.payments}}
+	if os.Getenv("SECUREPAY_TEST_REDIS_ADDR") != "" {
+		// The production limiter: one GCRA script in Redis per call.
+		limiter, err := gateway.NewRedisLimiter(redisClient(b), gateway.Limit{Rate: 1_000_000, Burst: 1_000_000, Period: time.Second})
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, url, c := startGateway(b, f.issuer, f.ledger, fixtureOptions{limiter: limiter})
+		tok := f.issuer.token(b, "bench-customer", []string{"customer"}, append(ids, "world")...)
+		paths = append(paths, struct {
+			name   string
+			client ledgerv1connect.PaymentServiceClient
+		}{"gateway-redis", apiAt(c, url, tok).payments})
+	}
+	for _, path := range paths {
 		b.Run(path.name, func(b *testing.B) {
 			var n atomic.Int64
 			lat := make([]time.Duration, b.N)
