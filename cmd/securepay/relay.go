@@ -255,9 +255,10 @@ func devRelayConfig(brokers string) (relayConfig, error) {
 }
 
 // startDevRelay runs the relay of `securepay dev --kafka` in bg until ctx ends, with its
-// checkpoint in the dev directory (kept with --dir, so a restart continues where it was).
-func startDevRelay(ctx context.Context, bg *sync.WaitGroup, store eventstore.Store, dir string, cfg relayConfig, log *slog.Logger) error {
-	r, err := newRelay(store, relay.FileCheckpoints{Path: filepath.Join(dir, "relay.checkpoint")}, cfg, log, nil)
+// checkpoint in the dev directory (kept with --dir, so a restart continues where it was),
+// reporting to metrics (dev's /metrics).
+func startDevRelay(ctx context.Context, bg *sync.WaitGroup, store eventstore.Store, dir string, cfg relayConfig, log *slog.Logger, metrics relay.Metrics) error {
+	r, err := newRelay(store, relay.FileCheckpoints{Path: filepath.Join(dir, "relay.checkpoint")}, cfg, log, metrics)
 	if err != nil {
 		return err
 	}

@@ -271,7 +271,11 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	expirer := &ledger.Expirer{Store: store, Processor: proc, Logger: log}
 	bg.Go(func() { _ = expirer.Run(viewsCtx) })
 	if cfg.Relay != nil {
-		if err := startDevRelay(viewsCtx, &bg, store, dir, *cfg.Relay, log); err != nil {
+		rm, err := tel.RelayMetrics()
+		if err == nil {
+			err = startDevRelay(viewsCtx, &bg, store, dir, *cfg.Relay, log, rm)
+		}
+		if err != nil {
 			stopViews()
 			bg.Wait()
 			ln.Close()
