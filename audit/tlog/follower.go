@@ -29,7 +29,15 @@ type Follower struct {
 	RetryWait time.Duration
 	// Appended is called after each step with the tree's new size (may be nil).
 	Appended func(size uint64)
+	// Coalesce is the least time between two steps that did not fill a batch; default
+	// DefaultCoalesce. Live, the log grows by a few events per commit: waiting lets them
+	// gather into one step (one write per tree level), which is what keeps the follower's
+	// CPU off the writers' backs. The tree lags the log by at most about this much.
+	Coalesce time.Duration
 }
+
+// DefaultCoalesce is the follower's default Coalesce: far below any checkpoint interval.
+const DefaultCoalesce = 200 * time.Millisecond
 
 // maxRetryWait bounds the wait between two attempts to read an unreachable store.
 const maxRetryWait = 30 * time.Second
@@ -82,7 +90,23 @@ func (f *Follower) follow(ctx context.Context, batch int) error {
 	}
 	v := eventstore.NewChainVerifier(size, last)
 	leaves := make([]eventHash, 0, batch)
-	return f.Store.Subscribe(ctx, size, batch, func(_ context.Context, events []eventstore.RecordedEvent) error {
+	coalesce := f.Coalesce
+	if coalesce <= 0 {
+		coalesce = DefaultCoalesce
+	}
+	stepped := time.Now()
+	return f.Store.Subscribe(ctx, size, batch, func(ctx context.Context, events []eventstore.RecordedEvent) error {
+		if len(events) < batch {
+			// A partial batch is the live edge: let more commits gather before the next.
+			if wait := coalesce - time.Since(stepped); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(wait):
+				}
+			}
+		}
+		stepped = time.Now()
 		leaves = leaves[:0]
 		for i := range events {
 			if err := v.Check(&events[i]); err != nil {

@@ -39,7 +39,9 @@ func BenchmarkTransfers(b *testing.B) {
 
 const benchPayers = 1024
 
-func benchTransfers(b *testing.B, be backend, hot bool, conc int, obs ledger.Observer) {
+// alongside, if given, starts background work on the store for the timed part (the Merkle
+// tree's follower and signer in BenchmarkTransfersCheckpoints).
+func benchTransfers(b *testing.B, be backend, hot bool, conc int, obs ledger.Observer, alongside ...func(testing.TB, eventstore.Store)) {
 	store, _ := be.open(b)
 	p := newProcessor(b, store, ledger.Config{SharedStore: be.shared, Observer: obs})
 	ctx := ctxT(b)
@@ -58,6 +60,9 @@ func benchTransfers(b *testing.B, be backend, hot bool, conc int, obs ledger.Obs
 	}
 	runAll(b, p, setup)
 
+	for _, start := range alongside {
+		start(b, store)
+	}
 	var next atomic.Int64
 	lat := make([][]time.Duration, conc)
 	var wg sync.WaitGroup
