@@ -240,6 +240,11 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 
 	s := rec.snapshot()
 	secs := finished.Sub(measureAt).Seconds()
+	// The last second of the timeline is cut short by the window's end: drawn, it would
+	// look like a drop in throughput that never happened.
+	if whole := int(secs); whole >= 1 && len(s.timeline) > whole {
+		s.timeline = s.timeline[:whole]
+	}
 	r := &Result{
 		Scenario: c.Scenario, Server: c.Server, HTTP: "2", RPC: "connect", Mode: "closed", Concurrency: c.Concurrency,
 		Accounts: c.Accounts, Seed: c.Seed, RunID: c.RunID, Seconds: secs,

@@ -78,6 +78,9 @@ func TestRunEveryScenario(t *testing.T) {
 			if len(res.Processes) != 1 || res.Processes[0].CPUSeconds <= 0 || res.Processes[0].PeakPSSBytes <= 0 {
 				t.Errorf("process usage of the test process: %+v, want CPU and memory", res.Processes)
 			}
+			if len(res.Timeline) != int(res.Seconds) {
+				t.Errorf("timeline of %d seconds for a %.2fs window: want only whole seconds", len(res.Timeline), res.Seconds)
+			}
 			if c.rate > 0 && res.Mode != "open" {
 				t.Errorf("mode %q, want open", res.Mode)
 			}
