@@ -13,13 +13,14 @@ import (
 // BenchmarkTransfersTelemetry measures what traces and metrics cost the write path: the
 // same transfers with no observer ("off"), with metrics only, and with metrics and every
 // command traced (sampled at 100%, spans encoded as JSON lines and thrown away, so the
-// exporter's encoding is paid too), back to back in one run.
+// exporter's encoding is paid too), and with one trace in ten recorded, back to back in
+// one run.
 //
 //	go test ./services/ledger -run '^$' -bench TransfersTelemetry -benchtime 5000x
 func BenchmarkTransfersTelemetry(b *testing.B) {
 	for _, be := range backends() {
 		for _, conc := range []int{16, 64} {
-			for _, mode := range []string{"off", "metrics", "traces"} {
+			for _, mode := range []string{"off", "metrics", "traces", "traces10"} {
 				b.Run(fmt.Sprintf("%s/uniform/c%d/%s", be.name, conc, mode), func(b *testing.B) {
 					benchTransfers(b, be, false, conc, benchObserver(b, mode))
 				})
@@ -33,8 +34,11 @@ func benchObserver(b *testing.B, mode string) ledger.Observer {
 		return nil
 	}
 	cfg := telemetry.Config{ServiceName: "bench"}
-	if mode == "traces" {
+	switch mode {
+	case "traces":
 		cfg.SpanWriter = io.Discard
+	case "traces10": // one new trace in ten recorded (--trace-sample-ratio 0.1)
+		cfg.SpanWriter, cfg.SampleRatio = io.Discard, 0.1
 	}
 	tel, err := telemetry.New(context.Background(), cfg)
 	if err != nil {
