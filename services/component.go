@@ -186,7 +186,7 @@ func onlyOwnProcedures(next http.Handler, set componentSet, errs *connect.ErrorW
 func componentDependencies(cfg Config, set componentSet, services []string) []Dependency {
 	needed := func(d Dependency) Dependency {
 		if len(services) == 0 {
-			d.NeededBy = []string{string(ComponentProjector)}
+			d.NeededBy = ServicesOf(set)
 			return d
 		}
 		var keep []string
@@ -203,4 +203,14 @@ func componentDependencies(cfg Config, set componentSet, services []string) []De
 		deps = append(deps, needed(viewsDependency(cfg.Store, cfg.Reader, cfg.MaxViewLag)))
 	}
 	return append(deps, cfg.Dependencies...)
+}
+
+// ServicesOf names what a server running set answers, as Dependency.NeededBy does: its API
+// services, or for the projector alone the projector itself. A dependency needed by all
+// of them (a component's SVID) makes the server not ready without it.
+func ServicesOf(set []Component) []string {
+	if s := componentSet(set).services(); len(s) > 0 {
+		return s
+	}
+	return []string{string(ComponentProjector)}
 }

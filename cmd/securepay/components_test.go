@@ -4,12 +4,24 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
+	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
+	"github.com/securepay/securepay/services"
+	"github.com/securepay/securepay/services/mtls"
+	"github.com/securepay/securepay/services/mtls/mtlstest"
 )
 
 // TestSafeListenDefaults: serve refuses an address others can reach while no caller is
@@ -65,9 +77,15 @@ func TestSafeDefaultsThroughTheCommands(t *testing.T) {
 		{"dev on every interface", []string{"dev", "--listen", "0.0.0.0:0"}, nil, "is not a loopback address"},
 		{"dev from its variable", []string{"dev"}, map[string]string{"SECUREPAY_DEV_LISTEN": ":0"}, "--listen :0 (SECUREPAY_DEV_LISTEN) is not a loopback address"},
 		{"serve on every interface", []string{"serve", "--listen", ":8443"}, nil, "would serve on every interface"},
+		{"a component on every interface", []string{"serve", "queries", "--listen", ":8443", "--spiffe-socket", "unix:///tmp/agent.sock"}, nil, "the PostgreSQL DSN is missing"},
+		{"a TLS component on every interface", []string{"serve", "queries", "--listen", ":8443", "--tls-cert", "c.pem", "--tls-key", "k.pem"}, nil, "would serve on every interface, and no caller is authenticated"},
 		{"serve from its variable", []string{"serve"}, map[string]string{"SECUREPAY_LISTEN": "0.0.0.0:8443"}, "would serve on every interface"},
 		{"serve an unknown component", []string{"serve", "gateway-ish"}, nil, `unknown component "gateway-ish": say one of payments, queries, audit, projector (or all, every component in one process)`},
-		{"audit needs no Redis", []string{"serve", "audit"}, nil, "TLS is required"},
+		{"audit needs no Redis", []string{"serve", "audit"}, nil, "serve audit needs an identity: --spiffe-socket or SECUREPAY_SPIFFE_SOCKET (the SPIFFE Workload API, e.g. unix:///run/spire/agent/public/api.sock) for mTLS, or --tls-cert and --tls-key for TLS on loopback without authentication"},
+		{"a component takes no TLS pair", []string{"serve", "payments", "--spiffe-socket", "unix:///tmp/agent.sock", "--tls-cert", "c.pem", "--tls-key", "k.pem"}, nil,
+			"serve payments takes no --tls-cert or --tls-key: its certificate is its X.509-SVID"},
+		{"all has no internal calls", []string{"serve", "--spiffe-socket", "unix:///tmp/agent.sock"}, nil, "--spiffe-socket is for one component alone"},
+		{"a bad trust domain", []string{"serve", "audit", "--spiffe-socket", "unix:///tmp/agent.sock", "--trust-domain", "Not A Domain"}, nil, `--trust-domain "Not A Domain"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			getenv := func(k string) string { return tc.env[k] }
@@ -79,6 +97,9 @@ func TestSafeDefaultsThroughTheCommands(t *testing.T) {
 			}
 			if tc.name == "audit needs no Redis" && strings.Contains(err.Error(), "Redis address is missing") {
 				t.Fatalf("serve audit: the audit component reads the log only, yet Redis was asked for:\n%v", err)
+			}
+			if strings.HasPrefix(tc.name, "a component") && strings.Contains(err.Error(), "--listen") {
+				t.Fatalf("a component on mTLS authenticates every caller: its listen address is not refused, got:\n%v", err)
 			}
 		})
 	}
@@ -124,27 +145,49 @@ func TestDevBrowserDefaults(t *testing.T) {
 	}
 }
 
-// startServe runs `securepay serve ARGS...` in-process and returns its https URL once it
-// logs that it serves; the test's cleanup stops it and wants a clean stop.
-func startServe(t *testing.T, args ...string) string {
+// served is what a serve started by a test logged about where it listens.
+type served struct {
+	url, healthURL string
+}
+
+// startServe runs `securepay serve ARGS...` in-process, a component's SVIDs from src
+// when it is set, and returns where it serves once it logs "securepay serving" (or,
+// with wantServing false, "securepay waiting for its SVID"); the test's cleanup stops it
+// and wants a clean stop.
+func startServe(t *testing.T, src func(ctx context.Context) (mtls.Source, func(), error), wantServing bool, args ...string) served {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
+	e := env{stdout: io.Discard, stderr: pw, getenv: noEnv}
+	cmd, c := newServeCommand(e)
+	c.cfg.newSource = src
 	go func() {
-		done <- run(ctx, append([]string{"serve"}, args...), io.Discard, pw, noEnv)
+		done <- cmd.execute(ctx, e, args)
 		pw.Close()
 	}()
-	addr := make(chan string, 1)
+	want := "securepay serving"
+	if !wantServing {
+		want = "securepay waiting for its SVID"
+	}
+	at := make(chan served, 1)
 	go func() {
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
 			var rec struct {
-				Msg  string `json:"msg"`
-				Addr string `json:"addr"`
+				Msg        string `json:"msg"`
+				Addr       string `json:"addr"`
+				HealthAddr string `json:"health_addr"`
 			}
-			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "securepay serving" {
-				addr <- rec.Addr
+			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == want {
+				s := served{url: "https://" + rec.Addr}
+				if rec.HealthAddr != "" {
+					s.healthURL = "http://" + rec.HealthAddr
+				}
+				at <- s
+			}
+			if strings.Contains(sc.Text(), "securepay serving") && !wantServing {
+				t.Errorf("securepay serve %s: it serves, without an SVID: %s", args[0], sc.Text())
 			}
 		}
 	}()
@@ -156,7 +199,7 @@ func startServe(t *testing.T, args ...string) string {
 		}
 		select {
 		case err := <-done:
-			if err != nil {
+			if err != nil && wantServing {
 				t.Errorf("securepay serve %s: want a clean stop, got %v", args[0], err)
 			}
 		case <-time.After(40 * time.Second):
@@ -164,64 +207,163 @@ func startServe(t *testing.T, args ...string) string {
 		}
 	})
 	select {
-	case a := <-addr:
-		return "https://" + a
+	case s := <-at:
+		return s
 	case err := <-done:
 		stopped = true
-		t.Fatalf("securepay serve %s ended before listening: %v", args[0], err)
+		t.Fatalf("securepay serve %s ended before it said %q: %v", args[0], want, err)
 	case <-time.After(30 * time.Second):
-		t.Fatalf("securepay serve %s did not start listening within 30s", args[0])
+		t.Fatalf("securepay serve %s did not say %q within 30s", args[0], want)
 	}
-	return ""
+	return served{}
 }
 
-// TestServeComponentsAlone runs payments, queries, projector and audit as four servers on
-// one PostgreSQL and Redis: a write on payments is read on queries once the projector has
-// applied it, the log is verified on audit, and a call sent to the wrong component is
-// told where to go.
-func TestServeComponentsAlone(t *testing.T) {
+// devSource is a component's SVIDs from the test's development CA.
+func devSource(ca *mtls.DevCA, id spiffeid.ID) func(ctx context.Context) (mtls.Source, func(), error) {
+	return func(context.Context) (mtls.Source, func(), error) {
+		src, err := ca.Source(id)
+		return src, func() {}, err
+	}
+}
+
+// TestServeComponentsOverMTLS runs payments, queries, projector and audit as four
+// servers on one PostgreSQL and Redis, each on mTLS with an SVID of the development CA:
+// the gateway's SVID writes on payments and reads on queries once the projector has
+// applied the write, a call sent to the wrong component is told where to go, and each
+// component's authorisation matrix (every well-known caller, every protocol, the hostile
+// callers) agrees with its declared policy.
+func TestServeComponentsOverMTLS(t *testing.T) {
 	const redisDB = 13
 	dsn := migrateForServing(t, freshDatabase(t), io.Discard)
 	redisAddr := testRedisAddr(t, redisDB)
-	certFile, keyFile := testCert(t)
-	common := []string{"--listen", "127.0.0.1:0", "--postgres-dsn", dsn, "--tls-cert", certFile, "--tls-key", keyFile}
+	td := spiffeid.RequireTrustDomainFromString(mtls.DefaultTrustDomain)
+	ids := mtls.WellKnownIDs(td)
+	ca, err := mtls.NewDevCA(td, time.Hour, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	common := []string{"--listen", "127.0.0.1:0", "--postgres-dsn", dsn}
 	withRedis := append([]string{"--redis-addr", redisAddr, "--redis-db", fmt.Sprint(redisDB)}, common...)
-	payments := startServe(t, append([]string{"payments"}, withRedis...)...)
-	queries := startServe(t, append([]string{"queries"}, withRedis...)...)
-	startServe(t, append([]string{"projector"}, withRedis...)...)
-	audit := startServe(t, append([]string{"audit"}, common...)...) // no Redis
+	comps := map[services.Component]served{
+		services.ComponentPayments:  startServe(t, devSource(ca, ids.Payments), true, append([]string{"payments"}, withRedis...)...),
+		services.ComponentQueries:   startServe(t, devSource(ca, ids.Queries), true, append([]string{"queries"}, withRedis...)...),
+		services.ComponentProjector: startServe(t, devSource(ca, ids.Projector), true, append([]string{"projector"}, withRedis...)...),
+		services.ComponentAudit:     startServe(t, devSource(ca, ids.Audit), true, append([]string{"audit"}, common...)...), // no Redis
+	}
+	serverID := map[services.Component]spiffeid.ID{
+		services.ComponentPayments: ids.Payments, services.ComponentQueries: ids.Queries,
+		services.ComponentProjector: ids.Projector, services.ComponentAudit: ids.Audit,
+	}
+	gw, err := ca.Source(ids.Gateway)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	payments := mtls.HTTPClient(gw, ids.Payments)
+	queries := mtls.HTTPClient(gw, ids.Queries)
+	accounts := ledgerv1connect.NewAccountServiceClient(payments, comps[services.ComponentPayments].url)
+	for _, a := range []*ledgerv1.OpenAccountRequest{
+		{AccountId: "world", Asset: "USD", Kind: ledgerv1.AccountKind_ACCOUNT_KIND_EXTERNAL},
+		{AccountId: "bob", Asset: "USD", Kind: ledgerv1.AccountKind_ACCOUNT_KIND_CUSTOMER},
+	} {
+		if _, err := accounts.OpenAccount(ctx, connect.NewRequest(a)); err != nil {
+			t.Fatalf("open %s on payments as the gateway: %v", a.AccountId, err)
+		}
+	}
+	res, err := ledgerv1connect.NewPaymentServiceClient(payments, comps[services.ComponentPayments].url).Transfer(ctx, connect.NewRequest(&ledgerv1.TransferRequest{
+		PaymentId: "mtls-1", SourceAccountId: "world", DestinationAccountId: "bob", Amount: &ledgerv1.Money{Value: "7.00", Asset: "USD"},
+	}))
+	if err != nil {
+		t.Fatalf("transfer on payments as the gateway: %v", err)
+	}
+	// The projector (another server) applies the write; queries polls the view.
+	bal, err := ledgerv1connect.NewBalanceServiceClient(queries, comps[services.ComponentQueries].url).GetBalance(ctx, connect.NewRequest(&ledgerv1.GetBalanceRequest{
+		AccountId: "bob", MinPosition: res.Msg.GetResult().GetPosition(),
+	}))
+	if err != nil || bal.Msg.GetBalance().GetAvailable() != "7.00" {
+		t.Fatalf("balance on queries at the write's position: want 7.00, got %v %v", bal, err)
+	}
+	_, err = ledgerv1connect.NewBalanceServiceClient(payments, comps[services.ComponentPayments].url).GetBalance(ctx, connect.NewRequest(&ledgerv1.GetBalanceRequest{AccountId: "bob"}))
+	if connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("GetBalance sent to payments: want permission_denied (the policy lists only payments' procedures), got %v", err)
+	}
+	// Queries' own SVID may not write: only the gateway may call payments.
+	qsrc, err := ca.Source(ids.Queries)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ledgerv1connect.NewAccountServiceClient(mtls.HTTPClient(qsrc, ids.Payments), comps[services.ComponentPayments].url).OpenAccount(ctx,
+		connect.NewRequest(&ledgerv1.OpenAccountRequest{AccountId: "mallory", Asset: "USD", Kind: ledgerv1.AccountKind_ACCOUNT_KIND_CUSTOMER}))
+	if connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("OpenAccount as the queries component: want permission_denied, got %v", err)
+	}
 
-	c := func(server string, args ...string) string {
-		t.Helper()
-		return mustCLI(t, server, append(args, "--ca-file", certFile)...)
+	streaming := map[string]bool{
+		ledgerv1connect.BalanceServiceWatchAccountProcedure: true,
+		ledgerv1connect.AuditServiceStreamLogProcedure:      true,
+		"/grpc.health.v1.Health/Watch":                      true,
 	}
-	c(payments, "account", "open", "world", "--kind", "external")
-	c(payments, "account", "open", "bob")
-	var res struct {
-		Result struct {
-			Position string `json:"position"`
-		} `json:"result"`
+	for comp, s := range comps {
+		t.Run("matrix/"+string(comp), func(t *testing.T) {
+			policy, err := services.ComponentPolicy(td, []services.Component{comp})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var all []string
+			for _, c := range services.Components() {
+				all = append(all, services.Procedures(c)...)
+			}
+			mismatches, err := mtlstest.Matrix{URL: s.url, Server: serverID[comp], CA: ca, Policy: policy, Served: all, CallTimeout: 2 * time.Second}.Check(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, mm := range mismatches {
+				// The matrix calls every procedure as unary: over the Connect protocol a
+				// server stream then answers 415 (unary content type) from connect-go's
+				// handler, after the policy let it through, which the matrix cannot tell
+				// from a refused connection. gRPC and gRPC-web check these same calls.
+				if mm.Protocol == "connect" && streaming[mm.Procedure] && mm.Want == "passed the policy" {
+					continue
+				}
+				t.Error(mm)
+			}
+			// The probe port answers without an SVID, and only health.
+			res, err := http.Get(s.healthURL + "/readyz")
+			if err != nil || res.StatusCode != http.StatusOK {
+				t.Fatalf("%s /readyz on the probe port: want 200, got %v %v", comp, res, err)
+			}
+			res.Body.Close()
+		})
 	}
-	out := c(payments, "transfer", "--from", "world", "--to", "bob", "--amount", "7.00", "--id", "alone-1", "--json")
-	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Result.Position == "" {
-		t.Fatalf("transfer --json: %v\n%s", err, out)
+}
+
+// TestComponentWithoutSVIDIsNotReady: a component whose Workload API does not answer
+// opens no API port, and its probe port says it is not ready because of its SVID.
+func TestComponentWithoutSVIDIsNotReady(t *testing.T) {
+	dsn := migrateForServing(t, freshDatabase(t), io.Discard)
+	noAgent := func(context.Context) (mtls.Source, func(), error) {
+		return nil, nil, errors.New("no SPIRE agent at unix:///nowhere.sock")
 	}
-	// The projector (another process, in effect) applies the write; queries polls the view.
-	if bal := c(queries, "balance", "bob", "--min-position", res.Result.Position); !strings.Contains(bal, "7.00") {
-		t.Fatalf("balance on queries at the write's position: want 7.00, got:\n%s", bal)
+	s := startServe(t, noAgent, false, "audit", "--listen", "127.0.0.1:0", "--postgres-dsn", dsn)
+	res, err := http.Get(s.healthURL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if p := c(queries, "payment", "alone-1", "--min-position", res.Result.Position); !strings.Contains(p, "alone-1") {
-		t.Fatalf("payment on queries: got:\n%s", p)
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	var r struct {
+		Ready    bool     `json:"ready"`
+		NotReady []string `json:"not_ready"`
 	}
-	if v := c(audit, "verify"); !strings.Contains(v, "hash chain verified") {
-		t.Fatalf("verify on audit: %s", v)
+	if err := json.Unmarshal(body, &r); err != nil {
+		t.Fatalf("/readyz: %v: %s", err, body)
 	}
-	_, err := cli(t, payments, "balance", "bob", "--ca-file", certFile, "--min-position", "0")
-	if err == nil || !strings.Contains(err.Error(), "served by the queries component") {
-		t.Fatalf("balance sent to payments: want it told to call queries, got %v", err)
+	if res.StatusCode != http.StatusServiceUnavailable || r.Ready || !slices.Contains(r.NotReady, "svid") {
+		t.Fatalf("/readyz without an SVID: want 503 naming svid, got %d %s", res.StatusCode, body)
 	}
-	_, err = cli(t, queries, "transfer", "--from", "world", "--to", "bob", "--amount", "1.00", "--ca-file", certFile)
-	if err == nil || !strings.Contains(err.Error(), "served by the payments component") {
-		t.Fatalf("transfer sent to queries: want it told to call payments, got %v", err)
+	health := grpchealth.NewClient(http.DefaultClient, s.healthURL, connect.WithGRPCWeb())
+	hres, err := health.Check(context.Background(), &grpchealth.CheckRequest{Service: ledgerv1connect.AuditServiceName})
+	if err != nil || hres.Status != grpchealth.StatusNotServing {
+		t.Fatalf("grpc health of AuditService without an SVID: want NOT_SERVING, got %v %v", hres, err)
 	}
 }

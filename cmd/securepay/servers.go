@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/securepay/securepay/domain"
@@ -27,8 +28,10 @@ import (
 	"github.com/securepay/securepay/projections/pg"
 	redisviews "github.com/securepay/securepay/projections/redis"
 	"github.com/securepay/securepay/services"
+	"github.com/securepay/securepay/services/edge"
 	"github.com/securepay/securepay/services/gateway"
 	"github.com/securepay/securepay/services/ledger"
+	"github.com/securepay/securepay/services/mtls"
 	"github.com/securepay/securepay/services/telemetry"
 )
 
@@ -339,6 +342,15 @@ type serveConfig struct {
 	TLSKey      string
 	CORSOrigins []string
 	Reflection  bool
+	// SpiffeSocket is the SPIFFE Workload API a component gets its SVID from (mTLS);
+	// TrustDomain the one its callers must belong to.
+	SpiffeSocket string
+	TrustDomain  string
+	// HealthListen is a component's probe port (cleartext, health only).
+	HealthListen string
+	// newSource gets the component's SVID source; the Workload API at SpiffeSocket unless
+	// a test sets it.
+	newSource   func(ctx context.Context) (mtls.Source, func(), error)
 	IdemTTL     time.Duration
 	Shutdown    time.Duration
 	MaxStreams  int
@@ -398,10 +410,33 @@ func (c *serveConfig) Validate() error {
 		// As for the DSN: the file is read once, and a second Validate sees one value.
 		c.RedisAddr, c.RedisAddrFile = addr, ""
 	}
-	if err := checkServeListen(c.Listen, false); err != nil {
+	// A component alone with a Workload API serves only over mTLS (its SVID is its
+	// certificate, and every caller is authenticated). Otherwise, a component alone or all
+	// of them serve TLS with a certificate of their own, authenticate no caller, and so
+	// stay on loopback (for tests and a one-machine deployment behind a proxy).
+	mtlsMode := err == nil && len(comps) == 1 && (c.SpiffeSocket != "" || c.newSource != nil)
+	if err := checkServeListen(c.Listen, mtlsMode); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil && mtlsMode {
+		errs = append(errs, fmt.Errorf("--trust-domain %q: %v", c.TrustDomain, err))
+	}
 	switch {
+	case mtlsMode && (c.TLSCert != "" || c.TLSKey != ""):
+		errs = append(errs, fmt.Errorf("serve %s takes no --tls-cert or --tls-key: its certificate is its X.509-SVID, from --spiffe-socket", c.Component))
+	case mtlsMode:
+		td, tdErr := spiffeid.TrustDomainFromString(c.TrustDomain)
+		id, err := componentID(td, comps[0])
+		if c.newSource == nil && tdErr == nil && err == nil {
+			c.newSource = workloadSource(c.SpiffeSocket, id)
+		}
+		if c.HealthListen == "" {
+			c.HealthListen = "127.0.0.1:0"
+		}
+	case c.SpiffeSocket != "":
+		errs = append(errs, errors.New("--spiffe-socket is for one component alone (serve payments|queries|audit|projector); serve all makes no internal call"))
+	case (c.TLSCert == "" || c.TLSKey == "") && len(comps) == 1:
+		errs = append(errs, fmt.Errorf("serve %s needs an identity: --spiffe-socket or SECUREPAY_SPIFFE_SOCKET (the SPIFFE Workload API, e.g. unix:///run/spire/agent/public/api.sock) for mTLS, or --tls-cert and --tls-key for TLS on loopback without authentication", c.Component))
 	case c.TLSCert == "" || c.TLSKey == "":
 		errs = append(errs, errors.New("TLS is required: set --tls-cert and --tls-key (SECUREPAY_TLS_CERT, SECUREPAY_TLS_KEY) to PEM files; for a local cleartext server use `securepay dev`"))
 	default:
@@ -472,9 +507,16 @@ type serveCmd struct {
 }
 
 func serveCommand(e env) *Command {
+	cmd, _ := newServeCommand(e)
+	return cmd
+}
+
+// newServeCommand is serveCommand with its flags' destination, which tests reach into
+// for the SVID source.
+func newServeCommand(e env) (*Command, *serveCmd) {
 	c := &serveCmd{}
 	cmd := &Command{
-		UsageLine: "securepay serve [COMPONENT] --postgres-dsn-file FILE --redis-addr HOST:PORT|URL --tls-cert FILE --tls-key FILE [flags]",
+		UsageLine: "securepay serve [COMPONENT] --postgres-dsn-file FILE [--redis-addr HOST:PORT|URL] [--tls-cert FILE --tls-key FILE | --spiffe-socket ADDRESS] [flags]",
 		Short:     "run the production server, or one of its components (PostgreSQL, Redis, TLS)",
 		Long: "Run the production server: the event store and views on PostgreSQL (run migrate\n" +
 			"first), idempotency keys and the balance cache on Redis, TLS on one port. Every\n" +
@@ -485,7 +527,13 @@ func serveCommand(e env) *Command {
 			"it, or with all, every component runs in this one process. The outbox relay to\n" +
 			"Kafka runs alone with its own flags: securepay serve relay -h; so does the public\n" +
 			"gateway (OIDC tokens, roles, rate limits, mTLS to the components): securepay serve gateway -h.\n\n" +
-			"With no authentication configured, serve listens on loopback only.\n\n" +
+			"A component alone with --spiffe-socket serves only over mTLS: its X.509-SVID comes\n" +
+			"from the SPIFFE Workload API, every caller must present one, and each procedure is\n" +
+			"allowed to the callers its table names (payments and queries: the gateway; audit:\n" +
+			"the gateway and audit tooling; health: every component). Until the Workload API\n" +
+			"gives it an SVID it serves nothing and its probe port (--health-listen) says not\n" +
+			"ready. With --tls-cert and --tls-key instead (a component alone, or all) it\n" +
+			"authenticates no caller, so it listens on loopback only.\n\n" +
 			"Give secrets (the DSN, a Redis URL with a password) as files readable only by the\n" +
 			"server's user, or in the environment: a flag's value is visible to every user in ps.",
 		Args: []Arg{{Name: "COMPONENT", Optional: true}},
@@ -497,6 +545,9 @@ func serveCommand(e env) *Command {
 	ef := envFlags{fs, e}
 	ef.String(&c.cfg.Listen, "listen", "SECUREPAY_LISTEN", "127.0.0.1:8443", "`address` to listen on (loopback unless authentication is configured)")
 	fs.BoolVar(&c.cfg.Reflection, "reflection", false, "serve gRPC reflection (grpcurl, buf curl --list-methods): it lists every procedure to any caller")
+	ef.String(&c.cfg.SpiffeSocket, "spiffe-socket", "SECUREPAY_SPIFFE_SOCKET", "", "SPIFFE Workload API `address` a component gets its X.509-SVID from (mTLS), e.g. unix:///run/spire/agent/public/api.sock")
+	ef.String(&c.cfg.TrustDomain, "trust-domain", "SECUREPAY_TRUST_DOMAIN", mtls.DefaultTrustDomain, "SPIFFE trust `domain` of the components")
+	ef.String(&c.cfg.HealthListen, "health-listen", "SECUREPAY_HEALTH_LISTEN", "", "`address` of a component's probe port (cleartext, /healthz, /readyz and grpc.health.v1 only; default 127.0.0.1, any free port)")
 	ef.String(&c.cfg.PostgresDSN, "postgres-dsn", "SECUREPAY_POSTGRES_DSN", "", "PostgreSQL `DSN` of the event store and views (visible in ps: prefer --postgres-dsn-file)")
 	ef.String(&c.cfg.PostgresDSNFile, "postgres-dsn-file", "SECUREPAY_POSTGRES_DSN_FILE", "", "`file` holding the PostgreSQL DSN, readable only by its owner")
 	ef.String(&c.cfg.EventSchema, "event-schema", "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema, "`schema` of the event store")
@@ -518,7 +569,7 @@ func serveCommand(e env) *Command {
 	telemetryFlags(ef, &c.cfg.Telemetry, "SECUREPAY_", false)
 	fs.DurationVar(&c.cfg.RedisTimeout, "redis-timeout", redisviews.DefaultReadTimeout, "bound of one balance-cache call to Redis before a read falls back to PostgreSQL")
 	c.cfg.Checkpoints.register(fs, e)
-	return cmd
+	return cmd, c
 }
 
 func (c *serveCmd) run(ctx context.Context, e env, args []string) error {
@@ -580,7 +631,6 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 		Components:      comps,
 		Store:           store,
 		IdempotencyTTL:  cfg.IdemTTL,
-		TLS:             &tls.Config{GetCertificate: cfg.tlsCerts.GetCertificate, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
 		CORSOrigins:     cfg.CORSOrigins,
 		Reflection:      cfg.Reflection,
 		MaxRequestBytes: cfg.MaxReqBytes,
@@ -683,16 +733,56 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 		scfg.Checkpoints = cpr.services()
 		background = append(background, cpr.runUntil)
 	}
-	cfg.tlsCerts.log = log // before the first handshake: no reload can run yet
+	var svid *lateSource
+	if cfg.newSource != nil {
+		td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+		if err != nil {
+			return fmt.Errorf("serve: --trust-domain: %w", err)
+		}
+		policy, err := services.ComponentPolicy(td, comps)
+		if err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		svid = &lateSource{}
+		scfg.TLS = mtls.ServerTLS(svid)
+		scfg.Authorize = policy.Handler
+		// The gateway asserts the principal a call acts for (idempotency keys, the events'
+		// actor and correlation id); any other caller acts as its own SPIFFE ID.
+		scfg.Caller, scfg.CorrelationID = edge.ForComponent(mtls.WellKnownIDs(td).Gateway)
+		scfg.Dependencies = append(scfg.Dependencies, services.Dependency{Name: "svid", Check: svid.check, NeededBy: services.ServicesOf(comps)})
+	} else {
+		cfg.tlsCerts.log = log // before the first handshake: no reload can run yet
+		scfg.TLS = &tls.Config{GetCertificate: cfg.tlsCerts.GetCertificate, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
+	}
 	srv, err := services.NewServer(scfg)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
+	}
+	var healthAddr string
+	if cfg.HealthListen != "" {
+		hln, err := net.Listen("tcp", cfg.HealthListen)
+		if err != nil {
+			return fmt.Errorf("serve: listen for probes on %s: %w", cfg.HealthListen, err)
+		}
+		healthAddr = hln.Addr().String()
+		defer serveHealth(ctx, hln, srv.HealthHandler())()
+	}
+	if svid != nil {
+		// Not ready, and no API port at all, until the Workload API gives an SVID:
+		// never a plaintext fallback.
+		log.Info("securepay waiting for its SVID", "component", cfg.Component, "health_addr", healthAddr, "spiffe_socket", cfg.SpiffeSocket)
+		src, closeSrc, err := awaitSource(ctx, log, cfg.newSource)
+		if err != nil {
+			return fmt.Errorf("serve: no SVID before the end: %w", err)
+		}
+		defer closeSrc()
+		svid.set(src)
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("serve: listen on %s: %w", cfg.Listen, err)
 	}
-	attrs := []any{"addr", ln.Addr().String(), "component", cfg.Component, "event_schema", cfg.EventSchema}
+	attrs := []any{"addr", ln.Addr().String(), "component", cfg.Component, "mtls", svid != nil, "health_addr", healthAddr, "event_schema", cfg.EventSchema}
 	if scfg.Reader != nil {
 		attrs = append(attrs, "view_schema", cfg.ViewSchema)
 	}
