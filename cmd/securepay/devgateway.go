@@ -67,11 +67,8 @@ func newDevStack(base services.Config, signer *devSigner, gcfg gateway.Config, l
 		if err != nil {
 			return fail(err)
 		}
-		rules := map[string][]spiffeid.ID{}
-		for _, proc := range services.Procedures(c.comp) {
-			rules[proc] = []spiffeid.ID{ids.Gateway}
-		}
-		policy, err := mtls.NewPolicy(td, rules)
+		// The same table as serve COMPONENT (services/component_policy.go).
+		policy, err := services.ComponentPolicy(td, []services.Component{c.comp})
 		if err != nil {
 			return fail(err)
 		}
