@@ -65,8 +65,8 @@ func checkServeListen(addr string, authenticated bool) error {
 		"listen on loopback (--listen 127.0.0.1:8443) behind a proxy that authenticates", addr, where)
 }
 
-// checkDevListen keeps `securepay dev` on loopback: it speaks cleartext and
-// authenticates no one.
+// checkDevListen keeps `securepay dev` on loopback: it speaks cleartext, and its tokens
+// are signed by a development key anyone on the machine can use.
 func checkDevListen(addr string) error {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -75,7 +75,7 @@ func checkDevListen(addr string) error {
 	if services.IsLoopbackHost(host) {
 		return nil
 	}
-	return usagef("dev: --listen %s (SECUREPAY_DEV_LISTEN) is not a loopback address: securepay dev speaks cleartext and authenticates no one, so it listens on "+
+	return usagef("dev: --listen %s (SECUREPAY_DEV_LISTEN) is not a loopback address: securepay dev speaks cleartext and trusts tokens of its own development key, so it listens on "+
 		"127.0.0.1, [::1] or localhost only (e.g. --listen 127.0.0.1:8080); a server others can reach is securepay serve", addr)
 }
 

@@ -49,7 +49,7 @@ func TestSafeListenDefaults(t *testing.T) {
 		{name: "dev loopback", check: checkDevListen, args: []string{"127.0.0.1:0"}},
 		{name: "dev localhost", check: checkDevListen, args: []string{"localhost:8080"}},
 		{name: "dev every interface", check: checkDevListen, args: []string{":8080"},
-			want: "dev: --listen :8080 (SECUREPAY_DEV_LISTEN) is not a loopback address: securepay dev speaks cleartext and authenticates no one, so it listens on 127.0.0.1, [::1] or localhost only"},
+			want: "dev: --listen :8080 (SECUREPAY_DEV_LISTEN) is not a loopback address: securepay dev speaks cleartext and trusts tokens of its own development key, so it listens on 127.0.0.1, [::1] or localhost only"},
 		{name: "dev LAN", check: checkDevListen, args: []string{"192.168.1.2:8080"}, want: "is not a loopback address"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
