@@ -97,6 +97,18 @@ type RunnerConfig struct {
 	// default 20. Backoff doubles from RetryBackoff (default 100ms) up to 5s.
 	MaxRetries   int
 	RetryBackoff time.Duration
+	// Window lets a projector gather events for up to this long before it applies them, so
+	// that one transaction and one checkpoint write carry many events when the log grows a
+	// few events at a time (one caller, light load): the view's commits per event fall
+	// from one to one per window. A batch of WindowEvents or more is applied at once, and a
+	// Wait for a position is answered as soon as the events up to it are in hand: only
+	// readers that do not wait for a position (none gave one, or they poll the view from
+	// another process) see the view up to about two windows behind. 0 (the default) applies
+	// every batch as it arrives.
+	Window time.Duration
+	// WindowEvents is the size at which a gathered batch is applied without waiting out the
+	// Window; default 1,000, at most MaxBatch.
+	WindowEvents int
 	Logger       *slog.Logger
 	Clock        func() time.Time
 }
@@ -121,6 +133,12 @@ func (c RunnerConfig) Validate() error {
 	}
 	if c.MaxBatch < 0 || c.MaxBatch > eventstore.MaxReadLimit {
 		return fmt.Errorf("projections runner: MaxBatch %d out of 0..%d", c.MaxBatch, eventstore.MaxReadLimit)
+	}
+	if c.Window < 0 || c.Window > time.Minute {
+		return fmt.Errorf("projections runner: Window %v out of 0..1m (it delays every reader that does not wait for a position)", c.Window)
+	}
+	if c.WindowEvents < 0 || c.WindowEvents > eventstore.MaxReadLimit {
+		return fmt.Errorf("projections runner: WindowEvents %d out of 0..%d", c.WindowEvents, eventstore.MaxReadLimit)
 	}
 	if c.MaxRetries < 0 || c.RetryBackoff < 0 {
 		return errors.New("projections runner: MaxRetries and RetryBackoff must not be negative")
@@ -148,6 +166,7 @@ type run struct {
 	p       Projector
 	signal  *eventstore.Signal // broadcast after every change of checkpoint, confirmed or state
 	recheck <-chan struct{}    // from a Rechecker; nil (never ready) for other projectors
+	demand  chan struct{}      // (buffered, one) a Wait raised want: a gathering window looks again
 
 	mu         sync.Mutex
 	state      State
@@ -155,6 +174,17 @@ type run struct {
 	confirmed  bool // see Runner: Wait may answer from checkpoint
 	err        string
 	errPos     uint64
+	// want is the lowest position a Wait registered since the checkpoint last advanced (0:
+	// none): a gathering window holding it applies at once. Waiters still waiting register
+	// again when they wake, so clearing it at every advance loses nobody.
+	want uint64
+}
+
+// wanted returns the lowest position a waiter needs, 0 if none.
+func (r *run) wanted() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.want
 }
 
 func (r *run) set(f func(*run)) {
@@ -171,6 +201,10 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	if cfg.MaxBatch == 0 {
 		cfg.MaxBatch = 5000
 	}
+	if cfg.WindowEvents == 0 {
+		cfg.WindowEvents = 1000
+	}
+	cfg.WindowEvents = min(cfg.WindowEvents, cfg.MaxBatch)
 	if cfg.MaxRetries == 0 {
 		cfg.MaxRetries = 20
 	}
@@ -185,7 +219,7 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	}
 	r := &Runner{cfg: cfg, runs: make(map[string]*run, len(cfg.Projectors))}
 	for _, p := range cfg.Projectors {
-		rn := &run{p: p, signal: eventstore.NewSignal(), state: StateStarting}
+		rn := &run{p: p, signal: eventstore.NewSignal(), demand: make(chan struct{}, 1), state: StateStarting}
 		if rc, ok := p.(Rechecker); ok {
 			rn.recheck = rc.Recheck()
 		}
@@ -308,31 +342,95 @@ func (r *Runner) follow(ctx context.Context, rn *run) error {
 		<-subDone
 		return err
 	}
+	var carry []eventstore.RecordedEvent // received by a window but too many to add to its batch
 	for {
-		var batch []eventstore.RecordedEvent
-		select {
-		case batch = <-batches:
-		case <-rn.recheck:
-			return stop(errRecheck)
-		case err := <-subDone:
-			// Apply what was handed over before the subscription ended, then report why.
+		batch := carry
+		carry = nil
+		if batch == nil {
 			select {
 			case batch = <-batches:
-				subDone <- err
-			default:
-				return err
+			case <-rn.recheck:
+				return stop(errRecheck)
+			case err := <-subDone:
+				// Apply what was handed over before the subscription ended, then report why.
+				select {
+				case batch = <-batches:
+					subDone <- err
+				default:
+					return err
+				}
 			}
 		}
 		// The pair of the store's promise: batches continue exactly where the checkpoint is.
 		if batch[0].Position != cp+1 {
 			return stop(fmt.Errorf("subscription delivered position %d after checkpoint %d", batch[0].Position, cp))
 		}
+		if r.cfg.Window > 0 && len(batch) < r.cfg.WindowEvents {
+			var err error
+			if batch, carry, err = r.gather(rn, batch, batches, subDone); err != nil {
+				return stop(err)
+			}
+		}
 		if err := rn.p.Apply(ctx, batch); err != nil {
 			return stop(err)
 		}
 		cp = batch[len(batch)-1].Position
-		rn.set(func(rn *run) { rn.checkpoint, rn.confirmed, rn.state, rn.err = cp, true, StateRunning, "" })
+		rn.set(func(rn *run) { rn.checkpoint, rn.confirmed, rn.state, rn.err, rn.want = cp, true, StateRunning, "", 0 })
 		rn.signal.Broadcast()
+	}
+}
+
+// gather holds a small batch for up to the Window before it is applied, so that one
+// transaction carries more events. It does not take more batches from the subscription
+// while it waits: the subscription, one batch ahead, blocks with the next batch in hand
+// while the log grows, and its next read takes everything appended meanwhile at once, so
+// a window costs one read of the log and one apply however many events it carries (taking
+// batches as they come would cost a read per append, which is what the window saves).
+//
+// It returns early, with what it holds, when a Wait needs a position it holds (the waiter
+// does not wait out the window); when a waiter needs a position beyond it, it takes the
+// subscription's batches as they come until it holds that position. Taking batches can
+// make the batch reach WindowEvents (applied at once) or exceed MaxBatch: then the batch
+// that did not fit is returned as carry, to start the next one. When the subscription
+// ends, gather puts its error back for follow and returns what it holds, to be applied.
+func (r *Runner) gather(rn *run, batch []eventstore.RecordedEvent, batches <-chan []eventstore.RecordedEvent, subDone chan error) (held, carry []eventstore.RecordedEvent, err error) {
+	timer := time.NewTimer(r.cfg.Window)
+	defer timer.Stop()
+	owned := false // batch is the store's slice until the first append copies it
+	for {
+		last := batch[len(batch)-1].Position
+		var more <-chan []eventstore.RecordedEvent
+		if want := rn.wanted(); want != 0 {
+			if want <= last {
+				return batch, nil, nil
+			}
+			more = batches // nil (never ready) unless a waiter needs what we do not hold
+		}
+		select {
+		case <-timer.C:
+			return batch, nil, nil
+		case <-rn.demand:
+		case b := <-more:
+			if b[0].Position != last+1 {
+				return nil, nil, fmt.Errorf("subscription delivered position %d after %d", b[0].Position, last)
+			}
+			if len(batch)+len(b) > r.cfg.MaxBatch {
+				return batch, b, nil
+			}
+			if !owned {
+				batch = append(make([]eventstore.RecordedEvent, 0, min(r.cfg.MaxBatch, 2*(len(batch)+len(b)))), batch...)
+				owned = true
+			}
+			batch = append(batch, b...)
+			if len(batch) >= r.cfg.WindowEvents {
+				return batch, nil, nil
+			}
+		case <-rn.recheck:
+			return nil, nil, errRecheck
+		case err := <-subDone:
+			subDone <- err
+			return batch, nil, nil
+		}
 	}
 }
 
@@ -369,12 +467,24 @@ func (r *Runner) Wait(ctx context.Context, name string, position uint64) error {
 		wake := rn.signal.C()
 		rn.mu.Lock()
 		cp, confirmed, state, msg := rn.checkpoint, rn.confirmed, rn.state, rn.err
+		// Tell a gathering window (RunnerConfig.Window) that someone waits for position; in
+		// the same critical section as the read, so no advance clears it unseen.
+		raised := cp < position && (rn.want == 0 || position < rn.want)
+		if raised {
+			rn.want = position
+		}
 		rn.mu.Unlock()
 		if cp >= position && confirmed {
 			return nil
 		}
 		if state == StateStopped {
 			return fmt.Errorf("%w: projector %s stopped at %d: %s", ErrNotCaughtUp, name, cp, msg)
+		}
+		if raised {
+			select {
+			case rn.demand <- struct{}{}:
+			default:
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -360,7 +360,10 @@ type serveConfig struct {
 	// RedisTimeout bounds each Redis call of a read (the balance cache) before it falls
 	// back to PostgreSQL.
 	RedisTimeout time.Duration
-	LogLevel     slog.Level
+	// ProjectionWindow is projections.RunnerConfig.Window: how long a projector gathers
+	// events into one view transaction.
+	ProjectionWindow time.Duration
+	LogLevel         slog.Level
 	// SnapshotKeyFile holds the key that authenticates snapshots (snapshotkey.go).
 	SnapshotKeyFile string
 	snapshotKey     []byte
@@ -460,6 +463,9 @@ func (c *serveConfig) Validate() error {
 	}
 	if c.MaxStreams <= 0 || c.MaxReqBytes <= 0 || c.ReqTimeout <= 0 || c.Shutdown <= 0 || c.RedisTimeout <= 0 {
 		errs = append(errs, errors.New("--max-streams, --max-request-bytes, --request-timeout, --shutdown-timeout and --redis-timeout must be positive"))
+	}
+	if c.ProjectionWindow < 0 || c.ProjectionWindow > time.Second {
+		errs = append(errs, fmt.Errorf("--projection-window must be 0..1s, got %s", c.ProjectionWindow))
 	}
 	if key, err := c.Checkpoints.key(); err != nil {
 		errs = append(errs, err)
@@ -568,6 +574,7 @@ func newServeCommand(e env) (*Command, *serveCmd) {
 	fs.DurationVar(&c.cfg.ReqTimeout, "request-timeout", 30*time.Second, "deadline of one unary request")
 	telemetryFlags(ef, &c.cfg.Telemetry, "SECUREPAY_", false)
 	fs.DurationVar(&c.cfg.RedisTimeout, "redis-timeout", redisviews.DefaultReadTimeout, "bound of one balance-cache call to Redis before a read falls back to PostgreSQL")
+	fs.DurationVar(&c.cfg.ProjectionWindow, "projection-window", 20*time.Millisecond, "how long a projector gathers events into one view transaction (0: none); readers that wait for their own writes are answered as soon as the events are in hand, others may see the views up to about twice this behind")
 	c.cfg.Checkpoints.register(fs, e)
 	return cmd, c
 }
@@ -692,6 +699,7 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 			runner, err := projections.NewRunner(projections.RunnerConfig{
 				Store:      store,
 				Projectors: append(pgViews.Projectors(), redisViews.Projectors()...),
+				Window:     cfg.ProjectionWindow,
 				Logger:     log,
 			})
 			if err == nil {

@@ -93,14 +93,14 @@ func RedisViews(t testing.TB, c *redis.Client, low redisviews.Thresholds) *redis
 // with a log written partly before its projectors start and partly while they run, the
 // reader answers what the reference model of the log says (balances, payments, positions,
 // status), and its history pages chain and agree with its as-of balances.
-func ViewsEqualReplay(t *testing.T, store eventstore.Store, reader projections.Reader, ps []projections.Projector) {
+func ViewsEqualReplay(t *testing.T, store eventstore.Store, reader projections.Reader, ps []projections.Projector, edit ...func(*projections.RunnerConfig)) {
 	l := NewLedger(1, "v-")
 	w := NewWriter(store, l)
 	ctx := Context(t, 2*time.Minute)
 	if _, err := w.Write(ctx, 600, 40, 7); err != nil {
 		t.Fatalf("write log: %v", err)
 	}
-	r := StartRunner(t, store, ps)
+	r := StartRunner(t, store, ps, edit...)
 	last, err := w.Write(ctx, 900, 40, 3)
 	if err != nil {
 		t.Fatalf("write log: %v", err)
