@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -18,8 +17,9 @@ import (
 )
 
 // devSVIDTTL is the life of the development SVIDs: short enough that a dev session
-// exercises rotation, long enough that it is not the main cost.
-const devSVIDTTL = time.Hour
+// exercises rotation (the CA re-issues at half the life, every 5 minutes), long enough
+// that issuing is never a noticeable cost.
+const devSVIDTTL = 10 * time.Minute
 
 // devStack is `securepay dev`'s components behind its gateway, in one process: each API
 // component (payments, queries, audit) serves on a loopback port of its own over mTLS
@@ -27,10 +27,9 @@ const devSVIDTTL = time.Hour
 // gateway's SPIFFE ID call it, as in production; the gateway serves the public port.
 // There is no plaintext path between the gateway and the components.
 type devStack struct {
-	gw      *gateway.Gateway
-	servers []*http.Server
-	lns     []net.Listener
-	srvs    []*services.Server
+	gw   *gateway.Gateway
+	lns  []net.Listener
+	srvs []*services.Server
 }
 
 // newDevStack builds the components from base (a services.Config with the ledger, the
