@@ -111,6 +111,10 @@ type RunnerConfig struct {
 	WindowEvents int
 	Logger       *slog.Logger
 	Clock        func() time.Time
+	// Observe, when set, is called around every Apply with the projector's name and the
+	// batch; Apply runs in the context it returns (derived from ctx) and done gets Apply's
+	// error. services/telemetry's ProjectionObserver continues each event's trace there.
+	Observe func(ctx context.Context, projector string, batch []eventstore.RecordedEvent) (_ context.Context, done func(error))
 }
 
 // Validate reports the first problem with c.
@@ -371,7 +375,7 @@ func (r *Runner) follow(ctx context.Context, rn *run) error {
 				return stop(err)
 			}
 		}
-		if err := rn.p.Apply(ctx, batch); err != nil {
+		if err := r.apply(ctx, rn.p, batch); err != nil {
 			return stop(err)
 		}
 		cp = batch[len(batch)-1].Position
@@ -432,6 +436,17 @@ func (r *Runner) gather(rn *run, batch []eventstore.RecordedEvent, batches <-cha
 			return batch, nil, nil
 		}
 	}
+}
+
+// apply is the projector's Apply, observed when RunnerConfig.Observe is set.
+func (r *Runner) apply(ctx context.Context, p Projector, batch []eventstore.RecordedEvent) error {
+	if r.cfg.Observe == nil {
+		return p.Apply(ctx, batch)
+	}
+	ctx, done := r.cfg.Observe(ctx, p.Name(), batch)
+	err := p.Apply(ctx, batch)
+	done(err)
+	return err
 }
 
 // drain empties a recheck channel (nil: nothing to do).

@@ -206,7 +206,7 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	}
 	defer cpr.close()
 	views := memory.New(cfg.HistoryCap)
-	runner, err := projections.NewRunner(projections.RunnerConfig{Store: store, Projectors: views.Projectors(), Logger: log})
+	runner, err := projections.NewRunner(projections.RunnerConfig{Store: store, Projectors: views.Projectors(), Logger: log, Observe: tel.ProjectionObserver()})
 	if err == nil {
 		err = tel.ObserveProjections(runner.Status, 0)
 	}
@@ -701,6 +701,7 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 				Projectors: append(pgViews.Projectors(), redisViews.Projectors()...),
 				Window:     cfg.ProjectionWindow,
 				Logger:     log,
+				Observe:    tel.ProjectionObserver(),
 			})
 			if err == nil {
 				err = tel.ObserveProjections(runner.Status, 0)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -19,6 +20,8 @@ import (
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore"
 	"github.com/securepay/securepay/eventstore/embedded"
+	"github.com/securepay/securepay/projections"
+	"github.com/securepay/securepay/projections/memory"
 	"github.com/securepay/securepay/services/ledger"
 	"github.com/securepay/securepay/services/telemetry"
 )
@@ -327,3 +330,55 @@ func TestFailedAppendIsAnErrorSpan(t *testing.T) {
 }
 
 var _ sdktrace.SpanExporter = (*telemetry.JSONSpanExporter)(nil)
+
+// The projectors continue the trace: the span of the batch a view applied links to the
+// command span named by the events' traceparent.
+func TestProjectorLinksToTheCommand(t *testing.T) {
+	pp := newPaymentPath(t)
+	if _, err := pp.client.CallUnary(context.Background(), connect.NewRequest(wrapperspb.String("proj-1"))); err != nil {
+		t.Fatalf("transfer: %v", err)
+	}
+	var command tracetest.SpanStub
+	for _, s := range pp.spans.GetSpans() {
+		if s.Name == "ledger.Transfer" {
+			command = s
+		}
+	}
+	if !command.SpanContext.IsValid() {
+		t.Fatal("no ledger.Transfer span")
+	}
+	views := memory.New(10)
+	runner, err := projections.NewRunner(projections.RunnerConfig{Store: pp.store, Projectors: views.Projectors(), Observe: pp.payT.ProjectionObserver()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = runner.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	head, err := pp.store.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCtx, stop := context.WithTimeout(ctx, 20*time.Second)
+	defer stop()
+	for _, p := range views.Projectors() {
+		if err := runner.Wait(waitCtx, p.Name(), head); err != nil {
+			t.Fatalf("projector %s did not reach %d: %v", p.Name(), head, err)
+		}
+	}
+	linked := 0
+	for _, s := range pp.spans.GetSpans() {
+		if s.Name != telemetry.SpanProjectionApply {
+			continue
+		}
+		for _, l := range s.Links {
+			if l.SpanContext.SpanID() == command.SpanContext.SpanID() && l.SpanContext.TraceID() == command.SpanContext.TraceID() {
+				linked++
+			}
+		}
+	}
+	if linked != len(views.Projectors()) {
+		t.Errorf("%d projection spans link to the transfer's command span, want one per projector (%d)", linked, len(views.Projectors()))
+	}
+}
