@@ -78,8 +78,10 @@ func TestRunEveryScenario(t *testing.T) {
 			if len(res.Processes) != 1 || res.Processes[0].CPUSeconds <= 0 || res.Processes[0].PeakPSSBytes <= 0 {
 				t.Errorf("process usage of the test process: %+v, want CPU and memory", res.Processes)
 			}
-			if len(res.Timeline) != int(res.Seconds) {
-				t.Errorf("timeline of %d seconds for a %.2fs window: want only whole seconds", len(res.Timeline), res.Seconds)
+			// Whole seconds only; a window that ended a hair short of its first second
+			// (0.9996 s on a loaded machine) keeps that one partial second rather than none.
+			if want := max(int(res.Seconds), 1); len(res.Timeline) != want {
+				t.Errorf("timeline of %d seconds for a %.4fs window: want %d (only whole seconds, at least one)", len(res.Timeline), res.Seconds, want)
 			}
 			if c.rate > 0 && res.Mode != "open" {
 				t.Errorf("mode %q, want open", res.Mode)
