@@ -301,3 +301,40 @@ func ClampLimit(limit int) int {
 	}
 	return limit
 }
+
+// ChainLink is what the hash chain stores for one event, without the event itself: its
+// position, the previous hash it names and its own hash.
+type ChainLink struct {
+	Position uint64
+	PrevHash Hash
+	Hash     Hash
+}
+
+// LinkReader is an optional, narrow read of the log: up to limit chain links with
+// Position > afterPosition, in position order, with ReadAll's visibility guarantee (never a
+// link unless every event before it is visible). It exists for followers that need the
+// chain's hashes but not the events — the Merkle tree's follower — so they do not pay for
+// reading and decoding every payload. It reports the hashes as stored and recomputes
+// nothing: a caller that must know each hash matches its event uses ReadAll and
+// ChainVerifier. Backends that cannot read less than the whole event need not offer it;
+// ReadLinks below falls back to ReadAll for them.
+type LinkReader interface {
+	ReadLinks(ctx context.Context, afterPosition uint64, limit int) ([]ChainLink, error)
+}
+
+// ReadLinks reads chain links from s: through its LinkReader when it has one, otherwise
+// by reading whole events with ReadAll and keeping their links.
+func ReadLinks(ctx context.Context, s Store, afterPosition uint64, limit int) ([]ChainLink, error) {
+	if lr, ok := s.(LinkReader); ok {
+		return lr.ReadLinks(ctx, afterPosition, limit)
+	}
+	evs, err := s.ReadAll(ctx, afterPosition, limit)
+	if err != nil || len(evs) == 0 {
+		return nil, err
+	}
+	out := make([]ChainLink, len(evs))
+	for i := range evs {
+		out[i] = ChainLink{Position: evs[i].Position, PrevHash: evs[i].PrevHash, Hash: evs[i].Hash}
+	}
+	return out, nil
+}

@@ -15,10 +15,12 @@ import (
 const DefaultFollowBatch = 1000
 
 // Follower extends a Tree with the events of the log, tailing it from the tree's size
-// like a projector tails it from its checkpoint. It checks the hash chain from the tree's
-// last leaf on: a log rewritten under the tree (the next event's previous hash is not
-// the tree's last leaf) stops it with a *eventstore.ChainBreak, so the signer never signs
-// a tree over a log that contradicts what it signed before.
+// like a projector tails it from its checkpoint. It reads only the chain links (position,
+// previous hash, hash) and checks their linkage from the tree's last leaf on: a log
+// rewritten under the tree (the next event's previous hash is not the tree's last leaf)
+// stops it with a *eventstore.ChainBreak, so the signer never signs a tree over a log that
+// contradicts what it signed before. Recomputing each hash from its event is left to
+// `audit verify` (see follow for why that is safe).
 type Follower struct {
 	Store  eventstore.Store
 	Tree   *Tree
@@ -57,6 +59,7 @@ func (f *Follower) Run(ctx context.Context) error {
 	if batch <= 0 {
 		batch = DefaultFollowBatch
 	}
+	batch = eventstore.ClampLimit(batch) // a read returns no more, and a short read means "live"
 	for {
 		err := f.follow(ctx, batch)
 		var brk *eventstore.ChainBreak
@@ -78,6 +81,26 @@ func (f *Follower) Run(ctx context.Context) error {
 	}
 }
 
+// follow extends the tree from its size on, reading only the chain links of the log
+// (eventstore.ReadLinks: position, previous hash and hash — no payloads) and checking only
+// their linkage: each position follows the last, and each event's stored previous hash is
+// the hash of the event before it (the tree's last leaf at first). It does not recompute
+// any event's hash from its contents — that cost a payload read, a decode and a SHA-256
+// per event on the writers' cores — because recomputing here detects nothing that
+// `audit verify` does not (docs/EVENTS.md §7):
+//
+//   - An event altered before the follower reads it, hashes left alone, enters the tree
+//     with its original hash; verify (against the previous checkpoint, or any later one)
+//     recomputes the hash from the fields and names the event.
+//   - An event altered after the follower read it is a leaf of a signed tree: the
+//     recomputed root differs from the signed one, and the tree as witness names it.
+//   - An event altered before the follower reads it with every later hash recomputed is a
+//     consistent chain nobody has witnessed yet; recomputing here would accept it too.
+//   - A log rewritten under the tree so that its links no longer meet the tree's last leaf
+//     stops the follower with a *eventstore.ChainBreak, so nothing is signed over it.
+//
+// Live, a step that did not fill a batch waits until Coalesce has passed since the last
+// step before reading again, so the commits of that window are read and appended at once.
 func (f *Follower) follow(ctx context.Context, batch int) error {
 	size := f.Tree.Size()
 	var last eventHash
@@ -88,38 +111,50 @@ func (f *Follower) follow(ctx context.Context, batch int) error {
 		}
 		last = l
 	}
-	v := eventstore.NewChainVerifier(size, last)
-	leaves := make([]eventHash, 0, batch)
 	coalesce := f.Coalesce
 	if coalesce <= 0 {
 		coalesce = DefaultCoalesce
 	}
-	stepped := time.Now()
-	return f.Store.Subscribe(ctx, size, batch, func(ctx context.Context, events []eventstore.RecordedEvent) error {
-		if len(events) < batch {
-			// A partial batch is the live edge: let more commits gather before the next.
-			if wait := coalesce - time.Since(stepped); wait > 0 {
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(wait):
-				}
-			}
+	leaves := make([]eventHash, 0, batch)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	for {
+		stepped := time.Now()
+		links, err := eventstore.ReadLinks(ctx, f.Store, size, batch)
+		if err != nil {
+			return fmt.Errorf("read links after %d: %w", size, err)
 		}
-		stepped = time.Now()
 		leaves = leaves[:0]
-		for i := range events {
-			if err := v.Check(&events[i]); err != nil {
+		for i := range links {
+			l := &links[i]
+			switch {
+			case l.Position != size+1:
+				return &eventstore.ChainBreak{Position: size + 1, Reason: fmt.Sprintf("expected position %d, found %d (an event is missing)", size+1, l.Position)}
+			case l.PrevHash != last:
+				return &eventstore.ChainBreak{Position: l.Position, Reason: "stored previous-hash does not match the hash of the previous event"}
+			}
+			leaves = append(leaves, l.Hash)
+			last = l.Hash
+			size++
+		}
+		if len(leaves) > 0 {
+			if err := f.Tree.Append(leaves); err != nil {
 				return err
 			}
-			leaves = append(leaves, events[i].Hash)
+			if f.Appended != nil {
+				f.Appended(f.Tree.Size())
+			}
 		}
-		if err := f.Tree.Append(leaves); err != nil {
-			return err
+		if len(links) == batch {
+			continue // history: read on at once
 		}
-		if f.Appended != nil {
-			f.Appended(f.Tree.Size())
+		// The live edge: let the next commits gather before the next read.
+		timer.Reset(max(coalesce-time.Since(stepped), time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
 		}
-		return nil
-	})
+	}
 }

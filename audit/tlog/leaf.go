@@ -7,8 +7,9 @@
 // The parts, each with one job:
 //   - Tree keeps the tree's node hashes in files, one per level, so a proof reads
 //     O(log n) hashes and the process holds only the tree's right edge in memory.
-//   - Follower tails the global log from the tree's size, like a projector, checking the
-//     hash chain as it goes; it is never on the append path.
+//   - Follower tails the global log from the tree's size, like a projector, reading only
+//     each event's position and hashes and checking the chain's links as it goes; it is
+//     never on the append path (recomputing each hash is VerifySince's job).
 //   - Signer signs and publishes checkpoints of the tree to a directory, at an interval
 //     and on demand; it alone holds the private key.
 //   - VerifySince, CheckReceipt and OpenCheckpoint are the auditor's checks: they need

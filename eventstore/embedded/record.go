@@ -176,6 +176,22 @@ func decodeRecord(position uint64, b []byte) (eventstore.RecordedEvent, error) {
 	return e, nil
 }
 
+// decodeLink reads only the chain link of the record stored at position: the header's
+// format and the two hashes. The rest of the record is not checked here (ReadAll's
+// decodeRecord does that for every reader of events).
+func decodeLink(position uint64, b []byte) (eventstore.ChainLink, error) {
+	l := eventstore.ChainLink{Position: position}
+	if len(b) < recordHeaderSize {
+		return l, fmt.Errorf("%w at position %d: %d bytes, shorter than the %d-byte header", errCorrupt, position, len(b), recordHeaderSize)
+	}
+	if b[0] != recordFormatV1 {
+		return l, fmt.Errorf("%w at position %d: unknown record format %d (this build reads format %d)", errCorrupt, position, b[0], recordFormatV1)
+	}
+	copy(l.PrevHash[:], b[17:49])
+	copy(l.Hash[:], b[49:81])
+	return l, nil
+}
+
 // chainHasher computes eventstore.ChainHash without allocating: it lays the hashed bytes
 // out in a reused buffer and hashes them in one call. The layout is ChainHash's (see
 // eventstore/hash.go); TestChainHasherMatchesChainHash and its fuzz test hold the two

@@ -154,6 +154,7 @@ type Store struct {
 
 var _ eventstore.Store = (*Store)(nil)
 var _ eventstore.SnapshotStore = (*Store)(nil)
+var _ eventstore.LinkReader = (*Store)(nil)
 
 // Open opens (creating it if needed) the store in dir. Only one Store may have a
 // directory open at a time; pebble's lock file refuses a second.
@@ -354,6 +355,63 @@ func (s *Store) ReadAll(ctx context.Context, afterPosition uint64, limit int) ([
 	}
 	if want != last+1 {
 		return nil, fmt.Errorf("embedded: read all: %w: position %d missing (durable head is %d)", errCorrupt, want, durable)
+	}
+	return out, nil
+}
+
+// ReadLinks implements eventstore.LinkReader: the same iteration as ReadAll, but each
+// record is only checked for its header and its two hashes copied out — no strings, no
+// payload, no allocation per event.
+func (s *Store) ReadLinks(ctx context.Context, afterPosition uint64, limit int) ([]eventstore.ChainLink, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	release, err := s.use()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	limit = eventstore.ClampLimit(limit)
+	durable := s.durable.Load()
+	if afterPosition >= durable {
+		return nil, nil
+	}
+	last := durable
+	if n := durable - afterPosition; n > uint64(limit) {
+		last = afterPosition + uint64(limit)
+	}
+	var lo, hi [9]byte
+	iter, err := s.db.NewIter(&pebble.IterOptions{
+		LowerBound: logKey(lo[:0], afterPosition+1),
+		UpperBound: logKey(hi[:0], last+1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("embedded: read links after %d: %w", afterPosition, err)
+	}
+	defer iter.Close()
+	out := make([]eventstore.ChainLink, 0, last-afterPosition)
+	want := afterPosition + 1
+	for ok := iter.First(); ok; ok = iter.Next() {
+		pos := binary.BigEndian.Uint64(iter.Key()[1:])
+		if pos != want {
+			return nil, fmt.Errorf("embedded: read links: %w: position %d missing (next stored is %d)", errCorrupt, want, pos)
+		}
+		val, err := iter.ValueAndErr()
+		if err != nil {
+			return nil, fmt.Errorf("embedded: read links at %d: %w", pos, err)
+		}
+		l, err := decodeLink(pos, val)
+		if err != nil {
+			return nil, fmt.Errorf("embedded: read links: %w", err)
+		}
+		out = append(out, l)
+		want++
+	}
+	if err := iter.Error(); err != nil {
+		return nil, fmt.Errorf("embedded: read links after %d: %w", afterPosition, err)
+	}
+	if want != last+1 {
+		return nil, fmt.Errorf("embedded: read links: %w: position %d missing (durable head is %d)", errCorrupt, want, durable)
 	}
 	return out, nil
 }

@@ -52,6 +52,50 @@ func (s *Store) ReadAll(ctx context.Context, afterPosition uint64, limit int) ([
 	return evs, nil
 }
 
+// ReadLinks implements eventstore.LinkReader: ReadAll's query for three columns only, so
+// neither PostgreSQL nor pgx touches the payload (and a TOASTed one is never fetched).
+func (s *Store) ReadLinks(ctx context.Context, afterPosition uint64, limit int) ([]eventstore.ChainLink, error) {
+	if s.closed.Load() {
+		return nil, eventstore.ErrClosed
+	}
+	limit = eventstore.ClampLimit(limit)
+	if afterPosition > 1<<63-1 {
+		return nil, nil
+	}
+	rows, err := s.pool.Query(ctx, s.q.readLinks, int64(afterPosition), limit)
+	if err != nil {
+		return nil, unavailable(fmt.Errorf("read links after %d: %w", afterPosition, err))
+	}
+	defer rows.Close()
+	var out []eventstore.ChainLink
+	var (
+		position       int64
+		prevHash, hash []byte
+	)
+	for rows.Next() {
+		if len(out) == limit {
+			return nil, fmt.Errorf("read links after %d: query returned more than its limit of %d rows", afterPosition, limit)
+		}
+		if err := rows.Scan(&position, &prevHash, &hash); err != nil {
+			return nil, unavailable(fmt.Errorf("read links after %d: scan: %w", afterPosition, err))
+		}
+		l := eventstore.ChainLink{Position: uint64(position)}
+		if len(prevHash) != len(l.PrevHash) || len(hash) != len(l.Hash) {
+			return nil, fmt.Errorf("read links: event at position %d has hashes of %d and %d bytes, want %d", position, len(prevHash), len(hash), len(l.Hash))
+		}
+		copy(l.PrevHash[:], prevHash)
+		copy(l.Hash[:], hash)
+		if out == nil {
+			out = make([]eventstore.ChainLink, 0, min(limit, 1024))
+		}
+		out = append(out, l)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, unavailable(fmt.Errorf("read links after %d: %w", afterPosition, err))
+	}
+	return out, nil
+}
+
 // Head implements eventstore.Store.
 func (s *Store) Head(ctx context.Context) (uint64, error) {
 	if s.closed.Load() {

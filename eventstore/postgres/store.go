@@ -84,12 +84,13 @@ type Store struct {
 var (
 	_ eventstore.Store         = (*Store)(nil)
 	_ eventstore.SnapshotStore = (*Store)(nil)
+	_ eventstore.LinkReader    = (*Store)(nil)
 )
 
 // queries are the schema-qualified statements, built once.
 type queries struct {
 	begin, setup, head, versions, insert, notify, commit string
-	readStream, readAll, headPos, hashesAt               string
+	readStream, readAll, readLinks, headPos, hashesAt    string
 	loadSnapshot, saveSnapshot                           string
 }
 
@@ -120,6 +121,7 @@ func newQueries(schema string) queries {
 		commit:       "COMMIT",
 		readStream:   `SELECT ` + cols + ` FROM ` + s + `.events WHERE stream = $1 AND stream_version > $2 ORDER BY stream_version LIMIT $3`,
 		readAll:      `SELECT ` + cols + ` FROM ` + s + `.events WHERE position > $1 ORDER BY position LIMIT $2`,
+		readLinks:    `SELECT position, prev_hash, hash FROM ` + s + `.events WHERE position > $1 ORDER BY position LIMIT $2`,
 		headPos:      `SELECT COALESCE(max(position), 0) FROM ` + s + `.events`,
 		hashesAt:     `SELECT position, hash FROM ` + s + `.events WHERE position IN ($1, $2)`,
 		loadSnapshot: `SELECT version, schema_name, state FROM ` + s + `.snapshots WHERE stream = $1`,

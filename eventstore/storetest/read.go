@@ -51,6 +51,20 @@ func testPaging(t *testing.T, h Harness) {
 				t.Fatalf("ReadAll(after %d, limit %d)[%d] = %s at %d, want page-%d at %d", tc.after, tc.limit, i, e.ID, e.Position, want, want)
 			}
 		}
+		// The narrow read (the backend's LinkReader, or the fallback over ReadAll) pages
+		// exactly like ReadAll and reports the same stored hashes.
+		links, err := eventstore.ReadLinks(ctx, s, tc.after, tc.limit)
+		if err != nil {
+			t.Fatalf("ReadLinks(after %d, limit %d): %v", tc.after, tc.limit, err)
+		}
+		if len(links) != len(page) {
+			t.Fatalf("ReadLinks(after %d, limit %d) returned %d links, ReadAll %d events", tc.after, tc.limit, len(links), len(page))
+		}
+		for i, l := range links {
+			if want := (eventstore.ChainLink{Position: page[i].Position, PrevHash: page[i].PrevHash, Hash: page[i].Hash}); l != want {
+				t.Fatalf("ReadLinks(after %d, limit %d)[%d] = %+v, ReadAll's event there has %+v", tc.after, tc.limit, i, l, want)
+			}
+		}
 	}
 
 	// page-a holds positions 1, 4, 7, ..., 25 as versions 1..9.
