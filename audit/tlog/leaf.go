@@ -21,6 +21,10 @@
 package tlog
 
 import (
+	"crypto/sha256"
+
+	"github.com/transparency-dev/merkle/rfc6962"
+
 	"github.com/securepay/securepay/eventstore"
 )
 
@@ -30,7 +34,32 @@ type eventHash = eventstore.Hash
 // LeafHash is the tree's leaf for an event whose chain hash is h: RFC 6962's
 // SHA-256(0x00 || h). The chain hash already covers every stored field of the event and
 // its position (eventstore.ChainHash), so the leaf commits to all of them.
-func LeafHash(h eventstore.Hash) []byte { return hasher.HashLeaf(h[:]) }
+func LeafHash(h eventstore.Hash) []byte {
+	// rfc6962.Hasher's HashLeaf allocates a digest and its sum per call; the follower
+	// hashes every event, so this is the same SHA-256 over a stack buffer and one
+	// allocation for the result (TestTreeAgreesWithTheReference holds them equal).
+	var in [1 + len(h)]byte
+	in[0] = rfc6962.RFC6962LeafHashPrefix
+	copy(in[1:], h[:])
+	sum := sha256.Sum256(in[:])
+	return append(make([]byte, 0, sha256.Size), sum[:]...)
+}
+
+// hashChildren is RFC 6962's interior node, SHA-256(0x01 || left || right), as
+// rfc6962.Hasher.HashChildren computes it but with one allocation instead of three: it
+// runs once or twice per event in the follower. The result is a new slice, as
+// compact.Range keeps it.
+func hashChildren(left, right []byte) []byte {
+	var in [1 + 2*sha256.Size]byte
+	if len(left) != sha256.Size || len(right) != sha256.Size {
+		return hasher.HashChildren(left, right) // never in this package; kept exact anyway
+	}
+	in[0] = rfc6962.RFC6962NodeHashPrefix
+	copy(in[1:], left)
+	copy(in[1+sha256.Size:], right)
+	sum := sha256.Sum256(in[:])
+	return append(make([]byte, 0, sha256.Size), sum[:]...)
+}
 
 // EventLeaf recomputes an event's leaf from its fields, trusting none of its stored
 // hashes except the previous one, which the chain hash covers: an event whose fields

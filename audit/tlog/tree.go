@@ -31,7 +31,7 @@ var ErrBeyondTree = errors.New("tlog: beyond the tree")
 var hasher = rfc6962.DefaultHasher
 
 // rangeFactory builds compact ranges with RFC 6962 interior hashing.
-var rangeFactory = &compact.RangeFactory{Hash: hasher.HashChildren}
+var rangeFactory = &compact.RangeFactory{Hash: hashChildren}
 
 // Tree is the Merkle tree over the log's event hashes, kept in files of a directory: one
 // file per level, level L holding the hashes of the complete subtrees of 2^L leaves in
@@ -143,7 +143,7 @@ func (t *Tree) recover() error {
 				if err != nil {
 					return err
 				}
-				buf = append(buf, hasher.HashChildren(l, r)...)
+				buf = append(buf, hashChildren(l, r)...)
 			}
 			if _, err := f.WriteAt(buf, int64(have*HashSize)); err != nil {
 				return fmt.Errorf("tlog: repair level %d: %w", level, err)
@@ -350,5 +350,5 @@ func (t *Tree) rehash(ns proof.Nodes) ([][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return ns.Rehash(hashes, hasher.HashChildren)
+	return ns.Rehash(hashes, hashChildren)
 }
