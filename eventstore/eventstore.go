@@ -220,6 +220,13 @@ type SnapshotStore interface {
 	SaveSnapshot(ctx context.Context, s Snapshot) error
 }
 
+// SnapshotLister lists every stored snapshot, in stream order, for an auditor who checks
+// them against the log (ledger.VerifySnapshots). fn's error stops the listing and is
+// returned.
+type SnapshotLister interface {
+	EachSnapshot(ctx context.Context, fn func(Snapshot) error) error
+}
+
 // ValidateAppend checks the shape of an append request; backends call it first so that
 // every backend refuses the same requests with the same error.
 func ValidateAppend(appends []StreamAppend) error {

@@ -186,6 +186,49 @@ func (s *Store) LoadSnapshot(ctx context.Context, stream string) (eventstore.Sna
 	return snap, true, nil
 }
 
+// listSnapshotsPage bounds the snapshots read per query by EachSnapshot: with states of up
+// to a few KB, a page is a few MB at most.
+const listSnapshotsPage = 500
+
+// EachSnapshot implements eventstore.SnapshotLister, a page of rows at a time (keyset on
+// the stream, so a long listing never holds a transaction or an offset scan).
+func (s *Store) EachSnapshot(ctx context.Context, fn func(eventstore.Snapshot) error) error {
+	if s.closed.Load() {
+		return eventstore.ErrClosed
+	}
+	after := ""
+	for {
+		rows, err := s.pool.Query(ctx, s.q.listSnapshots, after, listSnapshotsPage)
+		if err != nil {
+			return unavailable(fmt.Errorf("list snapshots after %q: %w", after, err))
+		}
+		var page []eventstore.Snapshot
+		for rows.Next() {
+			var snap eventstore.Snapshot
+			var version int64
+			if err := rows.Scan(&snap.Stream, &version, &snap.Schema, &snap.State); err != nil {
+				rows.Close()
+				return fmt.Errorf("list snapshots: %w", err)
+			}
+			snap.Version = uint64(version)
+			page = append(page, snap)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return unavailable(fmt.Errorf("list snapshots after %q: %w", after, err))
+		}
+		for _, snap := range page {
+			if err := fn(snap); err != nil {
+				return err
+			}
+		}
+		if len(page) < listSnapshotsPage {
+			return nil
+		}
+		after = page[len(page)-1].Stream
+	}
+}
+
 // MaxSnapshotBytes bounds one snapshot's state; an aggregate bigger than this is a design
 // problem to fix, not to store.
 const MaxSnapshotBytes = 16 << 20

@@ -91,7 +91,7 @@ var (
 type queries struct {
 	begin, setup, head, versions, insert, notify, commit string
 	readStream, readAll, readLinks, headPos, hashesAt    string
-	loadSnapshot, saveSnapshot                           string
+	loadSnapshot, saveSnapshot, listSnapshots            string
 }
 
 func newQueries(schema string) queries {
@@ -125,6 +125,8 @@ func newQueries(schema string) queries {
 		headPos:      `SELECT COALESCE(max(position), 0) FROM ` + s + `.events`,
 		hashesAt:     `SELECT position, hash FROM ` + s + `.events WHERE position IN ($1, $2)`,
 		loadSnapshot: `SELECT version, schema_name, state FROM ` + s + `.snapshots WHERE stream = $1`,
+		listSnapshots: `SELECT stream, version, schema_name, state FROM ` + s + `.snapshots
+			WHERE stream > $1 ORDER BY stream LIMIT $2`,
 		saveSnapshot: `INSERT INTO ` + s + `.snapshots AS t (stream, version, schema_name, state)
 			VALUES ($1, $2, $3, $4)
 			ON CONFLICT (stream) DO UPDATE

@@ -86,6 +86,14 @@ type snapshotBody struct {
 	Account   accountSnapshot `json:"account"`
 }
 
+func snapshotOfAccount(acc domain.Account) accountSnapshot {
+	return accountSnapshot{
+		ID: string(acc.ID), AssetCode: acc.Asset.Code, AssetScale: acc.Asset.Scale, Kind: uint8(acc.Kind),
+		CreditLimit: acc.CreditLimit, Metadata: acc.Metadata, Status: uint8(acc.Status), Posted: acc.Posted,
+		Held: acc.Held, OpenHolds: acc.OpenHolds, Version: acc.Version, Fingerprint: acc.Fingerprint,
+	}
+}
+
 // snapshotAuth signs and checks snapshots with one key.
 type snapshotAuth struct{ key []byte }
 
@@ -101,11 +109,7 @@ func (a snapshotAuth) mac(body []byte) []byte {
 func (a snapshotAuth) encode(acc domain.Account, stream string, position uint64, hash eventstore.Hash) (eventstore.Snapshot, error) {
 	body, err := json.Marshal(snapshotBody{
 		Stream: stream, Version: acc.Version, Position: position, ChainHash: hex.EncodeToString(hash[:]),
-		Account: accountSnapshot{
-			ID: string(acc.ID), AssetCode: acc.Asset.Code, AssetScale: acc.Asset.Scale, Kind: uint8(acc.Kind),
-			CreditLimit: acc.CreditLimit, Metadata: acc.Metadata, Status: uint8(acc.Status), Posted: acc.Posted,
-			Held: acc.Held, OpenHolds: acc.OpenHolds, Version: acc.Version, Fingerprint: acc.Fingerprint,
-		},
+		Account: snapshotOfAccount(acc),
 	})
 	if err != nil {
 		return eventstore.Snapshot{}, err
