@@ -237,6 +237,11 @@ func auditCommand(e env) *Command {
 	verify := &Command{
 		UsageLine: "securepay audit verify [flags]",
 		Short:     "recompute the hash chain of the whole log and name the first bad position",
+		Long: "Recompute the hash chain of the whole log and name the first bad position; with\n" +
+			"--since-checkpoint, also prove that the log extends a signed checkpoint kept earlier.\n" +
+			"Either way, every stored snapshot is checked against the events (the event it is bound\n" +
+			"to, and its account state against the fold of the stream), without the server's\n" +
+			"snapshot key; a snapshot that does not match is named and the command fails.",
 	}
 	vc := newAuditCmd(e, verify)
 	vc.registerSince(&verify.Flag) // audit_tlog.go

@@ -1,6 +1,7 @@
 package ledger_test
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 
@@ -139,5 +140,42 @@ func testVerifySnapshots(t *testing.T, b backend) {
 	}
 	if _, bad := got[domain.AccountStream("genuine")]; bad {
 		t.Errorf("the genuine snapshot was named: %v", got)
+	}
+}
+
+// BenchmarkVerifySnapshots is the auditor's snapshot check over a log of 500 accounts
+// with a snapshot each and a world account whose stream holds every transfer: each
+// stream is folded once, to its snapshot's version, so the cost follows the log's size.
+func BenchmarkVerifySnapshots(b *testing.B) {
+	for _, be := range backends() {
+		b.Run(be.name, func(b *testing.B) {
+			store, _ := be.open(b)
+			snaps := store.(eventstore.SnapshotStore)
+			const accounts, credits = 500, 4
+			p := newProcessor(b, store, ledger.Config{Snapshots: snaps, SnapshotKey: snapshotKey(b), SnapshotEvery: 4, SharedStore: be.shared})
+			open(b, p, "world", usd, domain.KindExternal, 0)
+			for i := range accounts {
+				id := domain.AccountID("acct-" + strconv.Itoa(i))
+				open(b, p, string(id), usd, domain.KindCustomer, 0)
+				for j := range credits {
+					exec(b, p, domain.Transfer{PaymentID: domain.PaymentID(string(id) + "-" + strconv.Itoa(j)), Source: "world", Destination: id, Amount: money(1_00, usd)})
+				}
+			}
+			p.Close()
+			lister := store.(eventstore.SnapshotLister)
+			ctx := ctxT(b)
+			b.ResetTimer()
+			var rep ledger.SnapshotReport
+			for b.Loop() {
+				var err error
+				if rep, err = ledger.VerifySnapshots(ctx, store, lister); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if len(rep.Failures) != 0 || rep.Checked != accounts+1 {
+				b.Fatalf("want %d snapshots checked and no failure, got %d, %v", accounts+1, rep.Checked, rep.Failures)
+			}
+			b.ReportMetric(float64(rep.Checked), "snapshots")
+		})
 	}
 }
