@@ -33,7 +33,7 @@ func testVerifySnapshots(t *testing.T, b backend) {
 	ctx := ctxT(t)
 	p := newProcessor(t, store, ledger.Config{Snapshots: snaps, SnapshotKey: snapshotKey(t), SnapshotEvery: 2, SharedStore: b.shared})
 	open(t, p, "world", usd, domain.KindExternal, 0)
-	ids := []string{"genuine", "balance", "source", "copied", "moved", "rebound", "position", "hash"}
+	ids := []string{"genuine", "balance", "source", "copied", "moved", "rebound", "position", "hash", "short", "garbled"}
 	for _, id := range ids {
 		open(t, p, id, usd, domain.KindCustomer, 0)
 		exec(t, p, domain.Transfer{PaymentID: domain.PaymentID("fund-" + id), Source: "world", Destination: domain.AccountID(id), Amount: money(40_00, usd)})
@@ -105,6 +105,10 @@ func testVerifySnapshots(t *testing.T, b backend) {
 			v2Snapshot(t, snapshotKey(t), accounts["position"], wrongPos), ledger.SnapshotUnknownPosition, "is at position"},
 		{"bound to a changed chain hash", "hash",
 			v2Snapshot(t, snapshotKey(t), accounts["hash"], wrongHash), ledger.SnapshotHashMismatch, "has chain hash"},
+		{"shorter than a MAC", "short",
+			eventstore.Snapshot{Stream: domain.AccountStream("short"), Version: 3, Schema: "securepay.account-snapshot.v2", State: []byte("{}")}, ledger.SnapshotMalformed, "shorter than its MAC"},
+		{"a body that is not JSON", "garbled",
+			eventstore.Snapshot{Stream: domain.AccountStream("garbled"), Version: 3, Schema: "securepay.account-snapshot.v2", State: make([]byte, 64)}, ledger.SnapshotMalformed, "does not decode"},
 	}
 	for _, f := range forged {
 		if err := snaps.SaveSnapshot(ctx, f.snap); err != nil {
@@ -112,6 +116,16 @@ func testVerifySnapshots(t *testing.T, b backend) {
 		}
 		if s, _, err := snaps.LoadSnapshot(ctx, f.snap.Stream); err != nil || s.Version != f.snap.Version {
 			t.Fatalf("%s: the forgery was not stored (got version %d, %v)", f.name, s.Version, err)
+		}
+	}
+
+	// Snapshots the ledger never loads are listed as not checked, never as failures.
+	for _, snap := range []eventstore.Snapshot{
+		{Stream: domain.AccountStream("never-opened"), Version: 1, Schema: "securepay.account-snapshot.v1", State: []byte(`{"posted":1}`)},
+		{Stream: domain.PaymentStream("fund-genuine"), Version: 1, Schema: "securepay.account-snapshot.v2", State: make([]byte, 40)},
+	} {
+		if err := snaps.SaveSnapshot(ctx, snap); err != nil {
+			t.Fatal(err)
 		}
 	}
 
@@ -131,12 +145,15 @@ func testVerifySnapshots(t *testing.T, b backend) {
 			t.Errorf("%s: not named; failures: %v", f.name, rep.Failures)
 		case g.Check != f.check || !strings.Contains(g.Detail, f.detail) || g.Version != f.snap.Version:
 			t.Errorf("%s: want %s at version %d with %q, got %s", f.name, f.check, f.snap.Version, f.detail, g)
-		case g.Position == 0 && f.check != ledger.SnapshotWrongStream:
+		case g.Position == 0 && f.check != ledger.SnapshotMalformed:
 			t.Errorf("%s: the failure names no position: %s", f.name, g)
 		}
 	}
 	if len(rep.Failures) != len(forged) {
 		t.Errorf("want exactly the %d forgeries named, got %d: %v", len(forged), len(rep.Failures), rep.Failures)
+	}
+	if rep.IgnoredCount != 2 || len(rep.Ignored) != 2 || !strings.Contains(strings.Join(rep.Ignored, "\n"), "payment-fund-genuine") {
+		t.Errorf("want the v1 and the payment snapshot listed as not checked, got %d: %v", rep.IgnoredCount, rep.Ignored)
 	}
 	if _, bad := got[domain.AccountStream("genuine")]; bad {
 		t.Errorf("the genuine snapshot was named: %v", got)
