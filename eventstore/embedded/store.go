@@ -305,64 +305,19 @@ func (s *Store) Head(ctx context.Context) (uint64, error) {
 
 // ReadAll returns up to limit durable events after afterPosition.
 func (s *Store) ReadAll(ctx context.Context, afterPosition uint64, limit int) ([]eventstore.RecordedEvent, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	release, err := s.use()
-	if err != nil {
-		return nil, err
-	}
-	defer release()
-	limit = eventstore.ClampLimit(limit)
-	durable := s.durable.Load()
-	if afterPosition >= durable {
-		return nil, nil
-	}
-	last := durable
-	if n := durable - afterPosition; n > uint64(limit) {
-		last = afterPosition + uint64(limit)
-	}
-	var lo, hi [9]byte
-	iter, err := s.db.NewIter(&pebble.IterOptions{
-		LowerBound: logKey(lo[:0], afterPosition+1),
-		UpperBound: logKey(hi[:0], last+1),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("embedded: read all after %d: %w", afterPosition, err)
-	}
-	defer iter.Close()
-	out := make([]eventstore.RecordedEvent, 0, last-afterPosition)
-	want := afterPosition + 1
-	for ok := iter.First(); ok; ok = iter.Next() {
-		pos := binary.BigEndian.Uint64(iter.Key()[1:])
-		if pos != want {
-			// The log is a gap-free prefix up to durable, so this is damage, not a race.
-			return nil, fmt.Errorf("embedded: read all: %w: position %d missing (next stored is %d)", errCorrupt, want, pos)
-		}
-		val, err := iter.ValueAndErr()
-		if err != nil {
-			return nil, fmt.Errorf("embedded: read all at %d: %w", pos, err)
-		}
-		e, err := decodeRecord(pos, val)
-		if err != nil {
-			return nil, fmt.Errorf("embedded: read all: %w", err)
-		}
-		out = append(out, e)
-		want++
-	}
-	if err := iter.Error(); err != nil {
-		return nil, fmt.Errorf("embedded: read all after %d: %w", afterPosition, err)
-	}
-	if want != last+1 {
-		return nil, fmt.Errorf("embedded: read all: %w: position %d missing (durable head is %d)", errCorrupt, want, durable)
-	}
-	return out, nil
+	return readLog(ctx, s, afterPosition, limit, "read all", decodeRecord)
 }
 
 // ReadLinks implements eventstore.LinkReader: the same iteration as ReadAll, but each
 // record is only checked for its header and its two hashes copied out — no strings, no
 // payload, no allocation per event.
 func (s *Store) ReadLinks(ctx context.Context, afterPosition uint64, limit int) ([]eventstore.ChainLink, error) {
+	return readLog(ctx, s, afterPosition, limit, "read links", decodeLink)
+}
+
+// readLog walks up to limit durable log records after afterPosition and decodes each with
+// decode: whole events for ReadAll, only the chain links for ReadLinks.
+func readLog[T any](ctx context.Context, s *Store, afterPosition uint64, limit int, op string, decode func(pos uint64, val []byte) (T, error)) ([]T, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -386,32 +341,33 @@ func (s *Store) ReadLinks(ctx context.Context, afterPosition uint64, limit int) 
 		UpperBound: logKey(hi[:0], last+1),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("embedded: read links after %d: %w", afterPosition, err)
+		return nil, fmt.Errorf("embedded: %s after %d: %w", op, afterPosition, err)
 	}
 	defer iter.Close()
-	out := make([]eventstore.ChainLink, 0, last-afterPosition)
+	out := make([]T, 0, last-afterPosition)
 	want := afterPosition + 1
 	for ok := iter.First(); ok; ok = iter.Next() {
 		pos := binary.BigEndian.Uint64(iter.Key()[1:])
 		if pos != want {
-			return nil, fmt.Errorf("embedded: read links: %w: position %d missing (next stored is %d)", errCorrupt, want, pos)
+			// The log is a gap-free prefix up to durable, so this is damage, not a race.
+			return nil, fmt.Errorf("embedded: %s: %w: position %d missing (next stored is %d)", op, errCorrupt, want, pos)
 		}
 		val, err := iter.ValueAndErr()
 		if err != nil {
-			return nil, fmt.Errorf("embedded: read links at %d: %w", pos, err)
+			return nil, fmt.Errorf("embedded: %s at %d: %w", op, pos, err)
 		}
-		l, err := decodeLink(pos, val)
+		v, err := decode(pos, val)
 		if err != nil {
-			return nil, fmt.Errorf("embedded: read links: %w", err)
+			return nil, fmt.Errorf("embedded: %s: %w", op, err)
 		}
-		out = append(out, l)
+		out = append(out, v)
 		want++
 	}
 	if err := iter.Error(); err != nil {
-		return nil, fmt.Errorf("embedded: read links after %d: %w", afterPosition, err)
+		return nil, fmt.Errorf("embedded: %s after %d: %w", op, afterPosition, err)
 	}
 	if want != last+1 {
-		return nil, fmt.Errorf("embedded: read links: %w: position %d missing (durable head is %d)", errCorrupt, want, durable)
+		return nil, fmt.Errorf("embedded: %s: %w: position %d missing (durable head is %d)", op, errCorrupt, want, durable)
 	}
 	return out, nil
 }
