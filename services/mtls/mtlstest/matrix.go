@@ -16,6 +16,8 @@ import (
 	"connectrpc.com/connect"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/securepay/securepay/services/mtls"
@@ -33,6 +35,12 @@ type Matrix struct {
 	Served []string
 	// Callers default to the well-known IDs of the policy's trust domain.
 	Callers []spiffeid.ID
+	// ServerStreams lists served procedures that are server streams, in addition to those
+	// the global protobuf registry describes as such (every generated service linked into
+	// the test binary). A stream is called as a stream in every protocol: over Connect a
+	// server stream has its own content type, and a unary call to it is answered 415 by
+	// the handler, which cannot be told from a refusal.
+	ServerStreams []string
 	// CallTimeout bounds one call (default 5s). A call still running when it ends has
 	// passed the policy: refusals are immediate, and a stream the handler keeps open is
 	// an allowed call.
@@ -77,7 +85,8 @@ func (m Matrix) Run(t *testing.T) {
 }
 
 // Check calls every procedure as every caller in every protocol, with an empty request
-// (the policy decides before the request is read), and then as the hostile callers: a
+// (the policy decides before the request is read), unary procedures as unary calls and
+// server streams as streams, and then as the hostile callers: a
 // foreign trust domain, an impostor CA of our trust domain's name, no client certificate,
 // and plaintext. It returns the outcomes that differ from the policy.
 func (m Matrix) Check(ctx context.Context) ([]Mismatch, error) {
@@ -147,11 +156,35 @@ const (
 	noConnection    = "refused before any request (handshake or protocol)"
 )
 
+// IsServerStream reports whether proc ("/package.Service/Method") is a server-streaming
+// method of a service in the global protobuf registry.
+func IsServerStream(proc string) bool {
+	service, method, ok := strings.Cut(strings.TrimPrefix(proc, "/"), "/")
+	if !ok {
+		return false
+	}
+	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(service))
+	if err != nil {
+		return false
+	}
+	sd, ok := d.(protoreflect.ServiceDescriptor)
+	if !ok {
+		return false
+	}
+	md := sd.Methods().ByName(protoreflect.Name(method))
+	return md != nil && md.IsStreamingServer() && !md.IsStreamingClient()
+}
+
 func (m Matrix) outcome(ctx context.Context, hc connect.HTTPClient, proc string, opts []connect.ClientOption) string {
 	ctx, cancel := context.WithTimeout(ctx, m.CallTimeout)
 	defer cancel()
 	c := connect.NewClient[emptypb.Empty, emptypb.Empty](hc, strings.TrimRight(m.URL, "/")+proc, opts...)
-	_, err := c.CallUnary(ctx, connect.NewRequest(&emptypb.Empty{}))
+	var err error
+	if slices.Contains(m.ServerStreams, proc) || IsServerStream(proc) {
+		err = callStream(ctx, c)
+	} else {
+		_, err = c.CallUnary(ctx, connect.NewRequest(&emptypb.Empty{}))
+	}
 	var cerr *connect.Error
 	switch {
 	case err == nil:
@@ -171,6 +204,21 @@ func (m Matrix) outcome(ctx context.Context, hc connect.HTTPClient, proc string,
 	default:
 		return passed // the handler answered (an empty request is usually invalid)
 	}
+}
+
+// callStream opens a server stream and waits for its first message or its end: a refusal
+// arrives as the stream's error, in the headers or the end of the stream, whatever the
+// protocol.
+func callStream(ctx context.Context, c *connect.Client[emptypb.Empty, emptypb.Empty]) error {
+	s, err := c.CallServerStream(ctx, connect.NewRequest(&emptypb.Empty{}))
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if s.Receive() {
+		return nil // a message: the handler serves this caller
+	}
+	return s.Err()
 }
 
 type hostileClient struct {
