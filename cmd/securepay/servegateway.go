@@ -69,7 +69,7 @@ func gatewayServeCommand(e env) *Command {
 	ef.String(&c.RedisCAFile, "redis-ca-file", "SECUREPAY_REDIS_CA_FILE", "", "PEM `file` of the CA of a rediss:// server")
 	fs.IntVar(&c.Rate, "rate-limit", gateway.DefaultLimit.Rate, "calls per second one principal may make, across all gateways")
 	fs.IntVar(&c.Burst, "rate-burst", gateway.DefaultLimit.Burst, "calls one principal may make at once")
-	fs.IntVar(&c.StreamsPerPrinc, "streams-per-principal", 4, "open streams (watch, log) one principal may hold on this gateway")
+	fs.IntVar(&c.StreamsPerPrinc, "streams-per-principal", 4, "open streams (watch, log) one principal may hold across all gateways (leases in Redis; a dead gateway's expire within 30s)")
 	ef.String(&c.CORS, "cors-origins", "SECUREPAY_CORS_ORIGINS", "", "comma-separated browser `origins` allowed to call")
 	fs.BoolVar(&c.Reflection, "reflection", false, "serve gRPC reflection (it lists every procedure to any caller)")
 	fs.DurationVar(&c.Shutdown, "shutdown-timeout", 30*time.Second, "how long in-flight requests get at shutdown")
@@ -166,17 +166,21 @@ func serveGateway(ctx context.Context, e env, c gatewayServeConfig) error {
 	if err != nil {
 		return fmt.Errorf("serve gateway: %w", err)
 	}
+	streams, err := gateway.NewRedisStreamQuota(rdb, c.StreamsPerPrinc, gateway.DefaultStreamLeaseTTL, log)
+	if err != nil {
+		return fmt.Errorf("serve gateway: %w", err)
+	}
 	gw, err := gateway.New(gateway.Config{
-		Payments:            gateway.Upstream{URL: c.PaymentsURL, Client: mtls.HTTPClient(src, ids.Payments)},
-		Queries:             gateway.Upstream{URL: c.QueriesURL, Client: mtls.HTTPClient(src, ids.Queries)},
-		Audit:               gateway.Upstream{URL: c.AuditURL, Client: mtls.HTTPClient(src, ids.Audit)},
-		Auth:                gateway.Auth{Issuer: c.Issuer, Audience: c.Audience, JWKSURL: c.JWKSURL, Algorithms: algs},
-		Limiter:             limiter,
-		StreamsPerPrincipal: c.StreamsPerPrinc,
-		CORSOrigins:         splitList(c.CORS),
-		Reflection:          c.Reflection,
-		TLS:                 &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
-		Logger:              log,
+		Payments:    gateway.Upstream{URL: c.PaymentsURL, Client: mtls.HTTPClient(src, ids.Payments)},
+		Queries:     gateway.Upstream{URL: c.QueriesURL, Client: mtls.HTTPClient(src, ids.Queries)},
+		Audit:       gateway.Upstream{URL: c.AuditURL, Client: mtls.HTTPClient(src, ids.Audit)},
+		Auth:        gateway.Auth{Issuer: c.Issuer, Audience: c.Audience, JWKSURL: c.JWKSURL, Algorithms: algs},
+		Limiter:     limiter,
+		Streams:     streams,
+		CORSOrigins: splitList(c.CORS),
+		Reflection:  c.Reflection,
+		TLS:         &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
+		Logger:      log,
 	})
 	if err != nil {
 		return fmt.Errorf("serve gateway: %w", err)

@@ -2,7 +2,7 @@
 // (Connect, gRPC and gRPC-web), authenticates every call with an OIDC/JWT access token,
 // authorises it against one declarative policy (Policy: roles, then the accounts the
 // token owns), limits each principal's rate (GCRA, shared in Redis) and its open
-// streams, and forwards what it allows to the component that owns the procedure: writes
+// streams (leases, shared in Redis), and forwards what it allows to the component that owns the procedure: writes
 // to payments, reads to queries, the log to audit. It holds no ledger state.
 //
 // What reaches a component: the request message as the client sent it, its
@@ -44,8 +44,11 @@ type Config struct {
 	// Limiter bounds each principal's calls (one per RPC, a stream counts once). Use
 	// NewRedisLimiter with several gateways; default: NewMemoryLimiter(DefaultLimit).
 	Limiter Limiter
-	// StreamsPerPrincipal bounds the server streams (watch, log) one principal holds open
-	// on this gateway; default 4.
+	// Streams bounds the server streams (watch, log) each principal holds open. Use
+	// NewRedisStreamQuota with several gateways; default:
+	// NewMemoryStreamQuota(StreamsPerPrincipal), this gateway's streams only.
+	Streams StreamQuota
+	// StreamsPerPrincipal is the default Streams' bound; default 4.
 	StreamsPerPrincipal int
 	// MaxRequestBytes bounds one request message; default 1 MiB, as the components.
 	MaxRequestBytes int
@@ -131,7 +134,7 @@ type Gateway struct {
 	cfg      Config
 	verifier *verifier
 	limiter  Limiter
-	streams  *streamQuota
+	streams  StreamQuota
 	policy   map[string]Rule
 	up       upstreams
 	// lastWrite is the highest log position a write through this gateway committed at.
@@ -208,6 +211,11 @@ func New(cfg Config) (*Gateway, error) {
 			return nil, err
 		}
 	}
+	if cfg.Streams == nil {
+		if cfg.Streams, err = NewMemoryStreamQuota(cfg.StreamsPerPrincipal); err != nil {
+			return nil, err
+		}
+	}
 	var keys keySource
 	if len(a.StaticJWKS) > 0 {
 		set, err := keySetFromJSON(a.StaticJWKS)
@@ -228,7 +236,7 @@ func New(cfg Config) (*Gateway, error) {
 			maxBytes: a.MaxTokenBytes, rolesClaim: a.RolesClaim, accountsClaim: a.AccountsClaim, now: time.Now,
 		},
 		limiter: cfg.Limiter,
-		streams: newStreamQuota(cfg.StreamsPerPrincipal),
+		streams: cfg.Streams,
 		policy:  Policy(),
 	}
 	// Upstream answers are bounded like requests: a component is trusted, but a bug that
@@ -381,9 +389,14 @@ func (i *authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc
 		if err != nil {
 			return err
 		}
-		release, ok := i.g.streams.acquire(c.principal.Subject)
+		release, ok, err := i.g.streams.Acquire(ctx, c.principal.Subject)
+		if err != nil {
+			i.g.cfg.Logger.WarnContext(ctx, "gateway: stream quota unavailable", "error", err)
+			// Failing closed, as the rate limit does: no answer must not mean no quota.
+			return services.NewError(services.ReasonRateLimiterDown, "the stream quota is unavailable; retry the stream shortly")
+		}
 		if !ok {
-			return i.g.rateLimited(fmt.Sprintf("this principal already holds %d open streams on this gateway; close one first", i.g.cfg.StreamsPerPrincipal), 0)
+			return i.g.rateLimited(fmt.Sprintf("this principal already holds %d open streams (watch, log), the most it may hold across all gateways; close one before opening another", i.g.streams.Max()), 0)
 		}
 		defer release()
 		conn.ResponseHeader().Set(ResponseCorrelationHeader, c.correlation)

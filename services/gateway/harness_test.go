@@ -287,6 +287,7 @@ type fixture struct {
 type fixtureOptions struct {
 	limiter         gateway.Limiter
 	streams         int
+	streamQuota     gateway.StreamQuota // overrides streams
 	jwksMinInterval time.Duration
 	jwksRefresh     time.Duration
 }
@@ -320,6 +321,7 @@ func startGateway(t testing.TB, is *issuer, led *ledgerNode, o fixtureOptions) (
 		},
 		Limiter:             o.limiter,
 		StreamsPerPrincipal: o.streams,
+		Streams:             o.streamQuota,
 		AllowH2C:            true, // served by httptest with its own TLS
 	})
 	if err != nil {

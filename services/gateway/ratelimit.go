@@ -111,32 +111,3 @@ func (m *MemoryLimiter) Allow(_ context.Context, principal string) (bool, time.D
 	}
 	return true, 0, nil
 }
-
-// streamQuota bounds the server streams one principal holds open on this gateway, so one
-// token cannot take every stream slot of the components behind it.
-type streamQuota struct {
-	max  int
-	mu   sync.Mutex
-	open map[string]int
-}
-
-func newStreamQuota(max int) *streamQuota { return &streamQuota{max: max, open: map[string]int{}} }
-
-func (q *streamQuota) acquire(principal string) (release func(), ok bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.open[principal] >= q.max {
-		return nil, false
-	}
-	q.open[principal]++
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			q.mu.Lock()
-			defer q.mu.Unlock()
-			if q.open[principal]--; q.open[principal] <= 0 {
-				delete(q.open, principal)
-			}
-		})
-	}, true
-}
