@@ -315,7 +315,9 @@ func readyz(t *testing.T, healthAddr string) (int, []string) {
 func TestServeComponentsOnSPIRE(t *testing.T) {
 	sp := testSPIREDir(t)
 	began := time.Now()
-	defer func() { t.Logf("the five processes on SPIRE, end to end: %s", time.Since(began).Round(100*time.Millisecond)) }()
+	defer func() {
+		t.Logf("the five processes on SPIRE, end to end: %s", time.Since(began).Round(100*time.Millisecond))
+	}()
 	const redisDB = 9
 	dsn := migrateForServing(t, freshDatabase(t), io.Discard)
 	redisAddr := testRedisAddr(t, redisDB)
