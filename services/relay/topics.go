@@ -34,6 +34,15 @@ func (t TopicSettings) validate() error {
 	return nil
 }
 
+// EnsureTopics creates those of topics that are missing, with settings t: the
+// notification dispatcher's dead-letter topic is made the way the relay makes its own.
+func EnsureTopics(client sarama.Client, topics []string, t TopicSettings) error {
+	if err := t.validate(); err != nil {
+		return err
+	}
+	return ensureTopics(client, topics, t)
+}
+
 // ensureTopics creates the relay's missing topics.
 func ensureTopics(client sarama.Client, topics []string, t TopicSettings) error {
 	existing, err := client.Topics()
