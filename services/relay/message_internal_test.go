@@ -2,6 +2,8 @@ package relay
 
 import (
 	"encoding/json"
+	"maps"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -43,8 +45,8 @@ func TestMessageCarriesTheEvent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Topic != TopicPayments || m.Metadata != uint64(5) || !m.Timestamp.Equal(e.RecordedAt) {
-		t.Fatalf("message topic %q metadata %v timestamp %v", m.Topic, m.Metadata, m.Timestamp)
+	if pos, ok := positionOf(m); m.Topic != TopicPayments || !ok || pos != 5 || !m.Timestamp.Equal(e.RecordedAt) {
+		t.Fatalf("message topic %q position %d (%t) timestamp %v; want %s, 5, %v", m.Topic, pos, ok, m.Timestamp, TopicPayments, e.RecordedAt)
 	}
 	if k, _ := m.Key.Encode(); string(k) != "pay-42" {
 		t.Fatalf("key %q, want pay-42", k)
@@ -107,4 +109,96 @@ func FuzzAppendString(f *testing.F) {
 			t.Fatalf("appendString(%q) decodes to %q, want %q", s, got, wantS)
 		}
 	})
+}
+
+// TestMessagesOfABatch: the messages of one batch share an arena and slabs; each must still
+// be its own event's message, even when escapes make the arena outgrow its estimate, and an
+// event that cannot be published stops the batch right before it.
+func TestMessagesOfABatch(t *testing.T) {
+	at := time.Date(2026, 3, 2, 9, 30, 0, 0, time.UTC)
+	batch := []eventstore.RecordedEvent{
+		{Position: 7, Stream: "payment-pay-1", ID: "id-7", Type: "ledger.payment.transferred.v1", RecordedAt: at, Data: []byte(`{"a":1}`),
+			Metadata: eventstore.Metadata{TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}},
+		// Control characters are escaped to six bytes each: far beyond the estimate.
+		{Position: 8, Stream: "account-acc-2", ID: "id-8", Type: "ledger.account.credited.v1", RecordedAt: at, Data: []byte(`{"b":"x"}`),
+			Metadata: eventstore.Metadata{CausationID: strings.Repeat("\x01", 500)}},
+		{Position: 9, Stream: "account-acc-3", ID: "id-9", Type: "ledger.account.debited.v1", RecordedAt: at, Data: []byte(`[]`)},
+	}
+	names := TopicNames{}.withDefaults()
+	msgs, err := names.messages(batch)
+	if err != nil || len(msgs) != len(batch) {
+		t.Fatalf("messages of %d events: %d messages, %v; want %d, nil", len(batch), len(msgs), err, len(batch))
+	}
+	for i, m := range msgs {
+		e := &batch[i]
+		wantValue, _ := appendEnvelope(nil, e)
+		value, _ := m.Value.Encode()
+		if string(value) != string(wantValue) {
+			t.Errorf("event %d: value\n%s\nwant\n%s", e.Position, value, wantValue)
+		}
+		if !json.Valid(value) {
+			t.Errorf("event %d: value is not JSON: %s", e.Position, value)
+		}
+		if m.Value.Length() != len(wantValue) {
+			t.Errorf("event %d: value length %d, want %d", e.Position, m.Value.Length(), len(wantValue))
+		}
+		_, wantKey, _ := names.route(e)
+		if k, _ := m.Key.Encode(); string(k) != wantKey || m.Key.Length() != len(wantKey) {
+			t.Errorf("event %d: key %q (length %d), want %q", e.Position, k, m.Key.Length(), wantKey)
+		}
+		if pos, ok := positionOf(m); !ok || pos != e.Position {
+			t.Errorf("event %d: position %d (%t)", e.Position, pos, ok)
+		}
+		got := map[string]string{}
+		for _, h := range m.Headers {
+			got[string(h.Key)] = string(h.Value)
+		}
+		want := map[string]string{HeaderEventID: e.ID, HeaderEventType: e.Type, HeaderPosition: strconv.FormatUint(e.Position, 10),
+			HeaderStream: e.Stream, HeaderContentType: ContentType}
+		if e.Metadata.TraceParent != "" {
+			want[HeaderTraceParent] = e.Metadata.TraceParent
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("event %d: headers %v, want %v", e.Position, got, want)
+		}
+	}
+
+	// The second event cannot be routed: the first one's message comes back with the error.
+	batch[1].Stream = "ledger-x"
+	msgs, err = names.messages(batch)
+	if err == nil || len(msgs) != 1 {
+		t.Fatalf("a batch with an unroutable second event: %d messages, %v; want 1 and an error", len(msgs), err)
+	}
+	if pos, _ := positionOf(msgs[0]); pos != 7 {
+		t.Fatalf("the message before the unroutable event is position %d, want 7", pos)
+	}
+}
+
+// TestPositionOfForeignMessage: a message the relay did not build has no position.
+func TestPositionOfForeignMessage(t *testing.T) {
+	for _, md := range []any{nil, uint64(5), (*uint64)(nil), "5"} {
+		if pos, ok := positionOf(&sarama.ProducerMessage{Metadata: md}); ok {
+			t.Errorf("positionOf(metadata %#v) = %d, true; want false", md, pos)
+		}
+	}
+}
+
+// BenchmarkMessages is the relay's encoding alone: allocations and time per event for
+// batches of 1,000 transfer-like events.
+func BenchmarkMessages(b *testing.B) {
+	batch := make([]eventstore.RecordedEvent, 1000)
+	for i := range batch {
+		batch[i] = eventstore.RecordedEvent{Position: uint64(i + 1), Stream: "account-cust-17", StreamVersion: 42, ID: "01955d6c-1f8a-7c3e-9a41-000000000003",
+			Type: "ledger.account.credited.v1", RecordedAt: time.Now(),
+			Data:     []byte(`{"account_id":"cust-17","payment_id":"pay-000123","amount":{"minor":"100","asset":{"code":"USD","scale":2}},"balance_after":{"minor":"4200","asset":{"code":"USD","scale":2}}}`),
+			Metadata: eventstore.Metadata{CorrelationID: "pay-000123", TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}
+	}
+	names := TopicNames{}.withDefaults()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := names.messages(batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(batch)), "ns/event")
 }

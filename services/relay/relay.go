@@ -413,13 +413,11 @@ func (r *Relay) sessionError(saveErr, subErr error, sendCtx context.Context) err
 // until batches closes or ctx ends.
 func (r *Relay) send(ctx context.Context, batches <-chan []eventstore.RecordedEvent, producer sarama.AsyncProducer, w *window) error {
 	for batch := range batches {
-		for i := range batch {
-			e := &batch[i]
-			msg, err := r.cfg.TopicNames.message(e)
-			if err != nil {
-				return permanent(err)
-			}
-			if err := w.admit(ctx, e.Position); err != nil {
+		msgs, encErr := r.cfg.TopicNames.messages(batch)
+		// The events before one that cannot be published are sent, so the checkpoint
+		// stops right before it.
+		for i, msg := range msgs {
+			if err := w.admit(ctx, batch[i].Position); err != nil {
 				return err
 			}
 			select {
@@ -429,9 +427,12 @@ func (r *Relay) send(ctx context.Context, batches <-chan []eventstore.RecordedEv
 			}
 			if r.cfg.Metrics != nil {
 				r.mu.Lock()
-				r.sent = e.Position
+				r.sent = batch[i].Position
 				r.mu.Unlock()
 			}
+		}
+		if encErr != nil {
+			return permanent(encErr)
 		}
 	}
 	return nil
@@ -492,7 +493,11 @@ func (r *Relay) acks(producer sarama.AsyncProducer, w *window, fail context.Canc
 				successes = nil
 				continue
 			}
-			pos, _ := m.Metadata.(uint64)
+			pos, ok := positionOf(m)
+			if !ok {
+				fail(permanent(fmt.Errorf("relay: an acknowledgement for %s without the position the relay sent", m.Topic)))
+				continue
+			}
 			if err := w.ack(pos); err != nil {
 				fail(permanent(err))
 				continue
@@ -508,7 +513,7 @@ func (r *Relay) acks(producer sarama.AsyncProducer, w *window, fail context.Canc
 				errs = nil
 				continue
 			}
-			pos, _ := pe.Msg.Metadata.(uint64)
+			pos, _ := positionOf(pe.Msg)
 			if r.cfg.Metrics != nil {
 				r.cfg.Metrics.PublishFailed(pe.Msg.Topic)
 			}
