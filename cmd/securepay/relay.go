@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/securepay/securepay/eventstore"
@@ -171,10 +172,19 @@ func serveRelay(ctx context.Context, e env, cfg relayConfig) error {
 	if errors.Is(err, postgres.ErrSchemaNotMigrated) {
 		return fmt.Errorf("serve relay: %w: run `securepay migrate` first", err)
 	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" { // insufficient_privilege
+		return fmt.Errorf("serve relay: %w: the login role cannot read the event log; as the owner, run `securepay migrate --relay-role ROLE` for it", err)
+	}
 	if err != nil {
 		return fmt.Errorf("serve relay: %w", err)
 	}
 	defer store.Close()
+	// Like serve, the relay refuses a login role that could change the log; it reads only,
+	// so it also refuses one that could append (docs/KAFKA.md, "Running it").
+	if err := store.CheckRelayRole(ctx); err != nil {
+		return fmt.Errorf("serve relay: %w", err)
+	}
 	cps, err := relay.OpenPGCheckpoints(ctx, store.Pool(), cfg.CheckpointSchema, cfg.Name)
 	if err != nil {
 		return fmt.Errorf("serve relay: %w", err)

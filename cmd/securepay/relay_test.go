@@ -63,8 +63,9 @@ func TestServeRelayRefusesUnsafeSettings(t *testing.T) {
 func TestServeRelayPublishes(t *testing.T) {
 	addr := kafkatest.Addr(t)
 	dsn := freshDatabase(t)
-	if err := run(context.Background(), []string{"migrate", "--postgres-dsn", dsn}, io.Discard, io.Discard, noEnv); err != nil {
-		t.Fatalf("migrate: %v", err)
+	relayRole, relayDSN := servingRole(t, dsn)
+	if err := run(context.Background(), []string{"migrate", "--postgres-dsn", dsn, "--relay-role", relayRole, "--relay-checkpoint-schema", "relay_cmd_test"}, io.Discard, io.Discard, noEnv); err != nil {
+		t.Fatalf("migrate --relay-role %s: %v", relayRole, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -106,7 +107,7 @@ func TestServeRelayPublishes(t *testing.T) {
 	done := make(chan error, 1)
 	var stderr strings.Builder
 	go func() {
-		done <- run(relayCtx, []string{"serve", "relay", "--postgres-dsn", dsn, "--kafka-brokers", addr, "--topic-partitions", "2",
+		done <- run(relayCtx, []string{"serve", "relay", "--postgres-dsn", relayDSN, "--kafka-brokers", addr, "--topic-partitions", "2",
 			"--payments-topic", payments, "--notifications-topic", notifications, "--checkpoint-schema", "relay_cmd_test", "--metrics-listen", metricsAddr}, io.Discard, &stderr, noEnv)
 	}()
 	for i := 10; i < 20; i++ {
@@ -146,6 +147,45 @@ func TestServeRelayPublishes(t *testing.T) {
 	// 20 transfers: 20 payment events; 2 openings and 40 postings on the accounts.
 	if count[payments] != 20 || count[notifications] != 42 || uint64(len(msgs)) != head {
 		t.Fatalf("read %v (%d messages), want 20 payment and 42 account events (log head %d)\n%s", count, len(msgs), head, stderr.String())
+	}
+}
+
+// TestServeRelayRefusesUnsafeRoles: like serve, serve relay stops before it contacts the
+// broker when its PostgreSQL login role could change the log — the owner, or the serving
+// role, which may append — or cannot read it, and says which migrate command fixes that.
+func TestServeRelayRefusesUnsafeRoles(t *testing.T) {
+	dsn := freshDatabase(t)
+	serveRole, serveDSN := servingRole(t, dsn)
+	relayRole, _ := servingRole(t, dsn)
+	_, bareDSN := servingRole(t, dsn)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := run(ctx, []string{"migrate", "--postgres-dsn", dsn, "--serve-role", serveRole, "--relay-role", serveRole}, io.Discard, io.Discard, noEnv)
+	if err == nil || !strings.Contains(err.Error(), "is also --serve-role") {
+		t.Fatalf("migrate with one role for serve and the relay: want it refused, got %v", err)
+	}
+	var out strings.Builder
+	if err := run(ctx, []string{"migrate", "--postgres-dsn", dsn, "--serve-role", serveRole, "--relay-role", relayRole}, &out, io.Discard, noEnv); err != nil {
+		t.Fatalf("migrate --serve-role --relay-role: %v", err)
+	}
+	if !strings.Contains(out.String(), "relay role "+relayRole+": SELECT on the log") {
+		t.Fatalf("migrate --relay-role: want the grant reported, got:\n%s", out.String())
+	}
+	for _, tc := range []struct {
+		name, dsn string
+		want      []string
+	}{
+		{"the owner (a superuser)", dsn, []string{"could rewrite the event log", "is a superuser", "serve relay must log in", "--relay-role"}},
+		{"the serving role", serveDSN, []string{"it may INSERT on securepay.events through its member role securepay_app", "REVOKE securepay_app FROM " + serveRole}},
+		{"a role granted nothing", bareDSN, []string{"permission denied", "cannot read the event log", "securepay migrate --relay-role"}},
+	} {
+		// The broker address is never dialled: the refusal comes first.
+		err := run(ctx, []string{"serve", "relay", "--postgres-dsn", tc.dsn, "--kafka-brokers", "127.0.0.1:1"}, io.Discard, io.Discard, noEnv)
+		for _, w := range tc.want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("serve relay as %s: want a refusal saying %q, got %v", tc.name, w, err)
+			}
+		}
 	}
 }
 

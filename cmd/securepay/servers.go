@@ -32,6 +32,7 @@ import (
 	"github.com/securepay/securepay/services/gateway"
 	"github.com/securepay/securepay/services/ledger"
 	"github.com/securepay/securepay/services/mtls"
+	"github.com/securepay/securepay/services/relay"
 	"github.com/securepay/securepay/services/telemetry"
 )
 
@@ -819,6 +820,7 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 // migrateCmd is `securepay migrate`'s flags.
 type migrateCmd struct {
 	dsn, dsnFile, eventSchema, viewSchema, appRole, serveRole string
+	relayRole, relaySchema                                    string
 }
 
 func migrateCommand(e env) *Command {
@@ -835,6 +837,8 @@ func migrateCommand(e env) *Command {
 	ef.String(&c.viewSchema, "view-schema", "SECUREPAY_VIEW_SCHEMA", pg.DefaultSchema, "`schema` of the views")
 	ef.String(&c.appRole, "app-role", "SECUREPAY_APP_ROLE", postgres.DefaultAppRole, "`role` the event store writes as")
 	ef.String(&c.serveRole, "serve-role", "SECUREPAY_SERVE_ROLE", "", "login `role` of securepay serve (created beforehand, owning nothing): granted the app role and the views, nothing more")
+	ef.String(&c.relayRole, "relay-role", "SECUREPAY_RELAY_ROLE", "", "login `role` of securepay serve relay (created beforehand, owning nothing, not the serve role): granted SELECT on the log and its checkpoint table, nothing more")
+	ef.String(&c.relaySchema, "relay-checkpoint-schema", "SECUREPAY_RELAY_SCHEMA", relay.DefaultCheckpointSchema, "`schema` of the relay's checkpoint table, created for --relay-role")
 	return cmd
 }
 
@@ -864,6 +868,18 @@ func (c *migrateCmd) run(ctx context.Context, e env, _ []string) error {
 		return fmt.Errorf("migrate: views schema %s: %w", c.viewSchema, err)
 	}
 	fmt.Fprintf(e.stdout, "views schema %s: up to date\n", c.viewSchema)
+	if c.relayRole != "" {
+		if c.relayRole == c.serveRole {
+			return usagef("migrate: --relay-role %s is also --serve-role: the relay reads the log and must not be able to append to it; give it a role of its own", c.relayRole)
+		}
+		if err := postgres.GrantRelay(ctx, pool, c.eventSchema, c.relayRole); err != nil {
+			return fmt.Errorf("migrate: grant the relay's reads to %s: %w", c.relayRole, err)
+		}
+		if err := relay.GrantCheckpoints(ctx, pool, c.relaySchema, c.relayRole); err != nil {
+			return fmt.Errorf("migrate: grant the relay's checkpoints to %s: %w", c.relayRole, err)
+		}
+		fmt.Fprintf(e.stdout, "relay role %s: SELECT on the log; SELECT, INSERT, UPDATE on %s.checkpoints\n", c.relayRole, c.relaySchema)
+	}
 	if c.serveRole == "" {
 		fmt.Fprintf(e.stdout, "no --serve-role: no login role was granted %s; serve refuses a login role that owns the tables\n", c.appRole)
 		return nil

@@ -116,6 +116,53 @@ func GrantServing(ctx context.Context, pool *pgxpool.Pool, g ServingGrants) erro
 	})
 }
 
+// GrantRelay makes LoginRole able to read the log and nothing more: USAGE on the event
+// schema and SELECT on its events and schema_migrations, granted to the role itself (it
+// is a member of no role, so CheckRelayRole finds nothing to refuse). Like GrantServing
+// it is idempotent, runs under the migration lock, and refuses a role that does not
+// exist, is the migrating role or is a superuser. The relay's checkpoint table is
+// granted by its own package (relay.GrantCheckpoints).
+func GrantRelay(ctx context.Context, pool *pgxpool.Pool, schema, loginRole string) error {
+	if schema == "" {
+		schema = DefaultSchema
+	}
+	if err := validIdentifier("schema", schema); err != nil {
+		return err
+	}
+	if err := validIdentifier("relay login role", loginRole); err != nil {
+		return err
+	}
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLockKey); err != nil {
+			return fmt.Errorf("take migration lock: %w", err)
+		}
+		var me string
+		var exists, super bool
+		if err := tx.QueryRow(ctx, `SELECT current_user, EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1),
+			COALESCE((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = $1), false)`, loginRole).Scan(&me, &exists, &super); err != nil {
+			return fmt.Errorf("look up role %s: %w", loginRole, err)
+		}
+		switch {
+		case !exists:
+			return fmt.Errorf("the relay login role %s does not exist: create it first (as a role with CREATEROLE), with a password and no other attribute: CREATE ROLE %s LOGIN PASSWORD '…'; then run migrate again", loginRole, loginRole)
+		case loginRole == me:
+			return fmt.Errorf("the relay login role %s is the role running migrate, which owns the tables: serve relay must log in as another role (CREATE ROLE securepay_relay LOGIN PASSWORD '…', then --relay-role securepay_relay)", loginRole)
+		case super:
+			return fmt.Errorf("the relay login role %s is a superuser, which bypasses every grant: create a plain login role for the relay instead (CREATE ROLE securepay_relay LOGIN PASSWORD '…')", loginRole)
+		}
+		s, role := pgx.Identifier{schema}.Sanitize(), pgx.Identifier{loginRole}.Sanitize()
+		for _, q := range []string{
+			"GRANT USAGE ON SCHEMA " + s + " TO " + role,
+			"GRANT SELECT ON " + s + ".events, " + s + ".schema_migrations TO " + role,
+		} {
+			if _, err := tx.Exec(ctx, q); err != nil {
+				return fmt.Errorf("%s: %w", q, err)
+			}
+		}
+		return nil
+	})
+}
+
 // ErrUnsafeServingRole is returned by CheckServingRole when the login role could change
 // the log: serve must not start with it.
 var ErrUnsafeServingRole = errors.New("the PostgreSQL login role could rewrite the event log")
@@ -145,10 +192,90 @@ func (s *Store) CheckServingRole(ctx context.Context) error {
 	return checkServingRole(ctx, s.pool, s.cfg.Schema, s.cfg.AppRole)
 }
 
+// loginUse is what a login role is checked for: the table privileges it may hold in the
+// event schema, and how the refusal tells the operator to fix a role.
+type loginUse struct {
+	command string              // "serve", "serve relay"
+	allowed map[string][]string // table → privileges it may hold
+	grant   string              // the migrate command that grants the role what it needs
+	// viaMember: a privilege beyond allowed held through another role is fixed by revoking
+	// that membership (the relay, whose role should be a member of nothing) rather than
+	// the privilege from the role (serve, whose app role must keep its own).
+	viaMember bool
+}
+
+var serveUse = loginUse{command: "serve", allowed: logPrivileges, grant: "securepay migrate --serve-role ROLE"}
+
 func checkServingRole(ctx context.Context, pool *pgxpool.Pool, schema, appRole string) error {
+	me, err := checkLoginRole(ctx, pool, schema, serveUse)
+	if err != nil {
+		return err
+	}
+	// Safe; now make sure it can serve at all, with a message better than the first
+	// append's "permission denied to set role".
+	var member, canRead, canInsert bool
+	// By oid: a name lookup would fail with "permission denied for schema" first.
+	if err := pool.QueryRow(ctx, `SELECT
+			EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $2 AND pg_has_role(current_user, oid, 'MEMBER')),
+			COALESCE(bool_and(has_table_privilege(current_user, c.oid, 'SELECT')), false),
+			COALESCE(bool_and(has_table_privilege(current_user, c.oid, 'INSERT')), false)
+		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = 'events'`,
+		schema, appRole).Scan(&member, &canRead, &canInsert); err != nil {
+		return unavailable(fmt.Errorf("check the login role: %w", err))
+	}
+	if !member || !canRead || !canInsert {
+		return fmt.Errorf("login role %s cannot serve: it is not a member of the app role %s with its privileges (member: %t, SELECT on events: %t, INSERT: %t); as the owner, run `securepay migrate --serve-role %s` (and give the role INHERIT)",
+			me, appRole, member, canRead, canInsert, me)
+	}
+	return nil
+}
+
+// relayPrivileges are the only table privileges the relay's login role may hold in the
+// event schema: it reads the log, and writes nothing there (its checkpoint lives in a
+// schema of its own).
+var relayPrivileges = map[string][]string{
+	"events":            {"SELECT"},
+	"schema_migrations": {"SELECT"},
+}
+
+// CheckRelayRole is CheckServingRole for `securepay serve relay`, which only reads the log:
+// it refuses, with the same reasons, a login role that could rewrite the log, and also one
+// that could write to it at all (INSERT on events, the serving role's app role, the
+// snapshots): a relay that can append could publish an event the ledger never decided.
+// It also refuses a role that cannot read the log, naming the migrate command that fixes it.
+func (s *Store) CheckRelayRole(ctx context.Context) error {
+	return checkRelayRole(ctx, s.pool, s.cfg.Schema)
+}
+
+func checkRelayRole(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	me, err := checkLoginRole(ctx, pool, schema, loginUse{command: "serve relay", allowed: relayPrivileges,
+		grant: "securepay migrate --relay-role ROLE", viaMember: true})
+	if err != nil {
+		return err
+	}
+	var canUse, canRead bool
+	if err := pool.QueryRow(ctx, `SELECT
+			COALESCE(bool_and(has_schema_privilege(current_user, n.oid, 'USAGE')), false),
+			COALESCE(bool_and(has_table_privilege(current_user, c.oid, 'SELECT')), false)
+		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname IN ('events', 'schema_migrations')`,
+		schema).Scan(&canUse, &canRead); err != nil {
+		return unavailable(fmt.Errorf("check the login role: %w", err))
+	}
+	if !canUse || !canRead {
+		return fmt.Errorf("login role %s cannot read the event log (USAGE on schema %s: %t, SELECT on its events and schema_migrations: %t); as the owner, run `securepay migrate --relay-role %s`",
+			me, schema, canUse, canRead, me)
+	}
+	return nil
+}
+
+// checkLoginRole refuses a login role that could change the log beyond what use allows,
+// and returns its name.
+func checkLoginRole(ctx context.Context, pool *pgxpool.Pool, schema string, use loginUse) (string, error) {
 	var me string
 	if err := pool.QueryRow(ctx, `SELECT current_user`).Scan(&me); err != nil {
-		return unavailable(fmt.Errorf("check the login role: %w", err))
+		return "", unavailable(fmt.Errorf("check the login role: %w", err))
 	}
 	var problems []string
 	anySuper := false
@@ -158,14 +285,14 @@ func checkServingRole(ctx context.Context, pool *pgxpool.Pool, schema, appRole s
 	rows, err := pool.Query(ctx, `SELECT rolname, rolsuper, rolbypassrls, rolcreaterole
 		FROM pg_catalog.pg_roles WHERE pg_has_role(current_user, oid, 'MEMBER') ORDER BY rolname`)
 	if err != nil {
-		return unavailable(fmt.Errorf("check the login role: %w", err))
+		return "", unavailable(fmt.Errorf("check the login role: %w", err))
 	}
 	for rows.Next() {
 		var name string
 		var super, bypass, createRole bool
 		if err := rows.Scan(&name, &super, &bypass, &createRole); err != nil {
 			rows.Close()
-			return fmt.Errorf("check the login role: %w", err)
+			return "", fmt.Errorf("check the login role: %w", err)
 		}
 		who, fix := "it", func(attr string) string { return "ALTER ROLE " + name + " " + attr }
 		if name != me {
@@ -190,12 +317,12 @@ func checkServingRole(ctx context.Context, pool *pgxpool.Pool, schema, appRole s
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return unavailable(fmt.Errorf("check the login role: %w", err))
+		return "", unavailable(fmt.Errorf("check the login role: %w", err))
 	}
 	if anySuper {
 		// A superuser is a member of every role and holds every privilege: listing all of
 		// that would bury the one line that matters.
-		return unsafeRole(me, problems)
+		return "", unsafeRole(me, problems, use)
 	}
 
 	// Owners of the schema and of everything in it: tables, indexes, the trigger function.
@@ -214,13 +341,13 @@ func checkServingRole(ctx context.Context, pool *pgxpool.Pool, schema, appRole s
 			WHERE n.nspname = $1 AND pg_has_role(current_user, p.proowner, 'MEMBER')
 		ORDER BY 1`, schema)
 	if err != nil {
-		return unavailable(fmt.Errorf("check the login role: %w", err))
+		return "", unavailable(fmt.Errorf("check the login role: %w", err))
 	}
 	for rows.Next() {
 		var object, owner string
 		if err := rows.Scan(&object, &owner); err != nil {
 			rows.Close()
-			return fmt.Errorf("check the login role: %w", err)
+			return "", fmt.Errorf("check the login role: %w", err)
 		}
 		if owner == me {
 			add("it owns %s, and an owner can disable the append-only triggers, alter and drop (fix: run migrate as another role, the owner, and give serve a role that owns nothing)", object)
@@ -230,10 +357,10 @@ func checkServingRole(ctx context.Context, pool *pgxpool.Pool, schema, appRole s
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return unavailable(fmt.Errorf("check the login role: %w", err))
+		return "", unavailable(fmt.Errorf("check the login role: %w", err))
 	}
 	if len(problems) > 0 {
-		return unsafeRole(me, problems) // an owner holds every privilege; ownership says it all
+		return "", unsafeRole(me, problems, use) // an owner holds every privilege; ownership says it all
 	}
 
 	// Privileges, through any role it can become.
@@ -246,57 +373,44 @@ func checkServingRole(ctx context.Context, pool *pgxpool.Pool, schema, appRole s
 		WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND has_table_privilege(r.oid, c.oid, p.priv)
 		ORDER BY 1, 2, 3`, schema, tablePrivileges)
 	if err != nil {
-		return unavailable(fmt.Errorf("check the login role: %w", err))
+		return "", unavailable(fmt.Errorf("check the login role: %w", err))
 	}
 	for rows.Next() {
 		var table, priv, role string
 		if err := rows.Scan(&table, &priv, &role); err != nil {
 			rows.Close()
-			return fmt.Errorf("check the login role: %w", err)
+			return "", fmt.Errorf("check the login role: %w", err)
 		}
-		if !slices.Contains(logPrivileges[table], priv) {
+		switch {
+		case slices.Contains(use.allowed[table], priv):
+		case use.viaMember && role != me:
+			add("it may %s on %s.%s through its member role %s (fix: REVOKE %s FROM %s)", priv, schema, table, role, role, me)
+		default:
 			add("it may %s on %s.%s (through role %s) (fix: REVOKE %s ON %s.%s FROM %s)", priv, schema, table, role, priv, schema, table, role)
 		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return unavailable(fmt.Errorf("check the login role: %w", err))
+		return "", unavailable(fmt.Errorf("check the login role: %w", err))
 	}
 	var createInSchema string
 	if err := pool.QueryRow(ctx, `SELECT COALESCE(string_agg(r.rolname, ', ' ORDER BY r.rolname), '')
 		FROM pg_catalog.pg_roles r, pg_catalog.pg_namespace n
 		WHERE n.nspname = $1 AND pg_has_role(current_user, r.oid, 'MEMBER') AND has_schema_privilege(r.oid, n.oid, 'CREATE')`,
 		schema).Scan(&createInSchema); err != nil {
-		return unavailable(fmt.Errorf("check the login role: %w", err))
+		return "", unavailable(fmt.Errorf("check the login role: %w", err))
 	}
 	if createInSchema != "" {
 		add("it may CREATE in schema %s (through %s) (fix: REVOKE CREATE ON SCHEMA %s FROM %s)", schema, createInSchema, schema, createInSchema)
 	}
 	if len(problems) > 0 {
-		return unsafeRole(me, problems)
+		return "", unsafeRole(me, problems, use)
 	}
 
-	// Safe; now make sure it can serve at all, with a message better than the first
-	// append's "permission denied to set role".
-	var member, canRead, canInsert bool
-	// By oid: a name lookup would fail with "permission denied for schema" first.
-	if err := pool.QueryRow(ctx, `SELECT
-			EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $2 AND pg_has_role(current_user, oid, 'MEMBER')),
-			COALESCE(bool_and(has_table_privilege(current_user, c.oid, 'SELECT')), false),
-			COALESCE(bool_and(has_table_privilege(current_user, c.oid, 'INSERT')), false)
-		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = 'events'`,
-		schema, appRole).Scan(&member, &canRead, &canInsert); err != nil {
-		return unavailable(fmt.Errorf("check the login role: %w", err))
-	}
-	if !member || !canRead || !canInsert {
-		return fmt.Errorf("login role %s cannot serve: it is not a member of the app role %s with its privileges (member: %t, SELECT on events: %t, INSERT: %t); as the owner, run `securepay migrate --serve-role %s` (and give the role INHERIT)",
-			me, appRole, member, canRead, canInsert, me)
-	}
-	return nil
+	return me, nil
 }
 
-func unsafeRole(me string, problems []string) error {
-	return fmt.Errorf("%w: login role %s:\n  - %s\nserve must log in as a role that owns nothing and holds only what `securepay migrate --serve-role ROLE` grants it (see README, operator set-up)",
-		ErrUnsafeServingRole, me, strings.Join(problems, "\n  - "))
+func unsafeRole(me string, problems []string, use loginUse) error {
+	return fmt.Errorf("%w: login role %s:\n  - %s\n%s must log in as a role that owns nothing and holds only what `%s` grants it (see README, operator set-up)",
+		ErrUnsafeServingRole, me, strings.Join(problems, "\n  - "), use.command, use.grant)
 }

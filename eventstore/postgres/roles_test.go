@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/url"
 	"strings"
 	"testing"
@@ -335,6 +336,118 @@ func TestGrantServingRefusesUnsafeLoginRoles(t *testing.T) {
 		err := GrantServing(ctx, owner, ServingGrants{Schema: e.schema, AppRole: e.app, LoginRole: tc.role})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("GrantServing to %q: want an error with %q, got %v", tc.role, tc.want, err)
+		}
+	}
+}
+
+// TestCheckRelayRole: serve relay's start-up check accepts a role GrantRelay made and
+// nothing that could write the log, and says how to fix each refusal; GrantRelay refuses
+// the roles GrantServing refuses.
+func TestCheckRelayRole(t *testing.T) {
+	e := newRoleEnv(t)
+	ctx := testContext(t)
+	clusterDSN := pgtest.DSN(t)
+	owner := e.pool(t, e.owner)
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	sfx := hex.EncodeToString(b[:])
+	n := 0 // the next fresh role's number
+	for _, tc := range []struct {
+		name  string
+		role  string   // "" means a fresh role named after the case
+		grant bool     // GrantRelay to it first (twice: it must be idempotent)
+		setup []string // as the superuser; {{role}} is the case's role
+		want  []string
+	}{
+		{name: "granted by GrantRelay", grant: true},
+		{name: "superuser", role: "postgres", want: []string{"it is a superuser", "serve relay must log in", "securepay migrate --relay-role ROLE"}},
+		{name: "the owner", role: e.owner, want: []string{"owns table securepay.events"}},
+		{name: "the serving role, which may append", role: e.serving,
+			want: []string{"it may INSERT on securepay.events through its member role " + e.app, "REVOKE " + e.app + " FROM " + e.serving}},
+		{name: "insert granted directly", grant: true, setup: []string{"GRANT INSERT ON securepay.events TO {{role}}"},
+			want: []string{"it may INSERT on securepay.events (through role sp_relay_", "REVOKE INSERT ON securepay.events FROM sp_relay_"}},
+		{name: "update on the snapshots", grant: true, setup: []string{"GRANT SELECT, UPDATE ON securepay.snapshots TO {{role}}"},
+			want: []string{"it may SELECT on securepay.snapshots", "it may UPDATE on securepay.snapshots"}},
+		{name: "create in the schema", grant: true, setup: []string{"GRANT CREATE ON SCHEMA securepay TO {{role}}"},
+			want: []string{"it may CREATE in schema securepay"}},
+		{name: "nothing granted", want: []string{"cannot read the event log", "USAGE on schema securepay: false", "securepay migrate --relay-role sp_relay_"}},
+		{name: "schema but not the table", setup: []string{"GRANT USAGE ON SCHEMA securepay TO {{role}}"},
+			want: []string{"cannot read the event log", "USAGE on schema securepay: true", "SELECT on its events and schema_migrations: false"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			role := tc.role
+			if role == "" {
+				role = fmt.Sprintf("sp_relay_%s_%d", sfx, n)
+				n++
+				superExec(t, clusterDSN, "CREATE ROLE "+role+" LOGIN")
+				t.Cleanup(func() {
+					superExecNoFail(t, e.super, "REVOKE ALL ON ALL TABLES IN SCHEMA securepay FROM "+role)
+					superExecNoFail(t, e.super, "REVOKE ALL ON SCHEMA securepay FROM "+role)
+					superExecNoFail(t, clusterDSN, "DROP ROLE IF EXISTS "+role)
+				})
+			}
+			if tc.grant {
+				for range 2 {
+					if err := GrantRelay(ctx, owner, e.schema, role); err != nil {
+						t.Fatalf("GrantRelay to %s: %v", role, err)
+					}
+				}
+			}
+			for _, s := range tc.setup {
+				superExec(t, e.super, strings.ReplaceAll(s, "{{role}}", role))
+			}
+			err := checkRelayRole(ctx, e.pool(t, role), e.schema)
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Fatalf("relay login role %s: want it accepted, got %v", role, err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("relay login role %s: want serve relay refused (%q), got nil", role, tc.want)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("relay login role %s: want the refusal to say %q, got:\n%v", role, w, err)
+				}
+			}
+		})
+	}
+
+	// A role GrantRelay made reads the log and cannot write it.
+	role := "sp_relay_" + sfx + "_reader"
+	superExec(t, clusterDSN, "CREATE ROLE "+role+" LOGIN")
+	t.Cleanup(func() {
+		superExecNoFail(t, e.super, "REVOKE ALL ON ALL TABLES IN SCHEMA securepay FROM "+role)
+		superExecNoFail(t, e.super, "REVOKE ALL ON SCHEMA securepay FROM "+role)
+		superExecNoFail(t, clusterDSN, "DROP ROLE IF EXISTS "+role)
+	})
+	if err := GrantRelay(ctx, owner, e.schema, role); err != nil {
+		t.Fatal(err)
+	}
+	reader := e.pool(t, role)
+	var count int
+	if err := reader.QueryRow(ctx, "SELECT count(*) FROM securepay.events").Scan(&count); err != nil {
+		t.Fatalf("the relay role reads the log: %v", err)
+	}
+	for _, q := range []string{
+		"DELETE FROM securepay.events",
+		"INSERT INTO securepay.schema_migrations (version, checksum) VALUES (999, 'x')",
+		"SET ROLE " + e.app,
+	} {
+		if _, err := reader.Exec(ctx, q); err == nil {
+			t.Errorf("the relay role ran %q: want it refused", q)
+		}
+	}
+
+	for _, tc := range []struct{ role, want string }{
+		{"sp_nobody_here", "does not exist: create it first"},
+		{e.owner, "is the role running migrate"},
+		{"postgres", "is a superuser"},
+		{"Bad-Name", "must match"},
+	} {
+		if err := GrantRelay(ctx, owner, e.schema, tc.role); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("GrantRelay to %q: want an error with %q, got %v", tc.role, tc.want, err)
 		}
 	}
 }

@@ -42,13 +42,32 @@ const DefaultCheckpointSchema = "securepay_relay"
 var identifier = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 
 // OpenPGCheckpoints creates the schema and table when missing and returns the checkpoints
-// of relay name. The login role needs CREATE on the database the first time only.
+// of relay name. The login role needs CREATE on the database the first time only, unless
+// the owner prepared them (GrantCheckpoints, run by `securepay migrate --relay-role`).
 func OpenPGCheckpoints(ctx context.Context, pool *pgxpool.Pool, schema, name string) (*PGCheckpoints, error) {
-	if !identifier.MatchString(schema) {
-		return nil, fmt.Errorf("relay checkpoints: schema %q must be a lower-case identifier", schema)
-	}
 	if name == "" || len(name) > 200 {
 		return nil, fmt.Errorf("relay checkpoints: name must be 1..200 bytes, got %d", len(name))
+	}
+	table, err := createCheckpointTable(ctx, pool, schema)
+	if err != nil {
+		return nil, err
+	}
+	return &PGCheckpoints{
+		pool: pool,
+		name: name,
+		load: "SELECT position FROM " + table + " WHERE name = $1",
+		// The WHERE keeps the checkpoint from moving back; no row means it was ahead.
+		save: "INSERT INTO " + table + " AS c (name, position) VALUES ($1, $2) " +
+			"ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now() " +
+			"WHERE c.position <= excluded.position",
+	}, nil
+}
+
+// createCheckpointTable creates the checkpoint schema and table when missing and returns
+// the table's quoted name.
+func createCheckpointTable(ctx context.Context, pool *pgxpool.Pool, schema string) (string, error) {
+	if !identifier.MatchString(schema) {
+		return "", fmt.Errorf("relay checkpoints: schema %q must be a lower-case identifier", schema)
 	}
 	table := pgx.Identifier{schema, "checkpoints"}.Sanitize()
 	ddl := []string{
@@ -60,22 +79,38 @@ func OpenPGCheckpoints(ctx context.Context, pool *pgxpool.Pool, schema, name str
 	}
 	for _, q := range ddl {
 		if _, err := pool.Exec(ctx, q); err != nil {
-			// Two relays starting together race on CREATE ... IF NOT EXISTS; the loser's
-			// error is harmless if the table is there now.
+			// Two relays starting together race on CREATE ... IF NOT EXISTS, and a relay
+			// role without CREATE on the database fails it even when the owner made the
+			// table: the error is harmless if the table is there and readable now.
 			if _, err2 := pool.Exec(ctx, "SELECT 1 FROM "+table+" LIMIT 0"); err2 != nil {
-				return nil, fmt.Errorf("relay checkpoints: create %s: %w", table, err)
+				return "", fmt.Errorf("relay checkpoints: create %s: %w (as the owner, run `securepay migrate --relay-role ROLE`, which creates it and grants the relay's role its rows)", table, err)
 			}
 		}
 	}
-	return &PGCheckpoints{
-		pool: pool,
-		name: name,
-		load: "SELECT position FROM " + table + " WHERE name = $1",
-		// The WHERE keeps the checkpoint from moving back; no row means it was ahead.
-		save: "INSERT INTO " + table + " AS c (name, position) VALUES ($1, $2) " +
-			"ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now() " +
-			"WHERE c.position <= excluded.position",
-	}, nil
+	return table, nil
+}
+
+// GrantCheckpoints creates the checkpoint schema and table when missing, as the role of
+// pool (the owner, in `securepay migrate --relay-role`), and lets role read and write the
+// checkpoints in it, and nothing more: the relay then needs no CREATE on the database.
+func GrantCheckpoints(ctx context.Context, pool *pgxpool.Pool, schema, role string) error {
+	if !identifier.MatchString(role) {
+		return fmt.Errorf("relay checkpoints: role %q must be a lower-case identifier", role)
+	}
+	table, err := createCheckpointTable(ctx, pool, schema)
+	if err != nil {
+		return err
+	}
+	r := pgx.Identifier{role}.Sanitize()
+	for _, q := range []string{
+		"GRANT USAGE ON SCHEMA " + pgx.Identifier{schema}.Sanitize() + " TO " + r,
+		"GRANT SELECT, INSERT, UPDATE ON " + table + " TO " + r,
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			return fmt.Errorf("relay checkpoints: %s: %w", q, err)
+		}
+	}
+	return nil
 }
 
 // Load returns the checkpoint, 0 when the relay never saved one.
