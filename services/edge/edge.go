@@ -106,7 +106,11 @@ func CorrelationFromClient(h http.Header) string {
 func NewCorrelationID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
-	return "c-" + hex.EncodeToString(b[:])
+	// Built in place: one allocation (the string) per request instead of three.
+	var id [2 + 2*len(b)]byte
+	id[0], id[1] = 'c', '-'
+	hex.Encode(id[2:], b[:])
+	return string(id[:])
 }
 
 // Funcs returns the two functions a component's services.Config takes (Caller and

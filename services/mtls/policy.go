@@ -2,12 +2,14 @@ package mtls
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -147,8 +149,9 @@ func WithCallerID(ctx context.Context, id spiffeid.ID) context.Context {
 // ([CallerID]).
 func (p Policy) Handler(next http.Handler) http.Handler {
 	errs := connect.NewErrorWriter()
+	peers := &peerCache{}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		caller, recycle, err := p.authorize(r, time.Now())
+		caller, recycle, err := p.authorize(r, time.Now(), peers)
 		if recycle {
 			// A GOAWAY once this response's headers are written: calls in flight on
 			// the connection finish, the next ones open a new connection with the
@@ -159,8 +162,53 @@ func (p Policy) Handler(next http.Handler) http.Handler {
 			_ = errs.Write(w, r, err) // a write error means the client has gone
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(WithCallerID(r.Context(), caller)))
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, caller.boxed)))
 	})
+}
+
+// peer is what authorize learns from a client certificate: its SPIFFE ID, and the same ID
+// boxed once as the context value [CallerID] reads, so that an allowed call costs no
+// allocation for either.
+type peer struct {
+	id    spiffeid.ID
+	boxed any
+}
+
+// peerCache remembers the SPIFFE ID of each client certificate seen, by the certificate's
+// pointer: every request on one TLS connection carries the same parsed leaf, so the ID is
+// read from its URI SAN once per connection instead of once per request (parsing it back
+// from the URL was a string build and a validation per call). The ID of a certificate never
+// changes, and an entry holds its certificate, so a pointer cannot be reused for another
+// while it is cached. Everything else (the expiry, the policy) is still decided per request.
+type peerCache struct {
+	mu      sync.Mutex
+	entries map[*x509.Certificate]peer
+}
+
+// maxPeerEntries bounds the cache: a component has a handful of callers, each on a few
+// connections that a rotation replaces every half SVID lifetime. When full it starts over,
+// which costs one parse per live connection.
+const maxPeerEntries = 1024
+
+func (c *peerCache) lookup(leaf *x509.Certificate) (peer, error) {
+	c.mu.Lock()
+	e, ok := c.entries[leaf]
+	c.mu.Unlock()
+	if ok {
+		return e, nil
+	}
+	id, err := x509svid.IDFromCert(leaf)
+	if err != nil {
+		return peer{}, err // not cached: a refused certificate is refused again, at full cost
+	}
+	e = peer{id: id, boxed: id}
+	c.mu.Lock()
+	if c.entries == nil || len(c.entries) >= maxPeerEntries {
+		c.entries = make(map[*x509.Certificate]peer, 64)
+	}
+	c.entries[leaf] = e
+	c.mu.Unlock()
+	return e, nil
 }
 
 // recycleAt is the fraction of a client certificate's lifetime after which the server
@@ -171,23 +219,24 @@ const recycleAtNum, recycleAtDen = 3, 4
 
 // authorize decides one request. recycle asks the client to reconnect: its certificate
 // is late in its life, or it is being refused for an expired one.
-func (p Policy) authorize(r *http.Request, now time.Time) (caller spiffeid.ID, recycle bool, err error) {
+func (p Policy) authorize(r *http.Request, now time.Time, peers *peerCache) (caller peer, recycle bool, err error) {
 	if r.TLS == nil || !r.TLS.HandshakeComplete {
-		return spiffeid.ID{}, false, connect.NewError(connect.CodeUnauthenticated,
+		return peer{}, false, connect.NewError(connect.CodeUnauthenticated,
 			errors.New("mtls: plaintext call refused: internal calls use mutual TLS with an X.509-SVID"))
 	}
 	if len(r.TLS.PeerCertificates) == 0 {
-		return spiffeid.ID{}, false, connect.NewError(connect.CodeUnauthenticated,
+		return peer{}, false, connect.NewError(connect.CodeUnauthenticated,
 			fmt.Errorf("mtls: no client certificate: present an X.509-SVID of trust domain %s", p.td))
 	}
 	leaf := r.TLS.PeerCertificates[0]
-	id, err := x509svid.IDFromCert(leaf)
+	caller, err = peers.lookup(leaf)
 	if err != nil {
-		return spiffeid.ID{}, false, connect.NewError(connect.CodeUnauthenticated,
+		return peer{}, false, connect.NewError(connect.CodeUnauthenticated,
 			fmt.Errorf("mtls: the client certificate is not an X.509-SVID: %v", err))
 	}
+	id := caller.id
 	if now.After(leaf.NotAfter) {
-		return spiffeid.ID{}, true, connect.NewError(connect.CodeUnauthenticated,
+		return peer{}, true, connect.NewError(connect.CodeUnauthenticated,
 			fmt.Errorf("mtls: the client certificate of %s expired at %s; reconnect with the current SVID",
 				id, leaf.NotAfter.UTC().Format(time.RFC3339)))
 	}
@@ -198,16 +247,16 @@ func (p Policy) authorize(r *http.Request, now time.Time) (caller spiffeid.ID, r
 	case !id.MemberOf(p.td):
 		// The handshake verifies against our own trust domain's bundle only; checked
 		// again here so that a federated bundle source cannot widen the policy.
-		return spiffeid.ID{}, recycle, connect.NewError(connect.CodePermissionDenied,
+		return peer{}, recycle, connect.NewError(connect.CodePermissionDenied,
 			fmt.Errorf("mtls: %s is not of trust domain %s", id, p.td))
 	case p.rules[proc] == nil:
-		return spiffeid.ID{}, recycle, connect.NewError(connect.CodePermissionDenied,
+		return peer{}, recycle, connect.NewError(connect.CodePermissionDenied,
 			fmt.Errorf("mtls: %s may not call %q: no caller may, here", id, clip(proc)))
 	case !slices.Contains(p.rules[proc], id):
-		return spiffeid.ID{}, recycle, connect.NewError(connect.CodePermissionDenied,
+		return peer{}, recycle, connect.NewError(connect.CodePermissionDenied,
 			fmt.Errorf("mtls: %s may not call %s", id, proc))
 	}
-	return id, recycle, nil
+	return caller, recycle, nil
 }
 
 // clip bounds what a refusal echoes of the request path, which the caller chose.
