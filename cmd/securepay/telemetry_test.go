@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -47,11 +48,13 @@ func TestDevMetricsAndTraceFile(t *testing.T) {
 		}
 	}
 
-	// Spans are exported in batches, at least once a second: wait for the transfer's.
+	// Spans are exported in batches, at least once a second: wait for the transfer's, and
+	// for the batch span its ledger span links to (the append, in a trace of its own).
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		byTrace := map[string][]string{}
-		var transferTrace string
+		spanNames := map[string]string{} // span id → name
+		var transfer telemetry.JSONSpan
 		if f, err := os.Open(spans); err == nil {
 			sc := bufio.NewScanner(f)
 			sc.Buffer(nil, 1<<20)
@@ -61,18 +64,24 @@ func TestDevMetricsAndTraceFile(t *testing.T) {
 					t.Fatalf("%s holds a line that is not a span: %v: %s", spans, err, sc.Text())
 				}
 				byTrace[s.TraceID] = append(byTrace[s.TraceID], s.Name)
+				spanNames[s.SpanID] = s.Name
 				if s.Name == "ledger.Transfer" {
-					transferTrace = s.TraceID
+					transfer = s
 				}
 			}
 			f.Close()
 		}
-		names := strings.Join(byTrace[transferTrace], ",")
-		if transferTrace != "" && strings.Contains(names, "securepay.ledger.v1.PaymentService/Transfer") && strings.Contains(names, telemetry.SpanCommandAppend) {
+		names := strings.Join(byTrace[transfer.TraceID], ",")
+		var linked []string
+		for _, l := range transfer.Links {
+			linked = append(linked, spanNames[l.SpanID])
+		}
+		if transfer.TraceID != "" && strings.Contains(names, "securepay.ledger.v1.PaymentService/Transfer") && slices.Contains(linked, telemetry.SpanBatchAppend) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after 15s, the transfer's trace holds spans %q; want the RPC, ledger.Transfer and %s", names, telemetry.SpanCommandAppend)
+			t.Fatalf("after 15s, the transfer's trace holds spans %q and its ledger.Transfer span links to %q; want the RPC and ledger.Transfer, linking to a %s span",
+				names, linked, telemetry.SpanBatchAppend)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

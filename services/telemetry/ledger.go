@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,20 +19,25 @@ import (
 // ledgerTracer is the instrumentation scope of the write path's spans.
 const ledgerTracer = "github.com/securepay/securepay/services/ledger"
 
-// Span names of the write path.
-const (
-	SpanBatchAppend   = "ledger.append_batch" // one batch's atomic append; links to every command's span
-	SpanCommandAppend = "eventstore.append"   // in a command's own trace: the append its batch made
-)
+// SpanBatchAppend is the span of one batch's atomic append: a root of its own that links to
+// the span of every sampled command in the batch.
+const SpanBatchAppend = "ledger.append_batch"
 
 // LedgerObserver is the ledger.Observer of a process: metrics always, spans when tracing.
 //
-// Tracing: each command gets a span ("ledger.Transfer", ...) under the request's span, and
-// its events carry that span as their traceparent. A batch is appended under one span of
-// its own, a new root that links to the span of every command in it (one batch, hundreds
-// of traces: a parent would pick one). So that a transfer's own trace still shows its
-// durable write, each command's span also gets a child "eventstore.append" with the
-// batch's start and end, linking back to the batch span.
+// Tracing: each command of a sampled request gets a span ("ledger.Transfer", ...) under the
+// request's span, and its events carry that span as their traceparent. A batch is appended
+// under one span of its own, a new root that links to the span of every sampled command in
+// it (one batch, hundreds of traces: a parent would pick one), and each of those command
+// spans links back to the batch span, so that a transfer's own trace leads to its durable
+// write (and the batch's PostgreSQL statements) without a span per command for it.
+//
+// What an unsampled command costs is one context lookup: the process's sampler is parent
+// based, so a child of an unsampled request span could never be recorded, and the
+// observer does not start it (no span id, no traceparent built: the events keep the
+// request's own traceparent, as docs/EVENTS.md specifies). A batch with no sampled command
+// starts no span either; one with any is always recorded (see linkedSampler), so that
+// every link a sampled command holds leads to a span that was exported.
 type LedgerObserver struct {
 	tracer trace.Tracer // nil when tracing is off: no span is started at all
 
@@ -41,6 +47,10 @@ type LedgerObserver struct {
 	conflicts     prometheus.Counter
 	retries       map[string]prometheus.Counter
 	commandDur    *prometheus.HistogramVec
+
+	// links holds *[]trace.Link buffers for batch spans: the SDK copies a span's links
+	// when it starts, so one buffer serves batch after batch.
+	links sync.Pool
 }
 
 var _ ledger.Observer = (*LedgerObserver)(nil)
@@ -92,9 +102,11 @@ func (o *LedgerObserver) Command(ctx context.Context, cmd domain.Command) (conte
 	name := spanName[len("ledger."):]
 	var span trace.Span
 	traceParent := ""
-	if o.tracer != nil {
+	if o.tracer != nil && recordable(trace.SpanContextFromContext(ctx)) {
 		ctx, span = o.tracer.Start(ctx, spanName)
-		traceParent = FormatTraceParent(span.SpanContext())
+		if sc := span.SpanContext(); sc.IsSampled() {
+			traceParent = FormatTraceParent(sc)
+		}
 	}
 	return ctx, traceParent, func(res ledger.Result, err error) {
 		outcome := outcomeOf(res, err)
@@ -113,6 +125,13 @@ func (o *LedgerObserver) Command(ctx context.Context, cmd domain.Command) (conte
 		}
 		span.End()
 	}
+}
+
+// recordable reports whether a child of parent may be recorded: it has no parent (a new
+// trace, the sampler decides) or a sampled one. The process's sampler is parent based
+// (telemetry.go), so a child of an unsampled parent never is.
+func recordable(parent trace.SpanContext) bool {
+	return !parent.IsValid() || parent.IsSampled()
 }
 
 func outcomeOf(res ledger.Result, err error) string {
@@ -135,14 +154,7 @@ func (o *LedgerObserver) Append(ctx context.Context, commands []context.Context,
 	start := time.Now()
 	var batch trace.Span
 	if o.tracer != nil {
-		links := make([]trace.Link, 0, len(commands))
-		for _, c := range commands {
-			if sc := trace.SpanContextFromContext(c); sc.IsSampled() {
-				links = append(links, trace.Link{SpanContext: sc})
-			}
-		}
-		ctx, batch = o.tracer.Start(ctx, SpanBatchAppend, trace.WithNewRoot(), trace.WithLinks(links...), trace.WithTimestamp(start),
-			trace.WithAttributes(attribute.Int("securepay.batch.commands", len(commands)), attribute.Int("securepay.batch.events", events)))
+		ctx, batch = o.startBatch(ctx, commands, events, start)
 	}
 	return ctx, func(res eventstore.AppendResult, err error) {
 		end := time.Now()
@@ -167,21 +179,41 @@ func (o *LedgerObserver) Append(ctx context.Context, commands []context.Context,
 				attribute.Int64("securepay.log_position.last", int64(res.LastPosition)))
 		}
 		batch.End(trace.WithTimestamp(end))
-		if !batch.SpanContext().IsSampled() {
-			return
-		}
-		back := trace.WithLinks(trace.Link{SpanContext: batch.SpanContext()})
-		for _, c := range commands {
-			if !trace.SpanContextFromContext(c).IsSampled() {
-				continue
-			}
-			_, s := o.tracer.Start(c, SpanCommandAppend, trace.WithTimestamp(start), back)
-			if err != nil {
-				s.SetStatus(codes.Error, err.Error())
-			}
-			s.End(trace.WithTimestamp(end))
+	}
+}
+
+// startBatch starts the span of a batch's append when a command in it is sampled, links it
+// to every sampled command span and each of those back to it; nil when none is sampled.
+// At most MaxLinks commands are linked (the span's limit); the batch's size is an
+// attribute whatever it is.
+func (o *LedgerObserver) startBatch(ctx context.Context, commands []context.Context, events int, start time.Time) (context.Context, trace.Span) {
+	buf, _ := o.links.Get().(*[]trace.Link)
+	if buf == nil {
+		buf = new([]trace.Link)
+	}
+	links := (*buf)[:0]
+	for _, c := range commands {
+		if sc := trace.SpanContextFromContext(c); sc.IsSampled() && len(links) < MaxLinks {
+			links = append(links, trace.Link{SpanContext: sc})
 		}
 	}
+	var batch trace.Span
+	if len(links) > 0 {
+		ctx, batch = o.tracer.Start(ctx, SpanBatchAppend, trace.WithNewRoot(), trace.WithLinks(links...), trace.WithTimestamp(start),
+			trace.WithAttributes(attribute.Int("securepay.batch.commands", len(commands)), attribute.Int("securepay.batch.events", events)))
+		back := trace.Link{SpanContext: batch.SpanContext()}
+		for _, c := range commands {
+			if s := trace.SpanFromContext(c); s.SpanContext().IsSampled() {
+				// A command decided again (a conflict, a failed speculation) joins a
+				// later batch too and links to each: every attempt is in its trace.
+				s.AddLink(back)
+			}
+		}
+	}
+	clear(links) // the buffer must not keep span contexts (their trace state) alive
+	*buf = links[:0]
+	o.links.Put(buf)
+	return ctx, batch
 }
 
 // Retried implements ledger.Observer.

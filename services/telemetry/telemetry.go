@@ -154,7 +154,7 @@ func New(ctx context.Context, cfg Config) (*Telemetry, error) {
 	opts := []sdktrace.TracerProviderOption{
 		sdktrace.WithResource(resource.NewSchemaless(attrs...)),
 		sdktrace.WithRawSpanLimits(limits),
-		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))),
+		sdktrace.WithSampler(sdktrace.ParentBased(linkedSampler{ratio: sdktrace.TraceIDRatioBased(ratio)})),
 	}
 	batch := func(e sdktrace.SpanExporter) sdktrace.TracerProviderOption {
 		return sdktrace.WithBatcher(e, sdktrace.WithMaxQueueSize(queued), sdktrace.WithBatchTimeout(time.Second))
@@ -180,6 +180,35 @@ func New(ctx context.Context, cfg Config) (*Telemetry, error) {
 	t.sdk = sdktrace.NewTracerProvider(opts...)
 	t.tp = t.sdk
 	return t, nil
+}
+
+// linkedSampler decides for new roots. A root that carries on sampled work of ours — an
+// internal span linking to a sampled span, as the ledger's batch append links to the
+// commands it commits and a projector's batch to the commands whose events it applies — is
+// recorded, so that a sampled transfer's trace never leads to a span that was dropped;
+// every other root is sampled at the configured ratio. Server spans are left to the ratio:
+// a stranger's traceparent, which the public edge only links to, must not choose what we
+// record.
+type linkedSampler struct {
+	ratio sdktrace.Sampler
+}
+
+func (s linkedSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
+	// A span started without a kind is internal (the SDK records it so, but the sampler
+	// sees the option as given).
+	if p.Kind == trace.SpanKindInternal || p.Kind == trace.SpanKindUnspecified {
+		for _, l := range p.Links {
+			if l.SpanContext.IsSampled() {
+				return sdktrace.SamplingResult{Decision: sdktrace.RecordAndSample,
+					Tracestate: trace.SpanContextFromContext(p.ParentContext).TraceState()}
+			}
+		}
+	}
+	return s.ratio.ShouldSample(p)
+}
+
+func (s linkedSampler) Description() string {
+	return "LinkedOr{" + s.ratio.Description() + "}"
 }
 
 // TracerProvider is the process's tracer provider (a no-op one when tracing is off).

@@ -228,22 +228,16 @@ func TestOneTransferIsOneTrace(t *testing.T) {
 		t.Fatalf("span chain of one transfer:\n got %v\nwant %v", chain, want)
 	}
 
-	// The command's store append, in the command's trace, linking to the batch span.
-	var appendSpan *tracetest.SpanStub
-	for i, s := range spans {
-		if s.Name == telemetry.SpanCommandAppend && s.Parent.SpanID() == command.SpanContext.SpanID() {
-			appendSpan = &spans[i]
+	// The command's trace leads to the batch that appended it: the command span links to
+	// the batch span, a root of its own, which links back to the command.
+	var batch tracetest.SpanStub
+	for _, l := range command.Links {
+		if s, ok := byID[l.SpanContext.SpanID()]; ok && s.Name == telemetry.SpanBatchAppend {
+			batch = s
 		}
 	}
-	if appendSpan == nil {
-		t.Fatalf("no %s span under the command span", telemetry.SpanCommandAppend)
-	}
-	if len(appendSpan.Links) != 1 {
-		t.Fatalf("%s span has %d links, want 1 (to its batch)", telemetry.SpanCommandAppend, len(appendSpan.Links))
-	}
-	batch, ok := byID[appendSpan.Links[0].SpanContext.SpanID()]
-	if !ok || batch.Name != telemetry.SpanBatchAppend {
-		t.Fatalf("the append span links to %q, want the %s span", batch.Name, telemetry.SpanBatchAppend)
+	if batch.Name == "" {
+		t.Fatalf("the command span links to %v, none of them an exported %s span", command.Links, telemetry.SpanBatchAppend)
 	}
 	if batch.Parent.IsValid() {
 		t.Errorf("the batch span has parent %s; want a root (it serves many traces)", batch.Parent.SpanID())
@@ -255,8 +249,10 @@ func TestOneTransferIsOneTrace(t *testing.T) {
 	if !linked {
 		t.Errorf("batch span has %d links, none to the command span %s", len(batch.Links), command.SpanContext.SpanID())
 	}
-	if !appendSpan.StartTime.Equal(batch.StartTime) || !appendSpan.EndTime.Equal(batch.EndTime) {
-		t.Errorf("command append span [%v, %v], batch [%v, %v]: want the batch's timing", appendSpan.StartTime, appendSpan.EndTime, batch.StartTime, batch.EndTime)
+	for _, s := range spans {
+		if s.SpanContext.TraceID() == sc.TraceID() && s.Name != "ledger.Transfer" && s.Parent.SpanID() == command.SpanContext.SpanID() {
+			t.Errorf("span %q under the command span: the append is the batch's span, reached by the link", s.Name)
+		}
 	}
 	// Every command span is linked from exactly one batch.
 	linkedFrom := map[trace.SpanID]int{}
@@ -303,7 +299,7 @@ func TestEdgeDoesNotTrustClientTraceContext(t *testing.T) {
 	}
 }
 
-// A failed append marks the batch span and each command's append span as errors.
+// A failed append marks the batch span as an error; the command's span links to it.
 func TestFailedAppendIsAnErrorSpan(t *testing.T) {
 	spans := tracetest.NewInMemoryExporter()
 	tel := newTelemetry(t, "securepay-payments", telemetry.Config{Exporter: spans})
@@ -313,7 +309,8 @@ func TestFailedAppendIsAnErrorSpan(t *testing.T) {
 	}
 	ctx, cmdSpan := tel.Tracer("test").Start(context.Background(), "command")
 	actx, done := obs.Append(context.Background(), []context.Context{ctx}, 3)
-	if !trace.SpanContextFromContext(actx).IsValid() {
+	batchSC := trace.SpanContextFromContext(actx)
+	if !batchSC.IsValid() {
 		t.Fatal("Append returned a context without the batch span")
 	}
 	done(eventstore.AppendResult{}, fmt.Errorf("append: %w", errors.Join(eventstore.ErrUnavailable)))
@@ -323,9 +320,94 @@ func TestFailedAppendIsAnErrorSpan(t *testing.T) {
 		if s.Status.Code.String() == "Error" {
 			errorSpans = append(errorSpans, s.Name)
 		}
+		if s.Name == "command" && (len(s.Links) != 1 || s.Links[0].SpanContext.SpanID() != batchSC.SpanID()) {
+			t.Errorf("command span links %v, want one link to the batch span %s", s.Links, batchSC.SpanID())
+		}
 	}
-	if fmt.Sprint(errorSpans) != fmt.Sprint([]string{telemetry.SpanBatchAppend, telemetry.SpanCommandAppend}) {
-		t.Errorf("error spans %v, want the batch span and the command's append span", errorSpans)
+	if fmt.Sprint(errorSpans) != fmt.Sprint([]string{telemetry.SpanBatchAppend}) {
+		t.Errorf("error spans %v, want the batch span", errorSpans)
+	}
+}
+
+// A request its caller did not sample costs the ledger no span: the command gets no span
+// id and no traceparent of its own (its events keep the request's), and a batch of such
+// commands starts no span, even though new traces are sampled.
+func TestUnsampledCommandStartsNoSpan(t *testing.T) {
+	spans := tracetest.NewInMemoryExporter()
+	tel := newTelemetry(t, "securepay-payments", telemetry.Config{Exporter: spans})
+	obs, err := tel.LedgerObserver()
+	if err != nil {
+		t.Fatal(err)
+	}
+	parent, ok := telemetry.ParseTraceParent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+	if !ok {
+		t.Fatal("test traceparent does not parse")
+	}
+	ctx := trace.ContextWithRemoteSpanContext(context.Background(), parent)
+	cctx, tp, done := obs.Command(ctx, domain.Transfer{})
+	if tp != "" {
+		t.Errorf("traceparent of an unsampled command = %q, want \"\" (the events keep the request's)", tp)
+	}
+	if got := trace.SpanContextFromContext(cctx); !got.Equal(parent) {
+		t.Errorf("command context holds span %s, want the request's %s: no span started", got.SpanID(), parent.SpanID())
+	}
+	actx, appended := obs.Append(context.Background(), []context.Context{cctx}, 2)
+	if sc := trace.SpanContextFromContext(actx); sc.IsValid() {
+		t.Errorf("a batch of unsampled commands started span %s, want none", sc.SpanID())
+	}
+	appended(eventstore.AppendResult{FirstPosition: 1, LastPosition: 2}, nil)
+	done(ledger.Result{Position: 2}, nil)
+	if got := spans.GetSpans(); len(got) != 0 {
+		t.Errorf("%d spans exported for an unsampled command, want 0: %v", len(got), got.Snapshots())
+	}
+}
+
+// At a low ratio a batch is still recorded when one of its commands is sampled (else the
+// command's link would lead nowhere); one with only unsampled commands is not.
+func TestBatchOfASampledCommandIsRecorded(t *testing.T) {
+	spans := tracetest.NewInMemoryExporter()
+	// One new trace in a billion: no root is sampled by chance in this test.
+	tel := newTelemetry(t, "securepay-payments", telemetry.Config{Exporter: spans, SampleRatio: 1e-9})
+	obs, err := tel.LedgerObserver()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sampled, ok := telemetry.ParseTraceParent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	if !ok {
+		t.Fatal("test traceparent does not parse")
+	}
+	sctx, tp, sdone := obs.Command(trace.ContextWithRemoteSpanContext(context.Background(), sampled), domain.Transfer{})
+	if tp == "" || !strings.HasPrefix(tp, "00-4bf92f3577b34da6a3ce929d0e0e4736-") || !strings.HasSuffix(tp, "-01") {
+		t.Errorf("traceparent of a sampled command = %q, want its own span in the caller's trace, sampled", tp)
+	}
+	uctx, utp, udone := obs.Command(context.Background(), domain.Transfer{}) // a new trace: not sampled at 1e-9
+	if utp != "" {
+		t.Errorf("traceparent of an unsampled new trace = %q, want \"\"", utp)
+	}
+	actx, appended := obs.Append(context.Background(), []context.Context{uctx, sctx}, 4)
+	batchSC := trace.SpanContextFromContext(actx)
+	if !batchSC.IsSampled() {
+		t.Fatal("the batch of a sampled command is not sampled")
+	}
+	appended(eventstore.AppendResult{FirstPosition: 1, LastPosition: 4}, nil)
+	sdone(ledger.Result{Position: 4}, nil)
+	udone(ledger.Result{Position: 2}, nil)
+
+	octx, others := obs.Append(context.Background(), []context.Context{uctx}, 2)
+	if sc := trace.SpanContextFromContext(octx); sc.IsValid() {
+		t.Errorf("a batch of unsampled commands started span %s, want none", sc.SpanID())
+	}
+	others(eventstore.AppendResult{FirstPosition: 5, LastPosition: 6}, nil)
+
+	var names []string
+	for _, s := range spans.GetSpans() {
+		names = append(names, s.Name)
+		if s.Name == telemetry.SpanBatchAppend && (len(s.Links) != 1 || s.Links[0].SpanContext.SpanID() != trace.SpanContextFromContext(sctx).SpanID()) {
+			t.Errorf("batch span links %v, want only the sampled command", s.Links)
+		}
+	}
+	if fmt.Sprint(names) != fmt.Sprint([]string{telemetry.SpanBatchAppend, "ledger.Transfer"}) {
+		t.Errorf("spans %v, want the batch and the sampled command", names)
 	}
 }
 
