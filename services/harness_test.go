@@ -82,6 +82,9 @@ type nodeOptions struct {
 	// writeTimeout, readTimeout override the server's whole-request timeouts,
 	// readHeaderTimeout its header deadline.
 	writeTimeout, readTimeout, readHeaderTimeout time.Duration
+	// observer watches the ledger, interceptors run first on every RPC (telemetry's).
+	observer     ledger.Observer
+	interceptors []connect.Interceptor
 }
 
 func startNode(t testing.TB, o nodeOptions) *node {
@@ -93,7 +96,7 @@ func startNode(t testing.TB, o nodeOptions) *node {
 	if err != nil {
 		t.Fatalf("open embedded store: %v", err)
 	}
-	proc, err := ledger.New(store, ledger.Config{})
+	proc, err := ledger.New(store, ledger.Config{Observer: o.observer})
 	if err != nil {
 		t.Fatalf("start processor: %v", err)
 	}
@@ -131,6 +134,7 @@ func startNode(t testing.TB, o nodeOptions) *node {
 		WriteTimeout:      o.writeTimeout,
 		ReadTimeout:       o.readTimeout,
 		ReadHeaderTimeout: o.readHeaderTimeout,
+		Interceptors:      o.interceptors,
 	})
 	if err != nil {
 		t.Fatalf("new server: %v", err)
