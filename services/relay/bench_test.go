@@ -29,7 +29,10 @@ import (
 //
 // Catch-up also reports the relay's CPU time and allocations per event (the log is written
 // before the relay starts, so the process does nothing else meanwhile).
-// SECUREPAY_RELAY_BENCH_COMPRESSION=lz4|zstd|gzip|snappy measures a compressed producer.
+// SECUREPAY_RELAY_BENCH_COMPRESSION=lz4|zstd|gzip|snappy measures a compressed producer;
+// SECUREPAY_RELAY_BENCH_SAVE_INTERVAL sets Config.SaveInterval (-1ns: a save after every
+// acknowledgement, as before it existed). Live also reports the commit-to-read latency (the
+// part before the relay had the event) and the checkpoint saves per second.
 //
 // Run: go test -run '^$' -bench BenchmarkRelay -benchtime 1x ./services/relay/
 func BenchmarkRelay(b *testing.B) {
@@ -43,7 +46,8 @@ func BenchmarkRelay(b *testing.B) {
 
 		var mu sync.Mutex
 		var live bool
-		var latencies []time.Duration
+		var latencies, readLatencies []time.Duration
+		var saves atomic.Int64
 		var acked atomic.Int64
 		var firstAck atomic.Int64 // unix ns of the first acknowledgement: the clock starts once topics exist
 		// During catch-up only the relay works in this process (the log is written before
@@ -53,6 +57,21 @@ func BenchmarkRelay(b *testing.B) {
 		_, stop := f.startRelay(b, addr, func(c *relay.Config) {
 			c.Topics = &relay.TopicSettings{Partitions: 12, ReplicationFactor: 1}
 			c.Window = envInt("SECUREPAY_RELAY_BENCH_WINDOW", 10_000)
+			if v := os.Getenv("SECUREPAY_RELAY_BENCH_SAVE_INTERVAL"); v != "" {
+				d, err := time.ParseDuration(v)
+				if err != nil {
+					b.Fatalf("SECUREPAY_RELAY_BENCH_SAVE_INTERVAL=%s: %v", v, err)
+				}
+				c.SaveInterval = d
+			}
+			c.Checkpoints = countingCheckpoints{Checkpoints: c.Checkpoints, saves: &saves}
+			c.Store = timedStore{Store: c.Store, observe: func(d time.Duration) {
+				mu.Lock()
+				if live {
+					readLatencies = append(readLatencies, d)
+				}
+				mu.Unlock()
+			}}
 			if name := os.Getenv("SECUREPAY_RELAY_BENCH_COMPRESSION"); name != "" {
 				// Compression is not the relay's setting (docs/KAFKA.md): this measures it.
 				p := relay.ProducerConfig("securepay-relay-bench", relay.DefaultKafkaVersion)
@@ -76,9 +95,10 @@ func BenchmarkRelay(b *testing.B) {
 		catchUp := time.Since(time.Unix(0, firstAck.Load()))
 		cpuPerEvent := float64((processCPU(b) - cpu0).Microseconds()) / float64(head)
 		allocsPerEvent := float64(mallocs()-mallocs0) / float64(head)
+		catchUpSaves := saves.Load()
 		b.ReportMetric(cpuPerEvent, "catchup-cpu-us/event")
 		b.ReportMetric(allocsPerEvent, "catchup-allocs/event")
-		b.Logf("catch-up cost in the relay's process: %.1f µs CPU and %.1f allocations per event", cpuPerEvent, allocsPerEvent)
+		b.Logf("catch-up cost in the relay's process: %.1f µs CPU and %.1f allocations per event; %d checkpoint saves", cpuPerEvent, allocsPerEvent, catchUpSaves)
 		b.ReportMetric(float64(head)/catchUp.Seconds(), "catchup-events/s")
 		b.Logf("catch-up: %d events in %s = %.0f events/s", head, catchUp.Round(time.Millisecond), float64(head)/catchUp.Seconds())
 
@@ -109,15 +129,18 @@ func BenchmarkRelay(b *testing.B) {
 		_ = stop()
 
 		mu.Lock()
-		lat := slices.Clone(latencies)
+		lat, readLat := slices.Clone(latencies), slices.Clone(readLatencies)
 		mu.Unlock()
 		slices.Sort(lat)
-		q := func(p float64) time.Duration {
+		slices.Sort(readLat)
+		quantile := func(lat []time.Duration, p float64) time.Duration {
 			if len(lat) == 0 {
 				return 0
 			}
 			return lat[min(len(lat)-1, int(p*float64(len(lat))))]
 		}
+		q := func(p float64) time.Duration { return quantile(lat, p) }
+		liveSaves := saves.Load() - catchUpSaves
 		events := after - before
 		b.ReportMetric(float64(committed.Load())/liveDur.Seconds(), "live-transfers/s")
 		b.ReportMetric(float64(events)/liveDur.Seconds(), "live-events/s")
@@ -128,7 +151,41 @@ func BenchmarkRelay(b *testing.B) {
 			acked.Load()-ackedBefore, drained.Round(time.Millisecond))
 		b.Logf("commit-to-Kafka latency over %d events: p50 %s, p90 %s, p99 %s, max %s",
 			len(lat), q(0.50).Round(time.Microsecond), q(0.90).Round(time.Microsecond), q(0.99).Round(time.Microsecond), q(1).Round(time.Microsecond))
+		// The part of it before the relay had the event: the ledger's commit, the
+		// notification and the subscription's read.
+		b.ReportMetric(float64(quantile(readLat, 0.99).Microseconds())/1000, "read-p99-ms")
+		b.Logf("commit-to-read latency (the subscription had the event) over %d events: p50 %s, p99 %s; %d checkpoint saves while live (%.1f/s)",
+			len(readLat), quantile(readLat, 0.50).Round(time.Microsecond), quantile(readLat, 0.99).Round(time.Microsecond), liveSaves, float64(liveSaves)/drained.Seconds())
+		b.ReportMetric(float64(liveSaves)/drained.Seconds(), "live-saves/s")
 	}
+}
+
+// timedStore passes the relay's subscription through, observing for every event the time
+// from its commit (recorded_at) to its read.
+type timedStore struct {
+	eventstore.Store
+	observe func(time.Duration)
+}
+
+func (s timedStore) Subscribe(ctx context.Context, after uint64, maxBatch int, handle func(context.Context, []eventstore.RecordedEvent) error) error {
+	return s.Store.Subscribe(ctx, after, maxBatch, func(ctx context.Context, batch []eventstore.RecordedEvent) error {
+		now := time.Now()
+		for i := range batch {
+			s.observe(now.Sub(batch[i].RecordedAt))
+		}
+		return handle(ctx, batch)
+	})
+}
+
+// countingCheckpoints counts the relay's checkpoint saves: each is a PostgreSQL commit.
+type countingCheckpoints struct {
+	relay.Checkpoints
+	saves *atomic.Int64
+}
+
+func (c countingCheckpoints) Save(ctx context.Context, position uint64) error {
+	c.saves.Add(1)
+	return c.Checkpoints.Save(ctx, position)
 }
 
 // processCPU is this process's user+system CPU time so far.

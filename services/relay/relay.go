@@ -64,6 +64,14 @@ type Config struct {
 	// Observe, when set, is called for every acknowledged event, from the relay's
 	// acknowledgement goroutine: it must return quickly (a histogram, a counter).
 	Observe func(Published)
+	// SaveInterval spaces the checkpoint saves: after a save, the next waits until this
+	// much time passed or half the window is acknowledged and unsaved, whichever comes
+	// first. Each save is a PostgreSQL commit (a WAL flush) competing with the ledger's own,
+	// and saving after every acknowledgement costs one per few events at low rates. It
+	// delays nothing a consumer sees (events are published before they are saved) and
+	// changes no bound: a crash still re-publishes at most Window events. Default 100ms;
+	// negative saves after every acknowledgement.
+	SaveInterval time.Duration
 	// Clock stamps acknowledgements for Observe; default time.Now.
 	Clock func() time.Time
 	// Metrics, when set, receives every acknowledgement and failed publish, and the
@@ -98,6 +106,7 @@ const (
 	defaultRetryBackoff = 200 * time.Millisecond
 	maxRetryBackoff     = 5 * time.Second
 	defaultDrainTimeout = 10 * time.Second
+	defaultSaveInterval = 100 * time.Millisecond
 	saveTimeout         = 10 * time.Second
 )
 
@@ -204,6 +213,9 @@ func New(cfg Config) (*Relay, error) {
 	}
 	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = defaultDrainTimeout
+	}
+	if cfg.SaveInterval == 0 {
+		cfg.SaveInterval = defaultSaveInterval
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -524,12 +536,20 @@ func (r *Relay) acks(producer sarama.AsyncProducer, w *window, fail context.Canc
 }
 
 // saver saves the acknowledged run as it grows: one save at a time, each covering every
-// acknowledgement that arrived during the previous one.
+// acknowledgement that arrived during the previous one and the SaveInterval after it.
 func (r *Relay) saver(ctx context.Context, w *window, fail context.CancelCauseFunc) {
+	var last time.Time
 	for {
 		acked, err := w.waitAcked(ctx)
 		if err != nil {
 			return
+		}
+		if wait := r.cfg.SaveInterval - time.Since(last); wait > 0 {
+			// Half the window unsaved saves at once: the sender must never wait for a
+			// save that is only being spaced out.
+			if acked, err = w.waitUnsaved(ctx, max(1, w.size/2), wait); err != nil {
+				return
+			}
 		}
 		sctx, cancel := context.WithTimeout(ctx, saveTimeout)
 		err = r.cfg.Checkpoints.Save(sctx, acked)
@@ -544,6 +564,7 @@ func (r *Relay) saver(ctx context.Context, w *window, fail context.CancelCauseFu
 			fail(fmt.Errorf("save checkpoint: %w", err))
 			return
 		}
+		last = time.Now()
 		w.markSaved(acked)
 		r.setStatus(func(s *Status) { s.Checkpoint, s.Acked, s.Error = acked, acked, "" })
 	}

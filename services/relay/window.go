@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/securepay/securepay/eventstore"
 )
@@ -95,6 +96,30 @@ func (w *window) waitAcked(ctx context.Context) (uint64, error) {
 		select {
 		case <-ctx.Done():
 			return 0, ctx.Err()
+		case <-wake:
+		}
+	}
+}
+
+// waitUnsaved blocks until at least n acknowledged positions are unsaved or timeout passes,
+// and returns the end of the acknowledged run; or returns ctx's error.
+func (w *window) waitUnsaved(ctx context.Context, n uint64, timeout time.Duration) (uint64, error) {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		wake := w.signal.C()
+		w.mu.Lock()
+		acked, saved := w.acked, w.saved
+		w.mu.Unlock()
+		if acked-saved >= n {
+			return acked, nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-timer.C:
+			_, acked := w.positions()
+			return acked, nil
 		case <-wake:
 		}
 	}

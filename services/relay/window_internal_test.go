@@ -107,3 +107,44 @@ func TestWindowOutOfOrderAcks(t *testing.T) {
 		}
 	}
 }
+
+// TestWindowWaitUnsaved: the saver's spacing ends early when enough is acknowledged and
+// unsaved (the sender may be waiting on the window), and otherwise at its timeout with the
+// acknowledged run so far.
+func TestWindowWaitUnsaved(t *testing.T) {
+	w := newWindow(0, 10)
+	for pos := uint64(1); pos <= 2; pos++ {
+		if err := w.ack(pos); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Two unsaved, five wanted: the timeout ends the wait, with what is acknowledged.
+	if got, err := w.waitUnsaved(context.Background(), 5, 10*time.Millisecond); err != nil || got != 2 {
+		t.Fatalf("waitUnsaved(5) with 2 unsaved: %d, %v; want 2 at the timeout", got, err)
+	}
+	// Five unsaved arrive while it waits: it returns then, long before its timeout.
+	done := make(chan uint64, 1)
+	go func() {
+		got, _ := w.waitUnsaved(context.Background(), 5, time.Hour)
+		done <- got
+	}()
+	for pos := uint64(3); pos <= 5; pos++ {
+		if err := w.ack(pos); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case got := <-done:
+		if got != 5 {
+			t.Fatalf("waitUnsaved(5) returned %d, want 5", got)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("waitUnsaved(5) still waiting with 5 acknowledged and unsaved")
+	}
+	// A cancelled context ends it with its error.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := w.waitUnsaved(ctx, 50, time.Hour); !errors.Is(err, context.Canceled) {
+		t.Fatalf("waitUnsaved with a cancelled context: %v, want context.Canceled", err)
+	}
+}
