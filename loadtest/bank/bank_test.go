@@ -3,6 +3,7 @@ package bank
 import (
 	"context"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -50,12 +51,17 @@ func TestBankUnderFaults(t *testing.T) {
 
 	c := startCluster(t, topology)
 	all := c.faults()
+	var rl *relayUnderTest // kill-relay: serve relay runs beside the server (relay_test.go)
+	if slices.Contains(strings.Split(names, ","), "kill-relay") {
+		rl = startRelay(t, c)
+		all["kill-relay"] = rl.fault()
+	}
 	var faults []Fault
 	if names != "none" {
 		for _, n := range strings.Split(names, ",") {
 			f, ok := all[n]
 			if !ok {
-				t.Fatalf("SECUREPAY_BANK_FAULTS: unknown fault %q; known: kill-server, crash-postgres, restart-redis, flush-redis, kill-COMPONENT (split topology), or none", n)
+				t.Fatalf("SECUREPAY_BANK_FAULTS: unknown fault %q; known: kill-server, crash-postgres, restart-redis, flush-redis, kill-relay, kill-COMPONENT (split topology), or none", n)
 			}
 			faults = append(faults, f)
 		}
@@ -73,6 +79,11 @@ func TestBankUnderFaults(t *testing.T) {
 	}
 	if err != nil {
 		t.Fatalf("the bank run could not be carried out: %v", err)
+	}
+	if rl != nil {
+		for _, v := range rl.verify(2 * time.Minute) {
+			t.Errorf("RELAY VIOLATION: %s", v)
+		}
 	}
 	if len(rep.Violations) > 0 {
 		t.Fatalf("%d invariant violations (seed %d); see the report above", len(rep.Violations), seed)
