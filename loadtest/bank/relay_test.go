@@ -67,6 +67,7 @@ type relayUnderTest struct {
 // starts it on topics of this run.
 func startRelay(t *testing.T, c *cluster) *relayUnderTest {
 	t.Helper()
+	began := time.Now()
 	broker := kafkatest.Addr(t)
 	owner, err := os.ReadFile(filepath.Join(c.dir, "owner-dsn"))
 	if err != nil {
@@ -93,6 +94,7 @@ func startRelay(t *testing.T, c *cluster) *relayUnderTest {
 	if err := r.start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("relay: serve relay publishing to %s and %s, %s after its set-up began", r.topics.Payments, r.topics.Notifications, time.Since(began).Round(time.Millisecond))
 	return r
 }
 
@@ -198,6 +200,7 @@ type logEvent struct {
 func (r *relayUnderTest) verify(settle time.Duration) []string {
 	t := r.t
 	t.Helper()
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), settle)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, r.ownerDSN)
@@ -265,8 +268,8 @@ func (r *relayUnderTest) verify(settle time.Duration) []string {
 	r.mu.Lock()
 	kills := r.kills
 	r.mu.Unlock()
-	t.Logf("relay: %d events in the log, %d messages read back (%d delivered more than once), %d kills of serve relay, %d violations",
-		len(log), len(msgs), len(msgs)-len(seen), kills, len(violations))
+	t.Logf("relay: %d events in the log, %d messages read back (%d delivered more than once), %d kills of serve relay, %d violations; the check took %s",
+		len(log), len(msgs), len(msgs)-len(seen), kills, len(violations), time.Since(start).Round(time.Millisecond))
 	return violations
 }
 
