@@ -21,7 +21,8 @@ import (
 // authorised on its own:
 //
 //   - payments: every write (and GetAccount, below), the idempotency store, the command
-//     processor and the authorisation expirer; it needs the event store.
+//     processor and the authorisation expirer; it needs the event store. It also serves
+//     WebhookService, the registry of webhook endpoints (services/webhook).
 //   - queries: the reads answered from the views (GetPayment, GetBalance, ListHistory)
 //     and WatchAccount; read-your-writes by min_position. It needs the views and the log.
 //   - audit: AuditService, the whole log; it needs the event store only.
@@ -73,6 +74,12 @@ func componentOfService() map[protoreflect.FullName]Component {
 		ledgerv1connect.PaymentServiceName: ComponentPayments,
 		ledgerv1connect.BalanceServiceName: ComponentQueries,
 		ledgerv1connect.AuditServiceName:   ComponentAudit,
+		// Webhook endpoints are registered by the payments component: like every write it
+		// acts for the principal the gateway asserts (the endpoint's owner), it already
+		// admits only the gateway, and it holds the PostgreSQL pool the registry lives in.
+		// The dispatcher does not serve the API: it reads the registry straight from the
+		// store (webhook.Registry), as the projector and the relay read the log.
+		ledgerv1connect.WebhookServiceName: ComponentPayments,
 	}
 }
 

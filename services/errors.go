@@ -44,6 +44,12 @@ const (
 	ReasonIdempotencyInFlight   Reason = "IDEMPOTENCY_REQUEST_IN_PROGRESS"
 	ReasonIdempotencyStoreDown  Reason = "IDEMPOTENCY_STORE_UNAVAILABLE"
 	ReasonCheckpointUnavailable Reason = "CHECKPOINT_UNAVAILABLE"
+	// ReasonEndpointLimit: the account has as many webhook endpoints as the server allows;
+	// delete one first.
+	ReasonEndpointLimit Reason = "ENDPOINT_LIMIT_REACHED"
+	// ReasonWebhooksDisabled: the server runs without a webhook registry (no
+	// --webhook-key-file).
+	ReasonWebhooksDisabled Reason = "WEBHOOKS_DISABLED"
 
 	// The gateway's refusals (services/gateway): no valid token, a role that may not call
 	// the procedure, more calls than the principal's rate allows.
@@ -95,6 +101,8 @@ var codes = map[Reason]connect.Code{
 	ReasonRateLimited:           connect.CodeResourceExhausted,
 	ReasonRateLimiterDown:       connect.CodeUnavailable,
 	ReasonCheckpointUnavailable: connect.CodeFailedPrecondition,
+	ReasonEndpointLimit:         connect.CodeFailedPrecondition,
+	ReasonWebhooksDisabled:      connect.CodeFailedPrecondition,
 }
 
 // Reasons returns every reason this API sends, sorted. The slice is the caller's own.
@@ -125,6 +133,16 @@ func NewError(reason Reason, message string) *connect.Error {
 		code, reason = connect.CodeInternal, ReasonInternal
 	}
 	return newError(code, reason, message)
+}
+
+// NewFieldError is NewError for a refusal of one request field (packages that answer on
+// the API's behalf: services/webhook): the ErrorInfo metadata names the field.
+func NewFieldError(reason Reason, message, field string) *connect.Error {
+	code, ok := codes[reason]
+	if !ok {
+		return newError(connect.CodeInternal, ReasonInternal, message)
+	}
+	return newFieldError(code, reason, message, field)
 }
 
 // newFieldError is newError for a refusal of one request field: the ErrorInfo metadata

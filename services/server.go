@@ -101,6 +101,10 @@ type Config struct {
 	// Checkpoints answers the AuditService's checkpoint and proof calls; nil on a server
 	// that keeps no Merkle tree (they answer CHECKPOINT_UNAVAILABLE).
 	Checkpoints *Checkpoints
+	// Webhooks serves WebhookService on the payments component (services/webhook's
+	// Service, which needs the webhook key); nil answers its procedures FAILED_PRECONDITION
+	// saying the server runs without a webhook registry.
+	Webhooks ledgerv1connect.WebhookServiceHandler
 }
 
 // Validate reports the first problem with c.
@@ -194,6 +198,7 @@ var serviceNames = []string{
 	ledgerv1connect.PaymentServiceName,
 	ledgerv1connect.BalanceServiceName,
 	ledgerv1connect.AuditServiceName,
+	ledgerv1connect.WebhookServiceName,
 }
 
 func serviceDescriptors() []protoreflect.ServiceDescriptor {
@@ -202,11 +207,24 @@ func serviceDescriptors() []protoreflect.ServiceDescriptor {
 		ledgerv1.File_securepay_ledger_v1_payments_proto,
 		ledgerv1.File_securepay_ledger_v1_balances_proto,
 		ledgerv1.File_securepay_ledger_v1_audit_proto,
+		ledgerv1.File_securepay_ledger_v1_webhooks_proto,
 	}
 	var out []protoreflect.ServiceDescriptor
 	for _, f := range files {
 		for i := 0; i < f.Services().Len(); i++ {
 			out = append(out, f.Services().Get(i))
+		}
+	}
+	return out
+}
+
+// ledgerServiceDescriptors are the services whose writes go through the idempotency
+// store: all but WebhookService (see NewServer).
+func ledgerServiceDescriptors() []protoreflect.ServiceDescriptor {
+	var out []protoreflect.ServiceDescriptor
+	for _, d := range serviceDescriptors() {
+		if d.FullName() != ledgerv1connect.WebhookServiceName {
+			out = append(out, d)
 		}
 	}
 	return out
@@ -261,23 +279,29 @@ func NewServer(cfg Config) (*Server, error) {
 			Logger: cfg.Logger,
 			// A claim must outlive the longest request it guards.
 			InFlightTTL: cfg.RequestTimeout + cfg.WriteTimeout,
-		}, serviceDescriptors(), writeReplayers())
+		}, ledgerServiceDescriptors(), writeReplayers())
 		if err != nil {
 			return nil, err
 		}
 		interceptors = append(interceptors, idem)
 	}
+	// WebhookService skips the idempotency store: its answers carry signing secrets, which
+	// must not be kept in Redis, and a retried RegisterEndpoint is refused by URL instead.
+	webhookInterceptors := append(slices.Clip(interceptors), errorInterceptor{log: cfg.Logger})
 	interceptors = append(interceptors, errorInterceptor{log: cfg.Logger})
-	opts := []connect.HandlerOption{
-		connect.WithCodec(deterministicCodec{}),
-		// requestLimits and boundedGzip refuse oversized messages first, with a message
-		// that says the limit; connect-go's own check stays as the backstop.
-		connect.WithReadMaxBytes(cfg.MaxRequestBytes),
-		connect.WithCompression("gzip", newBoundedGzip(cfg.MaxRequestBytes), func() connect.Compressor { return gzip.NewWriter(io.Discard) }),
-		// Our answers are a few hundred bytes: gzip would cost more CPU than it saves.
-		connect.WithCompressMinBytes(compressMinBytes),
-		connect.WithInterceptors(interceptors...),
+	handlerOpts := func(interceptors []connect.Interceptor) []connect.HandlerOption {
+		return []connect.HandlerOption{
+			connect.WithCodec(deterministicCodec{}),
+			// requestLimits and boundedGzip refuse oversized messages first, with a message
+			// that says the limit; connect-go's own check stays as the backstop.
+			connect.WithReadMaxBytes(cfg.MaxRequestBytes),
+			connect.WithCompression("gzip", newBoundedGzip(cfg.MaxRequestBytes), func() connect.Compressor { return gzip.NewWriter(io.Discard) }),
+			// Our answers are a few hundred bytes: gzip would cost more CPU than it saves.
+			connect.WithCompressMinBytes(compressMinBytes),
+			connect.WithInterceptors(interceptors...),
+		}
 	}
+	opts := handlerOpts(interceptors)
 	errs := connect.NewErrorWriter(opts...)
 	mux := http.NewServeMux()
 	// Every service is mounted, so that a procedure of another component is answered
@@ -287,6 +311,11 @@ func NewServer(cfg Config) (*Server, error) {
 	mount(ledgerv1connect.NewPaymentServiceHandler(&paymentService{cmds: cfg.Commands, reader: cfg.Reader, meta: meta, readWait: cfg.ReadWait}, opts...))
 	mount(ledgerv1connect.NewBalanceServiceHandler(&balanceService{reader: cfg.Reader, store: cfg.Store, readWait: cfg.ReadWait, streams: s.streams}, opts...))
 	mount(ledgerv1connect.NewAuditServiceHandler(&auditService{store: cfg.Store, streams: s.streams, checkpoints: cfg.Checkpoints}, opts...))
+	webhooks := cfg.Webhooks
+	if webhooks == nil {
+		webhooks = noWebhookRegistry{}
+	}
+	mount(ledgerv1connect.NewWebhookServiceHandler(webhooks, handlerOpts(webhookInterceptors)...))
 	mux.Handle(grpchealth.NewHandler(s.health))
 	s.health.healthHTTP(mux)
 	if cfg.Metrics != nil {

@@ -41,6 +41,7 @@ func TestHealthAndReflection(t *testing.T) {
 		ledgerv1connect.AuditServiceName,
 		ledgerv1connect.BalanceServiceName,
 		ledgerv1connect.PaymentServiceName,
+		ledgerv1connect.WebhookServiceName,
 	}
 	// v1 (grpcurl >= 1.9, buf curl) and v1alpha (older grpcurl, most tools).
 	v1, err := reflectionv1.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)

@@ -99,6 +99,7 @@ var fieldSentences = map[string]string{
 	"payment_id":             idSentence,
 	"capture_id":             idSentence,
 	"refund_id":              idSentence,
+	"endpoint_id":            "%s must be an endpoint id as RegisterEndpoint returned it: we_ and 32 lower-case hex digits",
 }
 
 const (
@@ -123,6 +124,8 @@ var ruleSentences = map[string]string{
 	"enum.defined_only":  "%s must be one of the values the API defines",
 	"enum.not_in":        "%s must be set",
 	"bool.const":         "%s must be %v when it is sent",
+	"string.uri":         "%s must be an absolute URL such as https://example.com/hooks/securepay",
+	"repeated.unique":    "%s must not name the same entry twice",
 }
 
 // explainViolation writes one violation as a sentence about the field the client sent.

@@ -18,6 +18,7 @@ import (
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/services"
 	"github.com/securepay/securepay/services/edge"
+	"github.com/securepay/securepay/services/webhook"
 )
 
 // forwardedHeaders are the client's request headers a component sees; everything else
@@ -32,6 +33,10 @@ type target struct {
 	accounts  []string // accounts the request acts on (sources of payments)
 	paymentID string   // the payment of capture, void, refund, get
 	open      *ledgerv1.OpenAccountRequest
+	// endpointID is the webhook endpoint of Get/Delete/RotateSecret; endpoint, when set,
+	// receives the endpoint the OwnsEndpoint check looked up.
+	endpointID string
+	endpoint   **ledgerv1.WebhookEndpoint
 }
 
 // authorize applies the policy to one call. It returns the payment it looked up, if the
@@ -89,6 +94,18 @@ func (g *Gateway) authorize(ctx context.Context, procedure string, t target, min
 			}
 		}
 		return nil, paymentNotFound(t.paymentID)
+	case OwnsEndpoint:
+		e, err := g.lookupEndpoint(ctx, t.endpointID)
+		if err != nil {
+			return nil, err
+		}
+		if !c.principal.Owns(e.GetAccountId()) || e.GetOwner() != c.principal.Subject {
+			return nil, webhook.EndpointNotFound(t.endpointID)
+		}
+		if t.endpoint != nil {
+			*t.endpoint = e
+		}
+		return nil, nil
 	}
 	return nil, services.NewError(services.ReasonPermissionDenied, fmt.Sprintf("no rule allows %s", procedure))
 }
@@ -119,6 +136,21 @@ func (g *Gateway) lookupPayment(ctx context.Context, id string, minPosition uint
 		return nil, g.upstreamError(ctx, ledgerv1connect.PaymentServiceGetPaymentProcedure, err)
 	}
 	return res.Msg.GetPayment(), nil
+}
+
+// lookupEndpoint reads a webhook endpoint from the payments component for an ownership
+// check. One that does not exist gets the answer one of another principal gets.
+func (g *Gateway) lookupEndpoint(ctx context.Context, id string) (*ledgerv1.WebhookEndpoint, error) {
+	req := connect.NewRequest(&ledgerv1.GetEndpointRequest{EndpointId: id})
+	g.stamp(ctx, nil, req.Header())
+	res, err := g.up.of(ledgerv1connect.WebhookServiceGetEndpointProcedure).webhooks.GetEndpoint(ctx, req)
+	if err != nil {
+		if connect.CodeOf(err) == connect.CodeNotFound {
+			return nil, webhook.EndpointNotFound(id)
+		}
+		return nil, g.upstreamError(ctx, ledgerv1connect.WebhookServiceGetEndpointProcedure, err)
+	}
+	return res.Msg.GetEndpoint(), nil
 }
 
 // stamp writes what a component receives besides the message: the forwarded client

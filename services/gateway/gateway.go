@@ -1,4 +1,4 @@
-// Package gateway is SecurePay's public face: it serves the API's four services
+// Package gateway is SecurePay's public face: it serves the API's five services
 // (Connect, gRPC and gRPC-web), authenticates every call with an OIDC/JWT access token,
 // authorises it against one declarative policy (Policy: roles, then the accounts the
 // token owns), limits each principal's rate (GCRA, shared in Redis) and its open
@@ -150,6 +150,7 @@ type clients struct {
 	payments ledgerv1connect.PaymentServiceClient
 	balances ledgerv1connect.BalanceServiceClient
 	audit    ledgerv1connect.AuditServiceClient
+	webhooks ledgerv1connect.WebhookServiceClient
 }
 
 // upstreams routes a procedure to the component that serves it, by services.ComponentOf:
@@ -262,6 +263,7 @@ func New(cfg Config) (*Gateway, error) {
 			payments: ledgerv1connect.NewPaymentServiceClient(hc, u.URL, copts...),
 			balances: ledgerv1connect.NewBalanceServiceClient(hc, u.URL, copts...),
 			audit:    ledgerv1connect.NewAuditServiceClient(hc, u.URL, copts...),
+			webhooks: ledgerv1connect.NewWebhookServiceClient(hc, u.URL, copts...),
 		}
 	}
 	g.up = newUpstreams(byComponent)
@@ -277,6 +279,7 @@ func New(cfg Config) (*Gateway, error) {
 	mux.Handle(ledgerv1connect.NewPaymentServiceHandler(&paymentService{g: g}, opts...))
 	mux.Handle(ledgerv1connect.NewBalanceServiceHandler(&balanceService{g: g}, opts...))
 	mux.Handle(ledgerv1connect.NewAuditServiceHandler(&auditService{g: g}, opts...))
+	mux.Handle(ledgerv1connect.NewWebhookServiceHandler(&webhookService{g: g}, opts...))
 	mux.Handle("/healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		// Liveness of the gateway itself; each component reports its own readiness.
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -284,7 +287,7 @@ func New(cfg Config) (*Gateway, error) {
 	}))
 	if cfg.Reflection {
 		reflector := grpcreflect.NewStaticReflector(ledgerv1connect.AccountServiceName, ledgerv1connect.PaymentServiceName,
-			ledgerv1connect.BalanceServiceName, ledgerv1connect.AuditServiceName)
+			ledgerv1connect.BalanceServiceName, ledgerv1connect.AuditServiceName, ledgerv1connect.WebhookServiceName)
 		mux.Handle(grpcreflect.NewHandlerV1(reflector))
 		mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
 	}

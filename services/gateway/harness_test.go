@@ -38,6 +38,7 @@ import (
 	"github.com/securepay/securepay/services/gateway"
 	"github.com/securepay/securepay/services/ledger"
 	"github.com/securepay/securepay/services/mtls"
+	"github.com/securepay/securepay/services/webhook"
 )
 
 const (
@@ -184,6 +185,7 @@ type ledgerNode struct {
 	url      map[services.Component]string
 	gwClient map[services.Component]*http.Client // the gateway's mTLS client of each
 	store    *embedded.Store
+	webhooks *webhook.Registry // in memory, served by payments
 }
 
 func startLedger(t testing.TB) *ledgerNode {
@@ -215,7 +217,15 @@ func startLedger(t testing.TB) *ledgerNode {
 		t.Fatal(err)
 	}
 	idem := services.NewMemoryIdempotencyStore(0, nil)
-	led := &ledgerNode{ca: ca, ids: ids, url: map[services.Component]string{}, gwClient: map[services.Component]*http.Client{}, store: store}
+	whKey, err := webhook.NewKey([]byte("gateway-test-webhook-key-0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hooks, err := webhook.NewRegistry(webhook.Config{Store: webhook.NewMemoryStore(), Key: whKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	led := &ledgerNode{ca: ca, ids: ids, url: map[services.Component]string{}, gwClient: map[services.Component]*http.Client{}, store: store, webhooks: hooks}
 	var servers []*http.Server
 	for comp, id := range map[services.Component]spiffeid.ID{
 		services.ComponentPayments: ids.Payments, services.ComponentQueries: ids.Queries, services.ComponentAudit: ids.Audit,
@@ -235,7 +245,12 @@ func startLedger(t testing.TB) *ledgerNode {
 			t.Fatal(err)
 		}
 		caller, correlation := edge.ForComponent(ids.Gateway)
+		hookService, err := webhook.NewService(hooks, caller)
+		if err != nil {
+			t.Fatal(err)
+		}
 		srv, err := services.NewServer(services.Config{
+			Webhooks:   hookService,
 			Components: []services.Component{comp},
 			Commands:   proc, Reader: views.Reader(), Store: store, Idempotency: idem,
 			Caller:        caller,
@@ -334,12 +349,13 @@ func startGateway(t testing.TB, is *issuer, led *ledgerNode, o fixtureOptions) (
 	return gw, hs.URL, hs.Client()
 }
 
-// api is the four clients with one bearer token.
+// api is the five clients with one bearer token.
 type api struct {
 	accounts ledgerv1connect.AccountServiceClient
 	payments ledgerv1connect.PaymentServiceClient
 	balances ledgerv1connect.BalanceServiceClient
 	audit    ledgerv1connect.AuditServiceClient
+	webhooks ledgerv1connect.WebhookServiceClient
 }
 
 func (f *fixture) as(token string) api { return apiAt(f.http, f.url, token) }
@@ -351,6 +367,7 @@ func apiAt(client *http.Client, url, token string) api {
 		payments: ledgerv1connect.NewPaymentServiceClient(client, url, opt),
 		balances: ledgerv1connect.NewBalanceServiceClient(client, url, opt),
 		audit:    ledgerv1connect.NewAuditServiceClient(client, url, opt),
+		webhooks: ledgerv1connect.NewWebhookServiceClient(client, url, opt),
 	}
 }
 

@@ -53,6 +53,9 @@ const (
 	// PayeeOfPayment: the token owns the destination of the payment's leg; a refund moves
 	// money out of it.
 	PayeeOfPayment
+	// OwnsEndpoint: the webhook endpoint (looked up first) belongs to an account in the
+	// token's accounts claim and was registered by this principal (the token's subject).
+	OwnsEndpoint
 )
 
 // Rule maps each role allowed to call a procedure to its check. A role absent from the
@@ -98,5 +101,14 @@ func Policy() map[string]Rule {
 		ledgerv1connect.AuditServiceGetCheckpointProcedure:    readAny(Any),
 		ledgerv1connect.AuditServiceProveInclusionProcedure:   readAny(PartyToPayment),
 		ledgerv1connect.AuditServiceProveConsistencyProcedure: readAny(Any),
+
+		// Webhook endpoints: a customer registers them for its own accounts and sees and
+		// manages only those it registered (ListEndpoints shows a customer only its own);
+		// an operator manages any. Auditors have no use for receivers' URLs.
+		ledgerv1connect.WebhookServiceRegisterEndpointProcedure: {RoleCustomer: OwnsAccounts, RoleOperator: Any},
+		ledgerv1connect.WebhookServiceListEndpointsProcedure:    {RoleCustomer: OwnsAccounts, RoleOperator: Any},
+		ledgerv1connect.WebhookServiceGetEndpointProcedure:      {RoleCustomer: OwnsEndpoint, RoleOperator: Any},
+		ledgerv1connect.WebhookServiceDeleteEndpointProcedure:   {RoleCustomer: OwnsEndpoint, RoleOperator: Any},
+		ledgerv1connect.WebhookServiceRotateSecretProcedure:     {RoleCustomer: OwnsEndpoint, RoleOperator: Any},
 	}
 }

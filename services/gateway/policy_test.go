@@ -16,6 +16,11 @@ import (
 	"github.com/securepay/securepay/services/gateway"
 )
 
+// ownEndpoint is a webhook endpoint id of the right form that no test registers: the
+// matrix asks only whether the role passes (a customer then gets NOT_FOUND, never
+// PERMISSION_DENIED).
+const ownEndpoint = "we_00000000000000000000000000000000"
+
 // callers reaches every procedure of the API with a request about the caller's own
 // objects (account "own", payment "own-pay"), so that only the role decides.
 func callers(a api) map[string]func(context.Context) error {
@@ -116,6 +121,26 @@ func callers(a api) map[string]func(context.Context) error {
 			_, err := a.audit.ProveConsistency(ctx, connect.NewRequest(&ledgerv1.ProveConsistencyRequest{FromSize: 1}))
 			return err
 		},
+		ledgerv1connect.WebhookServiceRegisterEndpointProcedure: func(ctx context.Context) error {
+			_, err := a.webhooks.RegisterEndpoint(ctx, connect.NewRequest(&ledgerv1.RegisterEndpointRequest{AccountId: "own", Url: "https://hooks.example/" + fmt.Sprint(time.Now().UnixNano())}))
+			return err
+		},
+		ledgerv1connect.WebhookServiceListEndpointsProcedure: func(ctx context.Context) error {
+			_, err := a.webhooks.ListEndpoints(ctx, connect.NewRequest(&ledgerv1.ListEndpointsRequest{AccountId: "own"}))
+			return err
+		},
+		ledgerv1connect.WebhookServiceGetEndpointProcedure: func(ctx context.Context) error {
+			_, err := a.webhooks.GetEndpoint(ctx, connect.NewRequest(&ledgerv1.GetEndpointRequest{EndpointId: ownEndpoint}))
+			return err
+		},
+		ledgerv1connect.WebhookServiceDeleteEndpointProcedure: func(ctx context.Context) error {
+			_, err := a.webhooks.DeleteEndpoint(ctx, connect.NewRequest(&ledgerv1.DeleteEndpointRequest{EndpointId: ownEndpoint}))
+			return err
+		},
+		ledgerv1connect.WebhookServiceRotateSecretProcedure: func(ctx context.Context) error {
+			_, err := a.webhooks.RotateSecret(ctx, connect.NewRequest(&ledgerv1.RotateSecretRequest{EndpointId: ownEndpoint}))
+			return err
+		},
 	}
 }
 
@@ -132,6 +157,7 @@ func TestRoleProcedureMatrix(t *testing.T) {
 	for _, file := range []protoreflect.FileDescriptor{
 		ledgerv1.File_securepay_ledger_v1_accounts_proto, ledgerv1.File_securepay_ledger_v1_payments_proto,
 		ledgerv1.File_securepay_ledger_v1_balances_proto, ledgerv1.File_securepay_ledger_v1_audit_proto,
+		ledgerv1.File_securepay_ledger_v1_webhooks_proto,
 	} {
 		for i := 0; i < file.Services().Len(); i++ {
 			svc := file.Services().Get(i)
