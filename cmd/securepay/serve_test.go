@@ -153,19 +153,24 @@ func TestServeWithPostgresRedisTLS(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"serve", "--listen", "127.0.0.1:0", "--postgres-dsn", dsn, "--redis-addr", redisAddr,
-			"--redis-db", fmt.Sprint(redisDB), "--tls-cert", certFile, "--tls-key", keyFile}, io.Discard, pw, noEnv)
+			"--redis-db", fmt.Sprint(redisDB), "--tls-cert", certFile, "--tls-key", keyFile, "--pprof-listen", "127.0.0.1:0"}, io.Discard, pw, noEnv)
 		pw.Close()
 	}()
 	addr := make(chan string, 1)
+	pprofAddr := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
 			var rec struct {
-				Msg  string `json:"msg"`
-				Addr string `json:"addr"`
+				Msg       string `json:"msg"`
+				Addr      string `json:"addr"`
+				PprofAddr string `json:"pprof_addr"`
 			}
 			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "securepay serving" {
 				addr <- rec.Addr
+			}
+			if rec.Msg == "securepay profiles" {
+				pprofAddr <- rec.PprofAddr
 			}
 		}
 	}()
@@ -184,6 +189,21 @@ func TestServeWithPostgresRedisTLS(t *testing.T) {
 	c := func(args ...string) string {
 		t.Helper()
 		return mustCLI(t, server, append(args, "--ca-file", certFile)...)
+	}
+	// --pprof-listen: the runtime's profiles on a loopback port of their own.
+	select {
+	case a := <-pprofAddr:
+		resp, err := http.Get("http://" + a + "/debug/pprof/goroutine?debug=1")
+		if err != nil {
+			t.Fatalf("GET the goroutine profile from --pprof-listen %s: %v", a, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "goroutine profile:") {
+			t.Fatalf("GET /debug/pprof/goroutine?debug=1 from --pprof-listen: want 200 and a goroutine profile, got %d:\n%.300s", resp.StatusCode, body)
+		}
+	default:
+		t.Fatal("serve logged its API address but not its --pprof-listen address (\"securepay profiles\") before it")
 	}
 	c("account", "open", "world", "--kind", "external")
 	c("account", "open", "alice")

@@ -349,6 +349,9 @@ type serveConfig struct {
 	TrustDomain  string
 	// HealthListen is a component's probe port (cleartext, health only).
 	HealthListen string
+	// PprofListen is the loopback address of Go's runtime profiles (pprof.go); "" serves
+	// none.
+	PprofListen string
 	// newSource gets the component's SVID source; the Workload API at SpiffeSocket unless
 	// a test sets it.
 	newSource   func(ctx context.Context) (mtls.Source, func(), error)
@@ -465,6 +468,9 @@ func (c *serveConfig) Validate() error {
 	if c.MaxStreams <= 0 || c.MaxReqBytes <= 0 || c.ReqTimeout <= 0 || c.Shutdown <= 0 || c.RedisTimeout <= 0 {
 		errs = append(errs, errors.New("--max-streams, --max-request-bytes, --request-timeout, --shutdown-timeout and --redis-timeout must be positive"))
 	}
+	if err := checkPprofListen(c.PprofListen); err != nil {
+		errs = append(errs, err)
+	}
 	if c.ProjectionWindow < 0 || c.ProjectionWindow > time.Second {
 		errs = append(errs, fmt.Errorf("--projection-window must be 0..1s, got %s", c.ProjectionWindow))
 	}
@@ -555,6 +561,7 @@ func newServeCommand(e env) (*Command, *serveCmd) {
 	ef.String(&c.cfg.SpiffeSocket, "spiffe-socket", "SECUREPAY_SPIFFE_SOCKET", "", "SPIFFE Workload API `address` a component gets its X.509-SVID from (mTLS), e.g. unix:///run/spire/agent/public/api.sock")
 	ef.String(&c.cfg.TrustDomain, "trust-domain", "SECUREPAY_TRUST_DOMAIN", mtls.DefaultTrustDomain, "SPIFFE trust `domain` of the components")
 	ef.String(&c.cfg.HealthListen, "health-listen", "SECUREPAY_HEALTH_LISTEN", "", "`address` of a component's probe port (cleartext, /healthz, /readyz and grpc.health.v1 only; default 127.0.0.1, any free port)")
+	ef.String(&c.cfg.PprofListen, "pprof-listen", "SECUREPAY_PPROF_LISTEN", "", "loopback `address` serving Go's runtime profiles at /debug/pprof/ (CPU, heap, goroutines); none by default")
 	ef.String(&c.cfg.PostgresDSN, "postgres-dsn", "SECUREPAY_POSTGRES_DSN", "", "PostgreSQL `DSN` of the event store and views (visible in ps: prefer --postgres-dsn-file)")
 	ef.String(&c.cfg.PostgresDSNFile, "postgres-dsn-file", "SECUREPAY_POSTGRES_DSN_FILE", "", "`file` holding the PostgreSQL DSN, readable only by its owner")
 	ef.String(&c.cfg.EventSchema, "event-schema", "SECUREPAY_EVENT_SCHEMA", postgres.DefaultSchema, "`schema` of the event store")
@@ -776,6 +783,14 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 		}
 		healthAddr = hln.Addr().String()
 		defer serveHealth(ctx, hln, srv.HealthHandler())()
+	}
+	if cfg.PprofListen != "" {
+		pln, err := net.Listen("tcp", cfg.PprofListen)
+		if err != nil {
+			return fmt.Errorf("serve: listen for pprof on %s: %w", cfg.PprofListen, err)
+		}
+		log.Info("securepay profiles", "pprof_addr", pln.Addr().String())
+		defer servePprof(ctx, pln)()
 	}
 	if svid != nil {
 		// Not ready, and no API port at all, until the Workload API gives an SVID:
