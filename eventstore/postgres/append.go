@@ -163,7 +163,7 @@ func (s *Store) commitGroup(group []*appendRequest) {
 	if len(live) == 0 {
 		return
 	}
-	outs, err := s.appendTx(live)
+	outs, recorded, err := s.appendTx(live)
 	var uc *uncertainCommit
 	if errors.As(err, &uc) {
 		committed, rerr := s.resolve(uc)
@@ -181,6 +181,8 @@ func (s *Store) commitGroup(group []*appendRequest) {
 		}
 	}
 	if err == nil {
+		// Before the signal: a subscriber it wakes reads these from the tail.
+		s.tail.add(recorded)
 		s.signal.Broadcast()
 		for i, r := range live {
 			r.done <- outs[i]
@@ -204,7 +206,8 @@ func (s *Store) commitGroup(group []*appendRequest) {
 
 // appendAlone appends one request in its own transaction, resolving an unknown outcome.
 func (s *Store) appendAlone(r *appendRequest) appendOutcome {
-	outs, err := s.appendTx([]*appendRequest{r})
+	// Not added to the tail: the next append that is starts a new run there.
+	outs, _, err := s.appendTx([]*appendRequest{r})
 	var uc *uncertainCommit
 	if errors.As(err, &uc) {
 		committed, rerr := s.resolve(uc)
@@ -322,22 +325,26 @@ func (s *Store) translate(r *appendRequest, err error) error {
 //
 // It runs under its own timeout, not the callers' contexts: one caller giving up must not
 // abort the others' commit.
-func (s *Store) appendTx(group []*appendRequest) ([]appendOutcome, error) {
+//
+// recorded are the events as written, in position order, for the tail (tail.go): they are
+// committed only if err is nil, or if err is an uncertainCommit that resolve finds
+// committed.
+func (s *Store) appendTx(group []*appendRequest) (outs []appendOutcome, recorded []eventstore.RecordedEvent, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.AppendTimeout)
 	defer cancel()
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("append: acquire connection: %w", err)
+		return nil, nil, fmt.Errorf("append: acquire connection: %w", err)
 	}
 	defer conn.Release()
-	outs, err := s.appendOn(ctx, conn.Conn(), group)
+	outs, recorded, err = s.appendOn(ctx, conn.Conn(), group)
 	if err != nil {
 		s.abort(conn.Conn())
 	}
-	return outs, err
+	return outs, recorded, err
 }
 
-func (s *Store) appendOn(ctx context.Context, conn *pgx.Conn, group []*appendRequest) ([]appendOutcome, error) {
+func (s *Store) appendOn(ctx context.Context, conn *pgx.Conn, group []*appendRequest) ([]appendOutcome, []eventstore.RecordedEvent, error) {
 	index := make(map[string]int) // stream -> slot in names/versions
 	var names []string
 	for _, r := range group {
@@ -393,15 +400,15 @@ func (s *Store) appendOn(ctx context.Context, conn *pgx.Conn, group []*appendReq
 		err = fmt.Errorf("append: first round trip: %w", cerr)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(versions) != len(names) {
-		return nil, fmt.Errorf("append: asked the versions of %d streams, got %d", len(names), len(versions))
+		return nil, nil, fmt.Errorf("append: asked the versions of %d streams, got %d", len(names), len(versions))
 	}
 	var prev eventstore.Hash
 	if headPos > 0 {
 		if len(headHash) != len(prev) {
-			return nil, fmt.Errorf("append: head event %d has a %d-byte hash", headPos, len(headHash))
+			return nil, nil, fmt.Errorf("append: head event %d has a %d-byte hash", headPos, len(headHash))
 		}
 		copy(prev[:], headHash)
 	}
@@ -419,6 +426,7 @@ func (s *Store) appendOn(ctx context.Context, conn *pgx.Conn, group []*appendReq
 		total += r.events
 	}
 	cols := newEventColumns(total)
+	recorded := make([]eventstore.RecordedEvent, 0, total)
 	pos := uint64(headPos)
 	var rec eventstore.RecordedEvent
 	for i, r := range group {
@@ -439,6 +447,7 @@ func (s *Store) appendOn(ctx context.Context, conn *pgx.Conn, group []*appendReq
 				}
 				rec.Hash = eventstore.ChainHash(prev, &rec)
 				cols.add(&rec)
+				recorded = append(recorded, rec)
 				prev = rec.Hash
 			}
 			versions[slot] = int64(v)
@@ -451,9 +460,9 @@ func (s *Store) appendOn(ctx context.Context, conn *pgx.Conn, group []*appendReq
 	if inserted == 0 {
 		// Every request conflicted: nothing to write, end the transaction (and the lock).
 		if _, err := conn.Exec(ctx, "ROLLBACK"); err != nil {
-			return nil, fmt.Errorf("append: rollback: %w", err)
+			return nil, nil, fmt.Errorf("append: rollback: %w", err)
 		}
-		return outs, nil
+		return outs, nil, nil
 	}
 
 	// Round trip 2: insert everything, notify, commit. The notification goes out at commit.
@@ -489,16 +498,16 @@ func (s *Store) appendOn(ctx context.Context, conn *pgx.Conn, group []*appendReq
 	}
 	if err != nil {
 		if rolledBack(err) {
-			return nil, err
+			return nil, nil, err
 		}
 		// COMMIT was sent with the rest; without its answer we cannot know.
 		first, last := cols.position[0], cols.position[inserted-1]
 		uc := &uncertainCommit{err: err, first: uint64(first), last: uint64(last)}
 		copy(uc.firstHash[:], cols.hash[0])
 		copy(uc.lastHash[:], cols.hash[inserted-1])
-		return outs, uc
+		return outs, recorded, uc
 	}
-	return outs, nil
+	return outs, recorded, nil
 }
 
 // rolledBack reports whether an error from the second round trip proves the transaction

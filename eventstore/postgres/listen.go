@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -63,9 +64,27 @@ func (s *Store) listenOnce(ctx context.Context) bool {
 	// subscribers so they re-read now rather than at their next poll.
 	s.signal.Broadcast()
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
 			return true
 		}
+		s.announce(n.Payload)
 		s.signal.Broadcast()
+	}
+}
+
+// announce records the position a notification names (append.go sends the last position
+// of each commit), if it is beyond every one heard so far. A payload that is not a
+// position (a hand-made NOTIFY) is ignored: it still wakes the subscribers.
+func (s *Store) announce(payload string) {
+	pos, err := strconv.ParseUint(payload, 10, 64)
+	if err != nil {
+		return
+	}
+	for {
+		cur := s.announced.Load()
+		if pos <= cur || s.announced.CompareAndSwap(cur, pos) {
+			return
+		}
 	}
 }

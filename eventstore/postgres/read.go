@@ -32,7 +32,8 @@ func (s *Store) ReadStream(ctx context.Context, stream string, afterVersion uint
 }
 
 // ReadAll implements eventstore.Store. Because appends commit in position order under the
-// append lock, a committed position is never visible before its predecessors.
+// append lock, a committed position is never visible before its predecessors. It always
+// reads the database, so an export or a check of the log sees what is stored now.
 func (s *Store) ReadAll(ctx context.Context, afterPosition uint64, limit int) ([]eventstore.RecordedEvent, error) {
 	if s.closed.Load() {
 		return nil, eventstore.ErrClosed
@@ -148,7 +149,26 @@ func scanEvents(rows pgx.Rows, limit int) ([]eventstore.RecordedEvent, error) {
 	return out, nil
 }
 
-// Subscribe implements eventstore.Store: eventstore.PollSubscription over ReadAll, woken by
+// readFollowing is ReadAll for subscriptions: events this store appended a moment ago are
+// answered from memory (tail.go), the rest, and anything past them, from the database. A
+// subscriber is handed each event as it was committed.
+func (s *Store) readFollowing(ctx context.Context, afterPosition uint64, limit int) ([]eventstore.RecordedEvent, error) {
+	if s.closed.Load() {
+		return nil, eventstore.ErrClosed
+	}
+	limit = eventstore.ClampLimit(limit)
+	// An answer that ends at the tail's end is also the database's only if no other process
+	// appended beyond it: one whose NOTIFY announced a later position is read from the
+	// database, so the subscriber does not wait a poll interval for it. (A notification the
+	// listener missed still costs that wait, as it did before the tail.)
+	if evs, ok := s.tail.read(afterPosition, limit); ok && (len(evs) == limit || evs[len(evs)-1].Position >= s.announced.Load()) {
+		return evs, nil
+	}
+	return s.ReadAll(ctx, afterPosition, limit)
+}
+
+// Subscribe implements eventstore.Store: eventstore.PollSubscription over readFollowing
+// (ReadAll, with this store's latest appends from memory), woken by
 // this process's own commits and by NOTIFY from every process's commits, with polling as
 // the safety net. Close ends it with ErrClosed.
 func (s *Store) Subscribe(ctx context.Context, afterPosition uint64, maxBatch int, handle func(context.Context, []eventstore.RecordedEvent) error) error {
@@ -160,7 +180,7 @@ func (s *Store) Subscribe(ctx context.Context, afterPosition uint64, maxBatch in
 	defer cancel()
 	stop := context.AfterFunc(s.closeCtx, cancel)
 	defer stop()
-	sub := eventstore.PollSubscription{ReadAll: s.ReadAll, Signal: s.signal, PollInterval: s.cfg.PollInterval}
+	sub := eventstore.PollSubscription{ReadAll: s.readFollowing, Signal: s.signal, PollInterval: s.cfg.PollInterval}
 	err := sub.Run(subCtx, afterPosition, maxBatch, handle)
 	if ctx.Err() == nil && s.closed.Load() && (errors.Is(err, context.Canceled) || errors.Is(err, eventstore.ErrClosed)) {
 		return eventstore.ErrClosed

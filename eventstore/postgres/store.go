@@ -70,6 +70,10 @@ type Store struct {
 	channel string // LISTEN/NOTIFY channel of the schema
 	q       queries
 	signal  *eventstore.Signal
+	tail    tail // this store's latest committed events, for subscriptions (tail.go)
+	// announced is the highest position a NOTIFY on the channel announced (listen.go): the
+	// log's head as far as this process has heard, whoever appended it.
+	announced atomic.Uint64
 
 	closed    atomic.Bool
 	closeCtx  context.Context // cancelled by Close; ends the listener and subscriptions

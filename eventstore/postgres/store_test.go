@@ -609,7 +609,7 @@ func TestGroupDecidesInQueueOrder(t *testing.T) {
 		one("t", eventstore.Exact(3), "fourth"),   // conflict: t does not exist
 		one("t", eventstore.Any(), "fifth"),       // t: 0 -> 1
 	}
-	outs, err := s.appendTx(group)
+	outs, _, err := s.appendTx(group)
 	if err != nil {
 		t.Fatalf("group transaction: %v", err)
 	}
