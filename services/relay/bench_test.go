@@ -30,7 +30,8 @@ import (
 // Catch-up also reports the relay's CPU time and allocations per event (the log is written
 // before the relay starts, so the process does nothing else meanwhile).
 // SECUREPAY_RELAY_BENCH_COMPRESSION=lz4|zstd|gzip|snappy measures a compressed producer;
-// SECUREPAY_RELAY_BENCH_SAVE_INTERVAL sets Config.SaveInterval (-1ns: a save after every
+// SECUREPAY_RELAY_BENCH_CLIENTS (default 64) sets the live phase's committing clients (a
+// few measure the latency at low rates); SECUREPAY_RELAY_BENCH_SAVE_INTERVAL sets Config.SaveInterval (-1ns: a save after every
 // acknowledgement, as before it existed). Live also reports the commit-to-read latency (the
 // part before the relay had the event) and the checkpoint saves per second.
 //
@@ -111,7 +112,7 @@ func BenchmarkRelay(b *testing.B) {
 		var wg sync.WaitGroup
 		var committed atomic.Int64
 		liveStart := time.Now()
-		for range 64 {
+		for range envInt("SECUREPAY_RELAY_BENCH_CLIENTS", 64) {
 			wg.Go(func() {
 				for ctx.Err() == nil {
 					if err := f.transfer(ctx); err == nil {
