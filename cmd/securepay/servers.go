@@ -34,6 +34,7 @@ import (
 	"github.com/securepay/securepay/services/mtls"
 	"github.com/securepay/securepay/services/relay"
 	"github.com/securepay/securepay/services/telemetry"
+	"github.com/securepay/securepay/services/webhook"
 )
 
 // devConfig is `securepay dev`.
@@ -194,6 +195,23 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 		return fmt.Errorf("dev: start the ledger: %w", err)
 	}
 	defer proc.Close()
+	// Webhook endpoints live in memory (lost on exit), their secrets sealed under a key
+	// generated into the directory, as serve seals them in PostgreSQL.
+	hookKey, hookKeyFile, err := devWebhookKey(dir)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dev: %w", err)
+	}
+	hooks, err := webhook.NewRegistry(webhook.Config{Store: webhook.NewMemoryStore(), Key: hookKey, Logger: log})
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dev: %w", err)
+	}
+	hookService, err := webhookHandler(hooks, devComponentCaller())
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dev: %w", err)
+	}
 	// dev signs checkpoints with a key of its own, generated into its directory.
 	devPrivate, keyFile, pubFile, keyCreated, err := devKey(dir)
 	if err != nil {
@@ -229,6 +247,7 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 		Store:       store,
 		Idempotency: services.NewMemoryIdempotencyStore(0, nil),
 		Checkpoints: cpr.services(),
+		Webhooks:    hookService,
 		Logger:      log,
 		// Behind the gateway on mTLS: only the gateway reaches the components, so its
 		// trace context is ours.
@@ -247,6 +266,7 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	fmt.Fprintf(e.stdout, "  ledger:    embedded store in %s%s\n", dir, map[bool]string{true: " (deleted on exit)", false: ""}[cfg.Dir == ""])
 	fmt.Fprintf(e.stdout, "  views:     in memory, rebuilt from the log at every start\n")
 	fmt.Fprintf(e.stdout, "  snapshots: authenticated with the key in %s (generated on first use)\n", snapKeyFile)
+	fmt.Fprintf(e.stdout, "  webhooks:  endpoints in memory (WebhookService), secrets sealed with the key in %s\n", hookKeyFile)
 	if cfg.Relay != nil {
 		fmt.Fprintf(e.stdout, "  relay:     the log to Kafka at %s (%s, %s)\n", strings.Join(cfg.Relay.Brokers, ","), cfg.Relay.Topics.Payments, cfg.Relay.Topics.Notifications)
 	}
@@ -376,6 +396,13 @@ type serveConfig struct {
 	Telemetry       telemetrySettings
 	tlsCerts        *certReloader  // the pair of --tls-cert/--tls-key, reloaded when the files change
 	redisOpts       *redis.Options // from RedisAddr, RedisDB and RedisCAFile
+
+	// WebhookKeyFile holds the key that seals webhook secrets (webhooks.go); without it
+	// payments answers WebhookService with WEBHOOKS_DISABLED. WebhookSchema holds the
+	// endpoints table.
+	WebhookKeyFile string
+	WebhookSchema  string
+	webhookKey     *webhook.Key
 }
 
 // Validate names every problem at once, with the flag and variable that fix it, and
@@ -460,6 +487,13 @@ func (c *serveConfig) Validate() error {
 			errs = append(errs, err)
 		} else {
 			c.snapshotKey = key
+		}
+	}
+	if c.WebhookKeyFile != "" {
+		if key, err := loadWebhookKey(c.WebhookKeyFile); err != nil {
+			errs = append(errs, err)
+		} else {
+			c.webhookKey = key
 		}
 	}
 	if c.IdemTTL <= 0 {
@@ -573,6 +607,8 @@ func newServeCommand(e env) (*Command, *serveCmd) {
 	ef.String(&c.cfg.TLSCert, "tls-cert", "SECUREPAY_TLS_CERT", "", "PEM certificate chain `file`")
 	ef.String(&c.cfg.TLSKey, "tls-key", "SECUREPAY_TLS_KEY", "", "PEM private key `file`")
 	ef.String(&c.cfg.SnapshotKeyFile, "snapshot-key-file", "SECUREPAY_SNAPSHOT_KEY_FILE", "", "`file` holding the key that authenticates snapshots (32+ random bytes, private; the same for every instance; default: a key of this process only, so snapshots do not survive a restart)")
+	ef.String(&c.cfg.WebhookKeyFile, "webhook-key-file", "SECUREPAY_WEBHOOK_KEY_FILE", "", "`file` holding the key that seals webhook endpoints' signing secrets in PostgreSQL (32+ random bytes, private; the same for every payments instance and the dispatcher); without it WebhookService answers WEBHOOKS_DISABLED")
+	ef.String(&c.cfg.WebhookSchema, "webhook-schema", "SECUREPAY_WEBHOOK_SCHEMA", webhook.DefaultSchema, "`schema` of the webhook endpoints table")
 	ef.String(&c.cors, "cors-origins", "SECUREPAY_CORS_ORIGINS", "", "comma-separated browser `origins` allowed to call")
 	fs.DurationVar(&c.cfg.IdemTTL, "idempotency-ttl", 24*time.Hour, "how long a response is kept for Idempotency-Key replays")
 	fs.DurationVar(&c.cfg.Shutdown, "shutdown-timeout", 30*time.Second, "how long in-flight requests get at shutdown")
@@ -771,6 +807,19 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 		cfg.tlsCerts.log = log // before the first handshake: no reload can run yet
 		scfg.TLS = &tls.Config{GetCertificate: cfg.tlsCerts.GetCertificate, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
 	}
+	if has(services.ComponentPayments) {
+		if cfg.webhookKey == nil {
+			log.Warn("no --webhook-key-file: WebhookService answers WEBHOOKS_DISABLED (no endpoint can be registered)")
+		} else {
+			reg, err := openWebhookRegistry(ctx, store.Pool(), cfg.WebhookSchema, cfg.webhookKey, log)
+			if err != nil {
+				return fmt.Errorf("serve: %w", err)
+			}
+			if scfg.Webhooks, err = webhookHandler(reg, scfg.Caller); err != nil {
+				return fmt.Errorf("serve: %w", err)
+			}
+		}
+	}
 	srv, err := services.NewServer(scfg)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -836,6 +885,7 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 type migrateCmd struct {
 	dsn, dsnFile, eventSchema, viewSchema, appRole, serveRole string
 	relayRole, relaySchema                                    string
+	webhookSchema                                             string
 }
 
 func migrateCommand(e env) *Command {
@@ -854,6 +904,7 @@ func migrateCommand(e env) *Command {
 	ef.String(&c.serveRole, "serve-role", "SECUREPAY_SERVE_ROLE", "", "login `role` of securepay serve (created beforehand, owning nothing): granted the app role and the views, nothing more")
 	ef.String(&c.relayRole, "relay-role", "SECUREPAY_RELAY_ROLE", "", "login `role` of securepay serve relay (created beforehand, owning nothing, not the serve role): granted SELECT on the log and its checkpoint table, nothing more")
 	ef.String(&c.relaySchema, "relay-checkpoint-schema", "SECUREPAY_RELAY_SCHEMA", relay.DefaultCheckpointSchema, "`schema` of the relay's checkpoint table, created for --relay-role")
+	ef.String(&c.webhookSchema, "webhook-schema", "SECUREPAY_WEBHOOK_SCHEMA", webhook.DefaultSchema, "`schema` of the webhook endpoints table")
 	return cmd
 }
 
@@ -883,6 +934,10 @@ func (c *migrateCmd) run(ctx context.Context, e env, _ []string) error {
 		return fmt.Errorf("migrate: views schema %s: %w", c.viewSchema, err)
 	}
 	fmt.Fprintf(e.stdout, "views schema %s: up to date\n", c.viewSchema)
+	if err := webhook.MigratePostgres(ctx, pool, c.webhookSchema); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	fmt.Fprintf(e.stdout, "webhook schema %s: up to date\n", c.webhookSchema)
 	if c.relayRole != "" {
 		if c.relayRole == c.serveRole {
 			return usagef("migrate: --relay-role %s is also --serve-role: the relay reads the log and must not be able to append to it; give it a role of its own", c.relayRole)
@@ -900,9 +955,9 @@ func (c *migrateCmd) run(ctx context.Context, e env, _ []string) error {
 		return nil
 	}
 	if err := postgres.GrantServing(ctx, pool, postgres.ServingGrants{Schema: c.eventSchema, AppRole: c.appRole,
-		LoginRole: c.serveRole, ViewSchemas: []string{c.viewSchema}}); err != nil {
+		LoginRole: c.serveRole, ViewSchemas: []string{c.viewSchema}, RegistrySchemas: []string{c.webhookSchema}}); err != nil {
 		return fmt.Errorf("migrate: grant serving to %s: %w", c.serveRole, err)
 	}
-	fmt.Fprintf(e.stdout, "serve role %s: member of %s (INSERT and SELECT on the log; SELECT, INSERT, UPDATE on the views)\n", c.serveRole, c.appRole)
+	fmt.Fprintf(e.stdout, "serve role %s: member of %s (INSERT and SELECT on the log; SELECT, INSERT, UPDATE on the views; SELECT, INSERT, UPDATE, DELETE on the webhook endpoints)\n", c.serveRole, c.appRole)
 	return nil
 }

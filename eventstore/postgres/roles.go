@@ -21,7 +21,8 @@ import (
 //     on events, SELECT on schema_migrations, SELECT/INSERT/UPDATE on snapshots (a cache the
 //     ledger authenticates itself, see services/ledger/snapshot.go), and SELECT/INSERT/UPDATE
 //     on the views' tables (derived data, rebuilt from the log by the owner; no write
-//     decision reads them).
+//     decision reads them), and SELECT/INSERT/UPDATE/DELETE on the registries' tables
+//     (webhook endpoints: edited through the API, never part of the log).
 //   - the login role `securepay serve` connects as: a member of the app role and nothing
 //     else. It owns nothing, so it can neither change nor hide a change to the log.
 //
@@ -41,6 +42,10 @@ type ServingGrants struct {
 	// role may read, insert and update their tables, and tables the migrating role creates
 	// there later (a rebuild's new copy) get the same grants by default.
 	ViewSchemas []string
+	// RegistrySchemas hold registries the API edits (services/webhook's endpoints): the
+	// app role may read, insert, update and delete the rows of their tables, which are
+	// not derived from the log and are not part of it.
+	RegistrySchemas []string
 }
 
 // GrantServing makes LoginRole able to serve and nothing more: it grants the app role the
@@ -66,6 +71,11 @@ func GrantServing(ctx context.Context, pool *pgxpool.Pool, g ServingGrants) erro
 	}
 	for _, v := range g.ViewSchemas {
 		if err := validIdentifier("view schema", v); err != nil {
+			return err
+		}
+	}
+	for _, r := range g.RegistrySchemas {
+		if err := validIdentifier("registry schema", r); err != nil {
 			return err
 		}
 	}
@@ -104,6 +114,13 @@ func GrantServing(ctx context.Context, pool *pgxpool.Pool, g ServingGrants) erro
 				// A rebuild run by this (owner) role creates new tables and swaps them in:
 				// they must carry the same grants, or the server's projectors stop there.
 				"ALTER DEFAULT PRIVILEGES IN SCHEMA "+vs+" GRANT SELECT, INSERT, UPDATE ON TABLES TO "+app,
+			)
+		}
+		for _, r := range g.RegistrySchemas {
+			rs := pgx.Identifier{r}.Sanitize()
+			stmts = append(stmts,
+				"GRANT USAGE ON SCHEMA "+rs+" TO "+app,
+				"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "+rs+" TO "+app,
 			)
 		}
 		stmts = append(stmts, "GRANT "+app+" TO "+pgx.Identifier{g.LoginRole}.Sanitize())
