@@ -37,7 +37,11 @@ func (s staticKeys) key(_ context.Context, kid string) (jwk.Key, bool) { return 
 //     requests carrying unknown kids: forged tokens cannot turn the gateway into a
 //     flood against the issuer. A kid the issuer just rotated in is found within
 //     minInterval.
-//  4. At most one fetch runs at a time; other lookups use the set they have.
+//  4. At most one fetch runs at a time; other lookups use the set they have, except
+//     that a lookup whose kid is not in it waits for the fetch under way (bounded by
+//     fetchTimeout and its own context) and looks again: otherwise every token that
+//     reaches a gateway during its first fetch (a restart under load) would be refused
+//     as signed by an unknown key.
 type jwksCache struct {
 	url          string
 	client       *http.Client
@@ -52,6 +56,7 @@ type jwksCache struct {
 	fetchedAt   time.Time // last successful fetch
 	attemptedAt time.Time // last fetch attempt, successful or not
 	fetching    bool
+	fetched     chan struct{} // closed when the fetch under way ends
 }
 
 func (c *jwksCache) key(ctx context.Context, kid string) (jwk.Key, bool) {
@@ -70,10 +75,26 @@ func (c *jwksCache) key(ctx context.Context, kid string) (jwk.Key, bool) {
 	if should {
 		c.fetching = true
 		c.attemptedAt = now
+		c.fetched = make(chan struct{})
 	}
+	inflight := c.fetched
 	c.mu.Unlock()
 	if !should {
-		return k, found
+		if found || !fetching {
+			return k, found
+		}
+		select {
+		case <-inflight:
+		case <-ctx.Done():
+			return nil, false
+		}
+		c.mu.Lock()
+		set = c.set
+		c.mu.Unlock()
+		if set == nil {
+			return nil, false
+		}
+		return set.LookupKeyID(kid)
 	}
 	if found {
 		// A stale set still holds this key: answer now and refresh behind the request,
@@ -92,6 +113,7 @@ func (c *jwksCache) refreshSet(ctx context.Context) jwk.Set {
 	fresh, err := c.fetch(ctx)
 	c.mu.Lock()
 	c.fetching = false
+	close(c.fetched)
 	if err == nil {
 		c.set, c.fetchedAt = fresh, c.now()
 	}
