@@ -32,6 +32,9 @@ type Target struct {
 	// TokenFile holds a bearer token sent as "Authorization: Bearer TOKEN" with every
 	// request (for a server behind the gateway); "" sends none.
 	TokenFile string
+	// Token is a bearer token given directly, for callers that mint their own (the bank
+	// test's principals); it wins over TokenFile.
+	Token string
 	// Conns is how many HTTP/2 connections the callers share, round robin (one
 	// connection serialises every frame through one writer on each side). For HTTP/1.1
 	// it is ignored: every concurrent request has a connection of its own.
@@ -79,8 +82,8 @@ func (t Target) Dial() (*Clients, error) {
 	if t.Conns < 1 || t.Conns > 256 {
 		return nil, fmt.Errorf("connections must be in 1..256, got %d", t.Conns)
 	}
-	var token string
-	if t.TokenFile != "" {
+	token := t.Token
+	if token == "" && t.TokenFile != "" {
 		b, err := os.ReadFile(t.TokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("read the token file: %w", err)

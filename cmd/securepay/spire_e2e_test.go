@@ -10,23 +10,14 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,41 +32,10 @@ import (
 
 	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
 	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
+	"github.com/securepay/securepay/services/gateway/gatewaytest"
 	"github.com/securepay/securepay/services/mtls"
+	"github.com/securepay/securepay/services/mtls/spiretest"
 )
-
-// e2eSPIRE is the SPIRE that infra/local/test.sh started: its directory, the agent's
-// Workload API address, and the script that registers entries. Missing SPIRE fails in CI.
-type e2eSPIRE struct{ dir, addr, script string }
-
-func testSPIREDir(t *testing.T) e2eSPIRE {
-	t.Helper()
-	dir := os.Getenv("SECUREPAY_TEST_SPIRE_DIR")
-	if dir == "" {
-		msg := "SECUREPAY_TEST_SPIRE_DIR is not set: run the tests with infra/local/test.sh (or infra/local/spire.sh start DIR and export it)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	addr, err := os.ReadFile(filepath.Join(dir, "workload-api"))
-	if err != nil {
-		t.Fatalf("no SPIRE agent recorded in %s (%v): start it with infra/local/spire.sh start DIR", dir, err)
-	}
-	script, err := filepath.Abs(filepath.Join("..", "..", "infra", "local", "spire.sh"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return e2eSPIRE{dir: dir, addr: strings.TrimSpace(string(addr)), script: script}
-}
-
-func (s e2eSPIRE) register(t *testing.T, id spiffeid.ID, exe string) {
-	t.Helper()
-	out, err := exec.Command("bash", s.script, "register", s.dir, id.String(), "unix:path:"+exe).CombinedOutput()
-	if err != nil {
-		t.Fatalf("register %s for %s: %v\n%s", id, exe, err, out)
-	}
-}
 
 // buildSecurepay builds this command once into dir and returns the binary's path.
 func buildSecurepay(t *testing.T, dir string) string {
@@ -88,24 +48,6 @@ func buildSecurepay(t *testing.T, dir string) string {
 	}
 	t.Logf("built securepay in %s", time.Since(start).Round(100*time.Millisecond))
 	return exe
-}
-
-// copyTo copies the binary to dir/NAME/securepay: another executable path, another
-// identity for the agent's unix:path selector.
-func copyTo(t *testing.T, exe, dir, name string) string {
-	t.Helper()
-	data, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, name, "securepay")
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 // process is one running securepay, its JSON log collected line by line.
@@ -207,66 +149,7 @@ func (p *process) await(t *testing.T, msg string, within time.Duration) map[stri
 	}
 }
 
-// testIssuer is an OIDC issuer's JWKS over loopback TLS and its RS256 key.
-type testIssuer struct {
-	url    string // also the iss of its tokens
-	caFile string // PEM of its TLS certificate, for the gateway's SSL_CERT_FILE
-	key    *rsa.PrivateKey
-	kid    string
-}
-
-func newTestIssuer(t *testing.T, dir string) *testIssuer {
-	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	is := &testIssuer{key: key, kid: "e2e-1"}
-	jwks, err := json.Marshal(map[string]any{"keys": []map[string]string{{
-		"kty": "RSA", "use": "sig", "alg": "RS256", "kid": is.kid,
-		"n": base64.RawURLEncoding.EncodeToString(key.N.Bytes()),
-		"e": base64.RawURLEncoding.EncodeToString(big.NewInt(int64(key.E)).Bytes()),
-	}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(jwks)
-	}))
-	t.Cleanup(srv.Close)
-	is.url = srv.URL
-	is.caFile = filepath.Join(dir, "issuer-ca.pem")
-	if err := os.WriteFile(is.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return is
-}
-
 const e2eAudience = "securepay-e2e"
-
-// token signs an RS256 access token for subject with roles and owned accounts.
-func (is *testIssuer) token(t *testing.T, subject string, roles []string, accounts ...string) string {
-	t.Helper()
-	now := time.Now()
-	seg := func(v any) string {
-		b, err := json.Marshal(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return base64.RawURLEncoding.EncodeToString(b)
-	}
-	input := seg(map[string]string{"alg": "RS256", "typ": "JWT", "kid": is.kid}) + "." + seg(map[string]any{
-		"iss": is.url, "aud": e2eAudience, "sub": subject, "iat": now.Unix(), "nbf": now.Unix(),
-		"exp": now.Add(10 * time.Minute).Unix(), "roles": roles, "accounts": accounts,
-	})
-	sum := sha256.Sum256([]byte(input))
-	sig, err := rsa.SignPKCS1v15(rand.Reader, is.key, crypto.SHA256, sum[:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return input + "." + base64.RawURLEncoding.EncodeToString(sig)
-}
 
 // bearer adds the token to unary calls.
 func bearer(token string) connect.ClientOption {
@@ -313,7 +196,7 @@ func readyz(t *testing.T, healthAddr string) (int, []string) {
 // port, and serves once the Workload API appears; and a process with another
 // component's SVID (queries) is refused by payments.
 func TestServeComponentsOnSPIRE(t *testing.T) {
-	sp := testSPIREDir(t)
+	sp := spiretest.FromEnv(t)
 	began := time.Now()
 	defer func() {
 		t.Logf("the five processes on SPIRE, end to end: %s", time.Since(began).Round(100*time.Millisecond))
@@ -321,15 +204,7 @@ func TestServeComponentsOnSPIRE(t *testing.T) {
 	const redisDB = 9
 	dsn := migrateForServing(t, freshDatabase(t), io.Discard)
 	redisAddr := testRedisAddr(t, redisDB)
-	// Under SPIRE's directory, not t.TempDir: unix socket paths are short, and the
-	// agent must be able to read the executables it attests.
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	work := filepath.Join(sp.dir, "e2e-"+hex.EncodeToString(b))
-	if err := os.MkdirAll(work, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(work) })
+	work := sp.WorkDir(t) // short paths for unix sockets, readable by the agent
 	exe := buildSecurepay(t, work)
 	td := spiffeid.RequireTrustDomainFromString(mtls.DefaultTrustDomain)
 	ids := mtls.WellKnownIDs(td)
@@ -337,8 +212,7 @@ func TestServeComponentsOnSPIRE(t *testing.T) {
 	for name, id := range map[string]spiffeid.ID{
 		"gateway": ids.Gateway, "payments": ids.Payments, "queries": ids.Queries, "projector": ids.Projector, "audit": ids.Audit,
 	} {
-		exes[name] = copyTo(t, exe, work, name)
-		sp.register(t, id, exes[name])
+		exes[name] = sp.CopyAs(t, exe, work, name, id)
 	}
 
 	// audit first, on a Workload API address where nothing answers yet.
@@ -351,7 +225,7 @@ func TestServeComponentsOnSPIRE(t *testing.T) {
 
 	component := func(name string) string {
 		p := startProcess(t, name, exes[name], nil, "serve", name, "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0",
-			"--postgres-dsn", dsn, "--redis-addr", redisAddr, "--redis-db", fmt.Sprint(redisDB), "--spiffe-socket", sp.addr)
+			"--postgres-dsn", dsn, "--redis-addr", redisAddr, "--redis-db", fmt.Sprint(redisDB), "--spiffe-socket", sp.Addr)
 		rec := p.await(t, "securepay serving", 90*time.Second)
 		return "https://" + rec["addr"].(string)
 	}
@@ -374,7 +248,7 @@ func TestServeComponentsOnSPIRE(t *testing.T) {
 	// The Workload API appears at audit's address (as when the agent starts after the
 	// component): a link to the agent's socket, so the agent still sees audit's own
 	// process and executable.
-	if err := os.Symlink(strings.TrimPrefix(sp.addr, "unix://"), lateSocket); err != nil {
+	if err := os.Symlink(strings.TrimPrefix(sp.Addr, "unix://"), lateSocket); err != nil {
 		t.Fatal(err)
 	}
 	appeared := time.Now()
@@ -385,13 +259,12 @@ func TestServeComponentsOnSPIRE(t *testing.T) {
 		t.Fatalf("audit with its SVID: want /readyz 200, got %d %v", code, notReady)
 	}
 
-	is := newTestIssuer(t, work)
+	is := gatewaytest.NewIssuer(t, work, e2eAudience)
 	certFile, keyFile := writeSelfSigned(t, work, "securepay e2e gateway")
-	gw := startProcess(t, "gateway", exes["gateway"], []string{"SSL_CERT_FILE=" + is.caFile}, "serve", "gateway",
-		"--listen", "127.0.0.1:0", "--tls-cert", certFile, "--tls-key", keyFile, "--spiffe-socket", sp.addr,
+	gw := startProcess(t, "gateway", exes["gateway"], []string{"SSL_CERT_FILE=" + is.CAFile()}, append([]string{"serve", "gateway",
+		"--listen", "127.0.0.1:0", "--tls-cert", certFile, "--tls-key", keyFile, "--spiffe-socket", sp.Addr,
 		"--payments-url", paymentsURL, "--queries-url", queriesURL, "--audit-url", auditURL,
-		"--oidc-issuer", is.url, "--oidc-audience", e2eAudience, "--oidc-jwks-url", is.url+"/jwks",
-		"--redis-addr", redisAddr, "--redis-db", fmt.Sprint(redisDB))
+		"--redis-addr", redisAddr, "--redis-db", fmt.Sprint(redisDB)}, is.GatewayFlags()...)...)
 	gwURL := "https://" + gw.await(t, "gateway serving", 90*time.Second)["listen"].(string)
 
 	// A client of the public port: it trusts the gateway's certificate, and nothing else.
@@ -405,7 +278,7 @@ func TestServeComponentsOnSPIRE(t *testing.T) {
 	defer client.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	op := is.token(t, "ops-1", []string{"operator"})
+	op := is.MustToken(t, "ops-1", []string{"operator"})
 	for _, a := range []*ledgerv1.OpenAccountRequest{
 		{AccountId: "world", Asset: "USD", Kind: ledgerv1.AccountKind_ACCOUNT_KIND_EXTERNAL},
 		{AccountId: "alice", Asset: "USD", Kind: ledgerv1.AccountKind_ACCOUNT_KIND_CUSTOMER},
@@ -425,12 +298,12 @@ func TestServeComponentsOnSPIRE(t *testing.T) {
 		}
 		return res.Msg
 	}
-	transfer(is.token(t, "treasury", []string{"customer"}, "world"), "fund-alice", "world", "alice", "100.00")
-	aliceTok := is.token(t, "alice", []string{"customer"}, "alice")
+	transfer(is.MustToken(t, "treasury", []string{"customer"}, "world"), "fund-alice", "world", "alice", "100.00")
+	aliceTok := is.MustToken(t, "alice", []string{"customer"}, "alice")
 	last := transfer(aliceTok, "alice-to-bob", "alice", "bob", "30.00")
 	for _, c := range []struct{ tok, account, want string }{
 		{aliceTok, "alice", "70.00"},
-		{is.token(t, "bob", []string{"customer"}, "bob"), "bob", "30.00"},
+		{is.MustToken(t, "bob", []string{"customer"}, "bob"), "bob", "30.00"},
 	} {
 		bal, err := ledgerv1connect.NewBalanceServiceClient(client, gwURL, bearer(c.tok)).GetBalance(ctx, connect.NewRequest(&ledgerv1.GetBalanceRequest{
 			AccountId: c.account, MinPosition: last.GetResult().GetPosition(),
@@ -439,7 +312,7 @@ func TestServeComponentsOnSPIRE(t *testing.T) {
 			t.Fatalf("%s's balance through the gateway (queries, after the projector): want %s, got %v %v", c.account, c.want, bal, err)
 		}
 	}
-	events, err := ledgerv1connect.NewAuditServiceClient(client, gwURL, bearer(is.token(t, "auditor-1", []string{"auditor"}))).
+	events, err := ledgerv1connect.NewAuditServiceClient(client, gwURL, bearer(is.MustToken(t, "auditor-1", []string{"auditor"}))).
 		ReadStream(ctx, connect.NewRequest(&ledgerv1.ReadStreamRequest{Stream: "payment-alice-to-bob"}))
 	if err != nil || len(events.Msg.GetEvents()) == 0 {
 		t.Fatalf("the transfer's events through the gateway (audit): %v %v", events, err)
@@ -458,9 +331,9 @@ func TestServeComponentsOnSPIRE(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sp.register(t, ids.Queries, self)
+	sp.Register(t, ids.Queries, self)
 	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
-	src, err := mtls.WorkloadSource(sctx, sp.addr, mtls.WithID(ids.Queries))
+	src, err := mtls.WorkloadSource(sctx, sp.Addr, mtls.WithID(ids.Queries))
 	scancel()
 	if err != nil {
 		t.Fatal(err)

@@ -29,6 +29,14 @@ func envOr[T any](t *testing.T, name string, def T, parse func(string) (T, error
 // PostgreSQL crashed (immediate stop) and restarted, then the server killed again, then
 // Redis restarted empty. It must end with zero violations. SECUREPAY_BANK_TOPOLOGY=split
 // runs payments, queries, audit and projector as four processes instead, and kills each.
+// SECUREPAY_BANK_TOPOLOGY=gateway runs those four on SPIFFE mTLS with SVIDs from the real
+// SPIRE (SECUREPAY_TEST_SPIRE_DIR) behind `serve gateway`, and every client calls the
+// gateway with a JWT: an administrator opens, funds and reads, and each writer is a
+// customer principal moving money only out of the accounts its token owns (principals.go);
+// the gateway is killed too. It is not part of the short run (it takes longer than the
+// 60 s the README's test command allows the bank): run it with
+//
+//	SECUREPAY_BANK_TOPOLOGY=gateway go test ./loadtest/bank -run TestBankUnderFaults -v -timeout 30m
 //
 // The short run (the default, about 30 s of load) is part of `go test ./...`. The long
 // run takes its settings from the environment:
@@ -44,8 +52,9 @@ func TestBankUnderFaults(t *testing.T) {
 	accounts := envOr(t, "SECUREPAY_BANK_ACCOUNTS", 8, strconv.Atoi)
 	topology := envOr(t, "SECUREPAY_BANK_TOPOLOGY", "all", func(s string) (string, error) { return s, nil })
 	defaultFaults := map[string]string{
-		"all":   "kill-server,crash-postgres,kill-server,restart-redis",
-		"split": "kill-payments,crash-postgres,kill-queries,kill-projector,kill-audit,restart-redis",
+		"all":     "kill-server,crash-postgres,kill-server,restart-redis",
+		"split":   "kill-payments,crash-postgres,kill-queries,kill-projector,kill-audit,restart-redis",
+		"gateway": "kill-gateway,kill-payments,crash-postgres,kill-queries,kill-projector,kill-audit,restart-redis",
 	}[topology]
 	names := envOr(t, "SECUREPAY_BANK_FAULTS", defaultFaults, func(s string) (string, error) { return s, nil })
 
@@ -61,7 +70,7 @@ func TestBankUnderFaults(t *testing.T) {
 		for _, n := range strings.Split(names, ",") {
 			f, ok := all[n]
 			if !ok {
-				t.Fatalf("SECUREPAY_BANK_FAULTS: unknown fault %q; known: kill-server, crash-postgres, restart-redis, flush-redis, kill-relay, kill-COMPONENT (split topology), or none", n)
+				t.Fatalf("SECUREPAY_BANK_FAULTS: unknown fault %q; known: kill-server, crash-postgres, restart-redis, flush-redis, kill-relay, kill-COMPONENT (split and gateway topologies), or none", n)
 			}
 			faults = append(faults, f)
 		}
@@ -73,6 +82,7 @@ func TestBankUnderFaults(t *testing.T) {
 		Accounts: accounts, FundEach: 1000_00, Writers: writers, Readers: 2,
 		Duration: duration, Faults: faults, FaultEvery: every,
 		RequestTimeout: 3 * time.Second, Settle: 90 * time.Second, Log: testLog{t},
+		Principals: c.principals(writers, accounts),
 	})
 	if rep != nil {
 		t.Log(rep.String())

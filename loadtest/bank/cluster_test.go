@@ -48,7 +48,10 @@ type cluster struct {
 	// servers are the server processes by component ("all" when one process runs every
 	// component), each on a port of its own that stays the same across restarts.
 	servers map[string]*server
-	mu      sync.Mutex
+	// gw runs the components on SPIFFE mTLS behind `serve gateway` (gateway_test.go);
+	// nil for the other topologies.
+	gw *gatewaySetup
+	mu sync.Mutex
 }
 
 // server is one `securepay serve [COMPONENT]` process.
@@ -64,6 +67,8 @@ type server struct {
 var topologies = map[string][]string{
 	"all":   {"all"},
 	"split": {"payments", "queries", "audit", "projector"},
+	// gateway: the split components on SPIRE mTLS, clients through `serve gateway`.
+	"gateway": {"payments", "queries", "audit", "projector", "gateway"},
 }
 
 func freePort(t *testing.T) int {
@@ -146,6 +151,9 @@ func startCluster(t *testing.T, topology string) *cluster {
 	}
 	c.dsnFile = c.private("serve-dsn", strings.Replace(ownerDSN, "postgres://postgres@", "postgres://bank_serve@", 1))
 	c.cert, c.key = c.selfSigned()
+	if topology == "gateway" {
+		c.gw = c.setUpGateway()
+	}
 	for _, comp := range components {
 		if err := c.startServer(comp); err != nil {
 			t.Fatal(err)
@@ -158,6 +166,10 @@ func startCluster(t *testing.T, topology string) *cluster {
 // procedure sent to the process that serves it (as the gateway does).
 func (c *cluster) target() loadtest.Target {
 	t := loadtest.Target{CAFile: c.cert, Conns: 2}
+	if gw, ok := c.servers["gateway"]; ok {
+		t.Server = "https://" + gw.addr
+		return t
+	}
 	if all, ok := c.servers["all"]; ok {
 		t.Server = "https://" + all.addr
 		return t
@@ -211,6 +223,9 @@ func (c *cluster) startServer(component string) error {
 		args = append(args, "--redis-addr", fmt.Sprintf("127.0.0.1:%d", c.rPort))
 	}
 	cmd := exec.Command(c.bin, args...)
+	if c.gw != nil {
+		cmd = c.gw.command(c, component, srv.addr)
+	}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
@@ -255,7 +270,11 @@ func (c *cluster) waitReady(component string) error {
 			return fmt.Errorf("serve %s exited before it was ready; its log:\n%s", component, c.serverLog(component))
 		default:
 		}
-		if res, err := hc.Get("https://" + addr + "/readyz"); err == nil {
+		probe := "https://" + addr + "/readyz"
+		if c.gw != nil {
+			probe = c.gw.probe(component, addr)
+		}
+		if res, err := hc.Get(probe); err == nil {
 			res.Body.Close()
 			if res.StatusCode == http.StatusOK {
 				return nil
