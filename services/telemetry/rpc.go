@@ -2,13 +2,17 @@ package telemetry
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"connectrpc.com/connect"
 	"connectrpc.com/otelconnect"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // RPCInterceptors returns the interceptors a Connect server or client of this process
@@ -44,7 +48,8 @@ func (t *Telemetry) RPCInterceptors(trust func(ctx context.Context) bool) ([]con
 	if trust == nil {
 		trust = func(context.Context) bool { return false }
 	}
-	return []connect.Interceptor{trustSwitch{trusted: trusted, untrusted: untrusted, trust: trust}, m}, nil
+	return []connect.Interceptor{trustSwitch{trusted: trusted, untrusted: untrusted, trust: trust,
+		propagator: t.propagator, ratio: t.ratio, draw: rand.Uint64}, m}, nil
 }
 
 // TrustAll trusts every caller's trace context.
@@ -52,19 +57,64 @@ func TrustAll(context.Context) bool { return true }
 
 // trustSwitch picks, per request, the tracing interceptor that trusts the caller's trace
 // context or the one that only links to it.
+//
+// A unary request that will not be recorded skips otelconnect altogether: its work for a
+// span that is never recorded (header extraction, attributes, a non-recording span, the
+// duration it records into a no-op meter) was most of what an unsampled request cost. The
+// request's context then holds an unsampled span context instead (the caller's, when
+// trusted; else a new trace id), so that everything under it is not recorded either.
 type trustSwitch struct {
 	trusted, untrusted connect.Interceptor
 	trust              func(context.Context) bool
+	propagator         propagation.TextMapPropagator
+	ratio              float64       // share of new traces recorded
+	draw               func() uint64 // random bits: decides a new trace, and its ids when not recorded
 }
 
 func (s trustSwitch) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	t, u := s.trusted.WrapUnary(next), s.untrusted.WrapUnary(next)
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if req.Spec().IsClient || s.trust(ctx) {
+		if req.Spec().IsClient {
 			return t(ctx, req) // a client span always continues our own trace
+		}
+		trusted := s.trust(ctx)
+		if trusted && !trace.SpanContextFromContext(ctx).IsValid() {
+			if caller := trace.SpanContextFromContext(s.propagator.Extract(ctx, propagation.HeaderCarrier(req.Header()))); caller.IsValid() {
+				if !caller.IsSampled() {
+					// Our caller did not record it: neither do we (the sampler is parent based).
+					return next(trace.ContextWithRemoteSpanContext(ctx, caller), req)
+				}
+				return t(ctx, req)
+			}
+		}
+		if trace.SpanContextFromContext(ctx).IsValid() { // an outer interceptor's span: otelconnect continues it
+			return t(ctx, req)
+		}
+		// A new trace. Draw it here, as the SDK's ratio sampler would from its trace id.
+		if s.ratio < 1 {
+			if r := s.draw(); r>>1 >= uint64(s.ratio*(1<<63)) {
+				return next(trace.ContextWithSpanContext(ctx, s.unrecorded()), req)
+			}
+			ctx = context.WithValue(ctx, sampledRoot{}, true)
+		}
+		if trusted {
+			return t(ctx, req)
 		}
 		return u(ctx, req)
 	}
+}
+
+// unrecorded is the span context of a new trace that is not recorded: valid, so that
+// spans under it follow its decision, with random ids, so that logs still tell requests
+// apart.
+func (s trustSwitch) unrecorded() trace.SpanContext {
+	var tid trace.TraceID
+	var sid trace.SpanID
+	binary.LittleEndian.PutUint64(tid[:8], s.draw())
+	binary.LittleEndian.PutUint64(tid[8:], s.draw())
+	binary.LittleEndian.PutUint64(sid[:], s.draw()|1) // never the invalid all-zero id
+	tid[0] |= 1
+	return trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid})
 }
 
 func (s trustSwitch) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {

@@ -109,6 +109,7 @@ type Telemetry struct {
 	sdk        *sdktrace.TracerProvider // nil when tracing is off
 	propagator propagation.TextMapPropagator
 	registry   *prometheus.Registry
+	ratio      float64 // share of new traces recorded, in (0, 1]
 
 	rpcOnce sync.Once
 	rpc     *rpcMetrics
@@ -177,12 +178,14 @@ func New(ctx context.Context, cfg Config) (*Telemetry, error) {
 	if cfg.Exporter != nil {
 		opts = append(opts, sdktrace.WithSyncer(cfg.Exporter))
 	}
+	t.ratio = ratio
 	t.sdk = sdktrace.NewTracerProvider(opts...)
 	t.tp = t.sdk
 	return t, nil
 }
 
-// linkedSampler decides for new roots. A root that carries on sampled work of ours — an
+// linkedSampler decides for new roots. A root the RPC interceptors already drew for
+// recording (sampledRoot) is recorded. A root that carries on sampled work of ours — an
 // internal span linking to a sampled span, as the ledger's batch append links to the
 // commands it commits and a projector's batch to the commands whose events it applies — is
 // recorded, so that a sampled transfer's trace never leads to a span that was dropped;
@@ -194,6 +197,9 @@ type linkedSampler struct {
 }
 
 func (s linkedSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
+	if p.ParentContext != nil && p.ParentContext.Value(sampledRoot{}) != nil {
+		return sdktrace.SamplingResult{Decision: sdktrace.RecordAndSample}
+	}
 	// A span started without a kind is internal (the SDK records it so, but the sampler
 	// sees the option as given).
 	if p.Kind == trace.SpanKindInternal || p.Kind == trace.SpanKindUnspecified {
@@ -210,6 +216,11 @@ func (s linkedSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.Samp
 func (s linkedSampler) Description() string {
 	return "LinkedOr{" + s.ratio.Description() + "}"
 }
+
+// sampledRoot marks a request context whose new trace was already drawn for recording
+// (rpc.go decides before starting the server span, so that a request not recorded costs
+// no span): the root sampler records it rather than drawing a second time.
+type sampledRoot struct{}
 
 // TracerProvider is the process's tracer provider (a no-op one when tracing is off).
 func (t *Telemetry) TracerProvider() trace.TracerProvider { return t.tp }
