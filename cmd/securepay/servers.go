@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -46,13 +45,10 @@ type devConfig struct {
 	LogLevel    slog.Level
 	// HistoryCap bounds the in-memory history lines kept per account.
 	HistoryCap int
-	// MemoryLimitBytes is the Go runtime's soft memory limit (0: leave it alone).
-	MemoryLimitBytes int64
-	// GCPercent is the Go runtime's GOGC (0: leave it alone). It is only raised together
-	// with MemoryLimitBytes, which then bounds the heap that a high GOGC would let grow.
-	GCPercent int
-	Limits    domain.Limits // ceilings on amounts and credit limits (limitFlags in main.go)
-	Relay     *relayConfig  // --kafka: publish the log to this broker (relay.go)
+	// GC is the Go runtime's soft memory limit and GOGC (gcsettings.go).
+	GC     gcSettings
+	Limits domain.Limits // ceilings on amounts and credit limits (limitFlags in main.go)
+	Relay  *relayConfig  // --kafka: publish the log to this broker (relay.go)
 	// TokenKeyFile is the development token key (token.go); "" means the default.
 	TokenKeyFile string
 	Telemetry    telemetrySettings
@@ -105,12 +101,7 @@ func (c *devCmd) run(ctx context.Context, e env, _ []string) error {
 	if c.memLimitMiB < 0 || cfg.HistoryCap < 1 || c.gcPercent < 1 || c.gcPercent > 10_000 {
 		return usagef("dev: --memory-limit-mb must be >= 0, --history-cap >= 1 and --gc-percent in 1..10000")
 	}
-	if e.getenv("GOMEMLIMIT") == "" {
-		cfg.MemoryLimitBytes = int64(c.memLimitMiB) << 20
-	}
-	if e.getenv("GOGC") == "" && cfg.MemoryLimitBytes > 0 {
-		cfg.GCPercent = c.gcPercent
-	}
+	cfg.GC = resolveGC(e.getenv, c.memLimitMiB, c.gcPercent)
 	if c.kafka != "" {
 		rc, err := devRelayConfig(c.kafka)
 		if err != nil {
@@ -127,19 +118,10 @@ func (c *devCmd) run(ctx context.Context, e env, _ []string) error {
 
 func dev(ctx context.Context, e env, cfg devConfig) error {
 	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
-	if cfg.MemoryLimitBytes > 0 {
-		// A soft limit: the collector works harder near it instead of letting the heap
-		// double; it never fails an allocation.
-		prev := debug.SetMemoryLimit(cfg.MemoryLimitBytes)
-		defer debug.SetMemoryLimit(prev)
-	}
-	if cfg.GCPercent > 0 {
-		// Collections cost about a sixth of the server's CPU at the default 100 under load:
-		// a dev ledger's live heap is small, so letting it grow 4x between collections
-		// (up to the memory limit above) buys throughput for memory the limit still bounds.
-		prev := debug.SetGCPercent(cfg.GCPercent)
-		defer debug.SetGCPercent(prev)
-	}
+	// Collections cost about a sixth of the server's CPU at the default GOGC 100 under
+	// load: a dev ledger's live heap is small, so letting it grow 4x between collections
+	// (up to the memory limit) buys throughput for memory the limit still bounds.
+	defer cfg.GC.apply()()
 	dir := cfg.Dir
 	if dir == "" {
 		tmp, err := os.MkdirTemp("", "securepay-dev-")
@@ -384,6 +366,8 @@ type serveConfig struct {
 	// RedisTimeout bounds each Redis call of a read (the balance cache) before it falls
 	// back to PostgreSQL.
 	RedisTimeout time.Duration
+	// GC is the Go runtime's soft memory limit and GOGC (gcsettings.go).
+	GC gcSettings
 	// ProjectionWindow is projections.RunnerConfig.Window: how long a projector gathers
 	// events into one view transaction.
 	ProjectionWindow time.Duration
@@ -549,8 +533,9 @@ func joinLines(errs []error) error { return lines(errs) }
 
 // serveCmd is `securepay serve`'s flags.
 type serveCmd struct {
-	cfg  serveConfig
-	cors string
+	cfg                    serveConfig
+	cors                   string
+	memLimitMiB, gcPercent int
 }
 
 func serveCommand(e env) *Command {
@@ -618,6 +603,8 @@ func newServeCommand(e env) (*Command, *serveCmd) {
 	fs.DurationVar(&c.cfg.ReqTimeout, "request-timeout", 30*time.Second, "deadline of one unary request")
 	telemetryFlags(ef, &c.cfg.Telemetry, "SECUREPAY_", false)
 	fs.DurationVar(&c.cfg.RedisTimeout, "redis-timeout", redisviews.DefaultReadTimeout, "bound of one balance-cache call to Redis before a read falls back to PostgreSQL")
+	fs.IntVar(&c.memLimitMiB, "memory-limit-mb", 1024, "soft memory limit of the process in MiB: the collector works harder near it, never fails an allocation (0: none; GOMEMLIMIT wins)")
+	fs.IntVar(&c.gcPercent, "gc-percent", 400, "heap growth between collections, in percent of the live heap (GOGC); only applied with a memory limit, which caps the heap it lets grow (GOGC wins)")
 	fs.DurationVar(&c.cfg.ProjectionWindow, "projection-window", 20*time.Millisecond, "how long a projector gathers events into one view transaction (0: none); readers that wait for their own writes are answered as soon as the events are in hand, others may see the views up to about twice this behind")
 	c.cfg.Checkpoints.register(fs, e)
 	return cmd, c
@@ -631,6 +618,10 @@ func (c *serveCmd) run(ctx context.Context, e env, args []string) error {
 	}
 	cfg.CORSOrigins = splitList(c.cors)
 	cfg.LogLevel = slog.LevelInfo
+	if c.memLimitMiB < 0 || c.gcPercent < 1 || c.gcPercent > 10_000 {
+		return usagef("serve: --memory-limit-mb must be >= 0 and --gc-percent in 1..10000")
+	}
+	cfg.GC = resolveGC(e.getenv, c.memLimitMiB, c.gcPercent)
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -646,6 +637,10 @@ func (w *lateWaiter) Wait(ctx context.Context, projector string, position uint64
 }
 
 func serve(ctx context.Context, e env, cfg serveConfig) error {
+	// At GOGC 100 collections took 13-20 % of serve's CPU per transfer under load
+	// (docs/PERFORMANCE.md); its live heap is tens of MB, so a heap 5x that between
+	// collections, capped by the soft limit, costs memory the limit still bounds.
+	defer cfg.GC.apply()()
 	// JSON lines with the trace and correlation ids, secrets redacted (services/telemetry).
 	log := slog.New(telemetry.NewLogHandler(e.stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	tel, closeTelemetry, err := openTelemetry(ctx, cfg.Telemetry, "securepay-"+cfg.Component)
