@@ -880,7 +880,7 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 type migrateCmd struct {
 	dsn, dsnFile, eventSchema, viewSchema, appRole, serveRole string
 	relayRole, relaySchema                                    string
-	webhookSchema                                             string
+	webhookSchema, dispatcherRole                             string
 }
 
 func migrateCommand(e env) *Command {
@@ -900,6 +900,7 @@ func migrateCommand(e env) *Command {
 	ef.String(&c.relayRole, "relay-role", "SECUREPAY_RELAY_ROLE", "", "login `role` of securepay serve relay (created beforehand, owning nothing, not the serve role): granted SELECT on the log and its checkpoint table, nothing more")
 	ef.String(&c.relaySchema, "relay-checkpoint-schema", "SECUREPAY_RELAY_SCHEMA", relay.DefaultCheckpointSchema, "`schema` of the relay's checkpoint table, created for --relay-role")
 	ef.String(&c.webhookSchema, "webhook-schema", "SECUREPAY_WEBHOOK_SCHEMA", webhook.DefaultSchema, "`schema` of the webhook endpoints table")
+	ef.String(&c.dispatcherRole, "dispatcher-role", "SECUREPAY_DISPATCHER_ROLE", "", "login `role` of the webhook dispatcher (created beforehand, owning nothing): granted SELECT on the webhook endpoints, nothing more")
 	return cmd
 }
 
@@ -933,6 +934,12 @@ func (c *migrateCmd) run(ctx context.Context, e env, _ []string) error {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	fmt.Fprintf(e.stdout, "webhook schema %s: up to date\n", c.webhookSchema)
+	if c.dispatcherRole != "" {
+		if err := webhook.GrantRead(ctx, pool, c.webhookSchema, c.dispatcherRole); err != nil {
+			return fmt.Errorf("migrate: grant the dispatcher's reads to %s: %w", c.dispatcherRole, err)
+		}
+		fmt.Fprintf(e.stdout, "dispatcher role %s: SELECT on %s.endpoints\n", c.dispatcherRole, c.webhookSchema)
+	}
 	if c.relayRole != "" {
 		if c.relayRole == c.serveRole {
 			return usagef("migrate: --relay-role %s is also --serve-role: the relay reads the log and must not be able to append to it; give it a role of its own", c.relayRole)

@@ -35,6 +35,13 @@ func TestServeWebhookRegistry(t *testing.T) {
 	certFile, keyFile := testCert(t)
 	var migrated strings.Builder
 	dsn := migrateForServing(t, ownerDSN, &migrated)
+	dispatcher, _ := servingRole(t, ownerDSN)
+	if err := run(context.Background(), []string{"migrate", "--postgres-dsn", ownerDSN, "--dispatcher-role", dispatcher}, &migrated, io.Discard, noEnv); err != nil {
+		t.Fatalf("securepay migrate --dispatcher-role: %v", err)
+	}
+	if !strings.Contains(migrated.String(), "dispatcher role "+dispatcher+": SELECT on securepay_webhooks.endpoints") {
+		t.Fatalf("migrate --dispatcher-role: want the grant reported, got:\n%s", migrated.String())
+	}
 	if !strings.Contains(migrated.String(), "webhook schema securepay_webhooks: up to date") || !strings.Contains(migrated.String(), "DELETE on the webhook endpoints") {
 		t.Fatalf("migrate: want the webhook schema and its grants reported, got:\n%s", migrated.String())
 	}
@@ -185,5 +192,27 @@ func TestDevWebhookKey(t *testing.T) {
 	}
 	if _, err := loadWebhookKey(short); err == nil || !strings.Contains(err.Error(), "/dev/urandom") {
 		t.Fatalf("a 3-byte key: %v, want a refusal saying how to make one", err)
+	}
+}
+
+// TestDevServesWebhookEndpoints: securepay dev registers through its gateway, the
+// endpoint's owner is the token's subject, and the listing never shows the secret.
+func TestDevServesWebhookEndpoints(t *testing.T) {
+	url := startDev(t)
+	client := ledgerv1connect.NewWebhookServiceClient(http.DefaultClient, url, bearer(devTokenFor(url)))
+	ctx := context.Background()
+	reg, err := client.RegisterEndpoint(ctx, connect.NewRequest(&ledgerv1.RegisterEndpointRequest{AccountId: "alice", Url: "http://127.0.0.1:9/hooks"}))
+	if err != nil {
+		t.Fatalf("register on dev: %v", err)
+	}
+	if reg.Msg.GetEndpoint().GetOwner() != "dev-test" || !strings.HasPrefix(reg.Msg.GetSecret(), "whsec_") {
+		t.Fatalf("registered %v; want the token's subject dev-test as owner and a whsec_ secret", reg.Msg.GetEndpoint())
+	}
+	list, err := client.ListEndpoints(ctx, connect.NewRequest(&ledgerv1.ListEndpointsRequest{AccountId: "alice"}))
+	if err != nil || len(list.Msg.GetEndpoints()) != 1 {
+		t.Fatalf("list on dev: %v, %v", list, err)
+	}
+	if strings.Contains(list.Msg.String(), strings.TrimPrefix(reg.Msg.GetSecret(), "whsec_")) {
+		t.Fatal("the listing shows the secret")
 	}
 }

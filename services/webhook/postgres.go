@@ -178,3 +178,30 @@ func (s *PostgresStore) CountOtherKeys(ctx context.Context, keyID string) (int, 
 	}
 	return n, nil
 }
+
+// GrantRead lets loginRole read the endpoints and nothing else (SELECT on the table,
+// USAGE on its schema): what a dispatcher running under a role of its own needs to look
+// up an account's endpoints. The secrets stay sealed; it must hold the key file to open
+// them. Run by `securepay migrate --dispatcher-role`, as the owner; idempotent.
+func GrantRead(ctx context.Context, pool *pgxpool.Pool, schema, loginRole string) error {
+	if schema == "" {
+		schema = DefaultSchema
+	}
+	var exists bool
+	if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1)`, loginRole).Scan(&exists); err != nil {
+		return fmt.Errorf("webhook registry: look up role %s: %w", loginRole, err)
+	}
+	if !exists {
+		return fmt.Errorf("webhook registry: the role %s does not exist: create it first (CREATE ROLE %s LOGIN PASSWORD '…'), then run migrate again", loginRole, loginRole)
+	}
+	role, s := pgx.Identifier{loginRole}.Sanitize(), pgx.Identifier{schema}.Sanitize()
+	for _, stmt := range []string{
+		"GRANT USAGE ON SCHEMA " + s + " TO " + role,
+		"GRANT SELECT ON " + pgx.Identifier{schema, "endpoints"}.Sanitize() + " TO " + role,
+	} {
+		if _, err := pool.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("webhook registry: %s: %w", stmt, err)
+		}
+	}
+	return nil
+}
