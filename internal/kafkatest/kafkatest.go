@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -162,6 +163,17 @@ func Consume(t testing.TB, addr string, topics []string, timeout time.Duration, 
 		}
 		for _, p := range parts {
 			pc, err := consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
+			// Just after a topic's creation a broker may still answer "not the leader"
+			// although the metadata named it: retry, within the timeout.
+			for err != nil && ctx.Err() == nil {
+				if !errors.Is(err, sarama.ErrNotLeaderForPartition) && !errors.Is(err, sarama.ErrLeaderNotAvailable) &&
+					!errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
+					break
+				}
+				time.Sleep(200 * time.Millisecond)
+				_ = client.RefreshMetadata(topic)
+				pc, err = consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
+			}
 			if err != nil {
 				t.Fatalf("consume %s/%d: %v", topic, p, err)
 			}
