@@ -112,7 +112,8 @@ func redactKey(key string) bool {
 //     signature, iban, ...) gets its value replaced by [REDACTED];
 //   - in any string (message, value, error text): JWTs, "Bearer ..." credentials,
 //     key=value pairs whose key names a secret, and the password of a URL's userinfo
-//     (redis://:pw@host, postgres://user:pw@host) are replaced by [REDACTED];
+//     (redis://:pw@host, postgres://user:pw@host), and webhook secrets (whsec_...) are
+//     replaced by [REDACTED];
 //   - a domain.Account is logged as its id only: balances, holds and metadata are
 //     account data.
 func Redact(_ []string, a slog.Attr) slog.Attr {
@@ -149,14 +150,17 @@ var (
 	bearerPattern = regexp.MustCompile(`(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+`)
 	pairPattern   = regexp.MustCompile(`(?i)\b([a-z_.-]*(?:password|passwd|secret|token|apikey|api_key|signature|credential|authorization)[a-z_.-]*)\s*[=:]\s*("[^"]*"|'[^']*'|[^\s,;&]+)`)
 	userinfo      = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://)([^/?#\s]*)@`) // greedy: up to the authority's last @
+	// webhookSecret is a webhook endpoint's signing secret as it is shown (services/webhook).
+	webhookSecret = regexp.MustCompile(`whsec_[A-Za-z0-9_-]+`)
 )
 
 // RedactString removes credentials from free text (see Redact).
 func RedactString(s string) string {
 	// Most strings hold none of the markers: skip the regular expressions for them.
-	if !strings.ContainsAny(s, "=:@") && !strings.Contains(s, "eyJ") && !strings.Contains(strings.ToLower(s), "bearer") && !strings.Contains(strings.ToLower(s), "basic") {
+	if !strings.ContainsAny(s, "=:@") && !strings.Contains(s, "eyJ") && !strings.Contains(strings.ToLower(s), "bearer") && !strings.Contains(strings.ToLower(s), "basic") && !strings.Contains(s, "whsec_") {
 		return s
 	}
+	s = webhookSecret.ReplaceAllString(s, Redacted)
 	s = jwtPattern.ReplaceAllString(s, Redacted)
 	s = bearerPattern.ReplaceAllString(s, "$1 "+Redacted)
 	s = pairPattern.ReplaceAllString(s, "$1="+Redacted)

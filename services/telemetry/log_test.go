@@ -47,6 +47,7 @@ func TestLogRedactsSecrets(t *testing.T) {
 		{"raw bytes", func(l *slog.Logger) { l.Info("body", "payload", []byte(password)) }, password, `"payload":"[REDACTED]"`},
 		{"IBAN attribute", func(l *slog.Logger) { l.Info("payout", "iban", "DE89370400440532013000") }, "DE89370400440532013000", `"iban":"[REDACTED]"`},
 		{"With attrs", func(l *slog.Logger) { l.With("client_secret", password).Info("x") }, password, `"client_secret":"[REDACTED]"`},
+		{"webhook secret in a message", func(l *slog.Logger) { l.Info("registered we_1 with whsec_" + token + " for alice") }, token, "for alice"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
