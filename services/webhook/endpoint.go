@@ -20,7 +20,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/securepay/securepay/domain"
+	"github.com/securepay/securepay/services/dispatch"
 )
 
 // Limits of one registration. The schema (api/proto/.../webhooks.proto) enforces the same
@@ -105,18 +105,10 @@ func ParseSecret(text string) ([]byte, error) {
 	return raw, nil
 }
 
-// EventTypes are the notification event types an endpoint may subscribe to: the account
-// events (securepay.notifications.v1), every version the log may hold.
-func EventTypes() []string {
-	var out []string
-	for _, n := range domain.KnownEventNames() {
-		if strings.HasPrefix(n, "ledger.account.") {
-			out = append(out, n)
-		}
-	}
-	slices.Sort(out)
-	return out
-}
+// EventTypes are the notification event types an endpoint may subscribe to: those the
+// dispatcher delivers (the account events of securepay.notifications.v1, every version
+// the log may hold), so a subscription can never name a type nobody sends.
+func EventTypes() []string { return dispatch.NotificationTypes() }
 
 // inputError is a refusal of the caller's input, naming the field.
 type inputError struct {

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/securepay/securepay/internal/pgtest"
+	"github.com/securepay/securepay/services/dispatch"
 	"github.com/securepay/securepay/services/webhook"
 )
 
@@ -136,6 +137,17 @@ func TestRegistryRoundTrip(t *testing.T) {
 			eps[0].Secret[0] ^= 0xff
 			if again, _ := reg.Endpoints(ctx, "acct-1"); !bytes.Equal(again[0].Secret, raw) {
 				t.Fatal("a caller changed the cached secret")
+			}
+
+			// The contract with receivers: the text they were shown verifies what the
+			// dispatcher signs with the secret the Directory hands it.
+			body, at := []byte(`{"id":"e1"}`), time.Now()
+			if err := dispatch.Verify(raw, dispatch.Sign(eps[0].Secret, at, body), body, at, time.Minute); err == nil {
+				t.Fatal("a signature made with a secret the caller altered verified")
+			}
+			fresh, _ := reg.Endpoints(ctx, "acct-1")
+			if err := dispatch.Verify(raw, dispatch.Sign(fresh[0].Secret, at, body), body, at, time.Minute); err != nil {
+				t.Fatalf("the receiver's secret does not verify the dispatcher's signature: %v", err)
 			}
 
 			rotated, secret2, err := reg.Rotate(ctx, rec.ID)
