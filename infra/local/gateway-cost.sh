@@ -50,6 +50,9 @@ cleanup() {
 	bash "$root/infra/local/spire.sh" stop "$out/spire" >/dev/null 2>&1 || true
 	bash "$root/infra/local/redis.sh" stop "$out/redis" >/dev/null 2>&1 || true
 	bash "$root/infra/local/postgres.sh" stop "$out/pg" >/dev/null 2>&1 || true
+	# The reports stay; the databases and the binaries' copies (hundreds of MB) go.
+	rm -rf "$out/pg/data" "$out/redis" "$out/spire" "$out/devdata"
+	rm -f "$out"/securepay-*
 }
 trap cleanup EXIT
 
