@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/securepay/securepay/internal/pgtest"
 	"github.com/securepay/securepay/services/dispatch"
@@ -46,7 +47,13 @@ func backends(t *testing.T) []backend {
 	}
 }
 
-func pgBackend(t *testing.T) backend {
+// pgStore is a migrated PostgreSQL store in a schema of the test's own, and its pool.
+func pgStore(t testing.TB) *webhook.PostgresStore {
+	st, _, _ := pgStoreSchema(t)
+	return st
+}
+
+func pgStoreSchema(t testing.TB) (*webhook.PostgresStore, *pgxpool.Pool, string) {
 	t.Helper()
 	ctx := context.Background()
 	pool := pgtest.Pool(t, 8)
@@ -62,6 +69,13 @@ func pgBackend(t *testing.T) backend {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return st, pool, schema
+}
+
+func pgBackend(t *testing.T) backend {
+	t.Helper()
+	ctx := context.Background()
+	st, pool, schema := pgStoreSchema(t)
 	return backend{name: "postgres", store: st, raw: func(t *testing.T, id string) ([]byte, string) {
 		t.Helper()
 		var sealed []byte
