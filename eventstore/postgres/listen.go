@@ -81,6 +81,11 @@ func (s *Store) announce(payload string) {
 	if err != nil {
 		return
 	}
+	s.announcePosition(pos)
+}
+
+// announcePosition raises announced to pos: the database holds position pos.
+func (s *Store) announcePosition(pos uint64) {
 	for {
 		cur := s.announced.Load()
 		if pos <= cur || s.announced.CompareAndSwap(cur, pos) {

@@ -164,7 +164,37 @@ func (s *Store) readFollowing(ctx context.Context, afterPosition uint64, limit i
 	if evs, ok := s.tail.read(afterPosition, limit); ok && (len(evs) == limit || evs[len(evs)-1].Position >= s.announced.Load()) {
 		return evs, nil
 	}
-	return s.ReadAll(ctx, afterPosition, limit)
+	start := time.Now()
+	if s.nothingNew(afterPosition, start) {
+		return nil, nil
+	}
+	evs, err := s.ReadAll(ctx, afterPosition, limit)
+	if err != nil {
+		return nil, err
+	}
+	if len(evs) > 0 {
+		s.announcePosition(evs[len(evs)-1].Position)
+	}
+	if len(evs) < limit {
+		// The database held nothing beyond these when the read started.
+		s.checkedAt.Store(start.UnixNano())
+	}
+	return evs, nil
+}
+
+// nothingNew reports whether a subscriber after position after can be told "nothing new"
+// without asking the database: it already has everything this store appended, every
+// position a NOTIFY announced and everything the database held at its last read, and that
+// read was less than half a poll interval ago. Subscribers are woken twice per commit (this
+// store's own signal, then its NOTIFY) and have mostly read that commit from the tail at
+// the first: each further wake was a query answering no rows, per subscriber. An append
+// by another process is announced by its NOTIFY (then this is false); one whose
+// notification the listener missed is found by the next read after the half interval,
+// so a subscriber waits at most about a poll interval for it, as before.
+func (s *Store) nothingNew(after uint64, now time.Time) bool {
+	known := max(s.tail.end(), s.announced.Load())
+	checked := s.checkedAt.Load()
+	return known > 0 && after >= known && checked != 0 && now.Sub(time.Unix(0, checked)) < s.cfg.PollInterval/2
 }
 
 // Subscribe implements eventstore.Store: eventstore.PollSubscription over readFollowing

@@ -74,6 +74,9 @@ type Store struct {
 	// announced is the highest position a NOTIFY on the channel announced (listen.go): the
 	// log's head as far as this process has heard, whoever appended it.
 	announced atomic.Uint64
+	// checkedAt is when (Unix ns) the last subscription read of the database that reached
+	// its head started (readFollowing); 0: never.
+	checkedAt atomic.Int64
 
 	closed    atomic.Bool
 	closeCtx  context.Context // cancelled by Close; ends the listener and subscriptions

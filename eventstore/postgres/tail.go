@@ -94,3 +94,10 @@ func (t *tail) read(after uint64, limit int) (evs []eventstore.RecordedEvent, ok
 	}
 	return out, true
 }
+
+// end is the position of the newest event held; 0 when none is.
+func (t *tail) end() uint64 {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.last
+}

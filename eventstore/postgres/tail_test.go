@@ -246,3 +246,89 @@ func subscribeUntil(t *testing.T, ctx context.Context, s *Store, after, last uin
 	}
 	return got
 }
+
+// TestNothingNewOnlyWhenEverythingKnownWasReadRecently: a subscriber is told "nothing new"
+// without a query only when it has every position this store appended, every announced
+// one and everything the last database read saw, and that read is recent; otherwise the
+// database is asked.
+func TestNothingNewOnlyWhenEverythingKnownWasReadRecently(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	const poll = 250 * time.Millisecond
+	cases := []struct {
+		name      string
+		tailTo    uint64 // this store appended 1..tailTo (0: nothing)
+		announced uint64
+		checked   time.Duration // how long ago the last read reached the head (0: never)
+		after     uint64
+		want      bool
+	}{
+		{"at this store's head, read just now", 10, 10, time.Millisecond, 10, true},
+		{"at the head, read 100ms ago", 10, 0, 100 * time.Millisecond, 10, true},
+		{"at the head, last read half a poll interval ago", 10, 10, poll / 2, 10, false},
+		{"never read the database", 10, 10, 0, 10, false},
+		{"another process announced more", 10, 12, time.Millisecond, 10, false},
+		{"behind this store's head", 10, 0, time.Millisecond, 9, false},
+		{"at an announced head beyond the tail", 10, 12, time.Millisecond, 12, true},
+		{"nothing known at all", 0, 0, time.Millisecond, 0, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &Store{cfg: Config{PollInterval: poll}}
+			if tc.tailTo > 0 {
+				s.tail.add(tailRun(1, tc.tailTo))
+			}
+			s.announced.Store(tc.announced)
+			if tc.checked > 0 {
+				s.checkedAt.Store(now.Add(-tc.checked).UnixNano())
+			}
+			if got := s.nothingNew(tc.after, now); got != tc.want {
+				t.Fatalf("nothingNew(after %d) = %v, want %v", tc.after, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestSubscriptionFindsUnannouncedAppends: a store that hears no NOTIFY at all (its
+// listener is not running) still delivers another store's appends to its subscriber once
+// the subscriber sits at this store's own head, by the poll that checks the database.
+func TestSubscriptionFindsUnannouncedAppends(t *testing.T) {
+	ctx := testContext(t)
+	schema := freshSchema(t)
+	a := openStore(t, schema, func(c *Config) { c.PollInterval = 20 * time.Millisecond })
+	b := openStore(t, schema)
+	appendOne := func(s *Store, id string) {
+		t.Helper()
+		if _, err := s.Append(ctx, eventstore.StreamAppend{Stream: "shared", Expected: eventstore.Any(),
+			Events: []eventstore.EventData{{ID: id, Type: "t.v1", Data: []byte(id)}}}); err != nil {
+			t.Fatalf("append %s: %v", id, err)
+		}
+	}
+	appendOne(a, "1")
+	appendOne(a, "2")
+	// A subscriber's reads: 1..2, then it sits at a's head while b appends 3..4. a's
+	// listener is not running (only Subscribe starts it), so nothing announces them: they
+	// are found by the first read half a poll interval after the last database read.
+	got, err := a.readFollowing(ctx, 0, 100)
+	if err != nil || !reflect.DeepEqual(positions(got), []uint64{1, 2}) {
+		t.Fatalf("first read: %v, %v; want [1 2]", positions(got), err)
+	}
+	appendOne(b, "3")
+	appendOne(b, "4")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err = a.readFollowing(ctx, 2, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("another store's appends, never announced, were not read within 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !reflect.DeepEqual(positions(got), []uint64{3, 4}) {
+		t.Fatalf("read after 2: %v, want [3 4]", positions(got))
+	}
+}
