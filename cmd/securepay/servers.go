@@ -27,6 +27,7 @@ import (
 	"github.com/securepay/securepay/projections/pg"
 	redisviews "github.com/securepay/securepay/projections/redis"
 	"github.com/securepay/securepay/services"
+	"github.com/securepay/securepay/services/dispatch"
 	"github.com/securepay/securepay/services/edge"
 	"github.com/securepay/securepay/services/gateway"
 	"github.com/securepay/securepay/services/ledger"
@@ -49,6 +50,11 @@ type devConfig struct {
 	GC     gcSettings
 	Limits domain.Limits // ceilings on amounts and credit limits (limitFlags in main.go)
 	Relay  *relayConfig  // --kafka: publish the log to this broker (relay.go)
+	// Dispatcher delivers the relay's notifications as webhooks (with --kafka) to the
+	// endpoints of WebhookEndpoints (dispatcher.go).
+	Dispatcher       *dispatcherConfig
+	WebhookEndpoints dispatch.StaticDirectory
+	webhookFile      string
 	// TokenKeyFile is the development token key (token.go); "" means the default.
 	TokenKeyFile string
 	Telemetry    telemetrySettings
@@ -63,6 +69,7 @@ type devCmd struct {
 	verbose                bool
 	memLimitMiB, gcPercent int
 	kafka                  string
+	webhookEndpoints       string
 }
 
 func devCommand(e env) *Command {
@@ -89,6 +96,7 @@ func devCommand(e env) *Command {
 	limitFlags(fs, &c.cfg.Limits)
 	ef.String(&c.cfg.TokenKeyFile, "token-key-file", "SECUREPAY_DEV_TOKEN_KEY_FILE", "", "the development token signing key `file` (default: in $SECUREPAY_CACHE/dev or the user cache directory; made if absent)")
 	ef.String(&c.kafka, "kafka", "SECUREPAY_DEV_KAFKA", "", "publish the log to the Kafka broker at `host:port` (securepay.payments.v1, securepay.notifications.v1); none by default")
+	ef.String(&c.webhookEndpoints, "webhook-endpoints-file", "SECUREPAY_DEV_WEBHOOK_ENDPOINTS_FILE", "", "with --kafka: deliver notifications as webhooks to the endpoints of this JSON `file` too, besides those registered through WebhookService (docs/WEBHOOKS.md)")
 	telemetryFlags(ef, &c.cfg.Telemetry, "SECUREPAY_DEV_", true)
 	ef.String(&c.cfg.MetricsListen, "metrics-listen", "SECUREPAY_DEV_METRICS_LISTEN", "127.0.0.1:0", "loopback `address` of /metrics (Prometheus); port 0 picks a free one")
 	fs.IntVar(&c.gcPercent, "gc-percent", 400, "heap growth between collections, in percent of the live heap (GOGC); only applied with a memory limit, which caps the heap it lets grow (GOGC wins)")
@@ -108,6 +116,21 @@ func (c *devCmd) run(ctx context.Context, e env, _ []string) error {
 			return err
 		}
 		cfg.Relay = &rc
+		dc := devDispatcherConfig(rc)
+		cfg.Dispatcher, cfg.WebhookEndpoints = &dc, dispatch.StaticDirectory{}
+	}
+	if c.webhookEndpoints != "" {
+		if c.kafka == "" {
+			return usagef("dev: --webhook-endpoints-file needs --kafka: webhooks are delivered from the notifications topic")
+		}
+		data, err := readSecretFile(c.webhookEndpoints)
+		if err == nil {
+			cfg.WebhookEndpoints, err = dispatch.ParseEndpoints([]byte(data))
+		}
+		if err != nil {
+			return usagef("dev: --webhook-endpoints-file %s: %v", c.webhookEndpoints, err)
+		}
+		cfg.webhookFile = c.webhookEndpoints
 	}
 	cfg.LogLevel = slog.LevelWarn
 	if c.verbose {
@@ -252,6 +275,13 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	if cfg.Relay != nil {
 		fmt.Fprintf(e.stdout, "  relay:     the log to Kafka at %s (%s, %s)\n", strings.Join(cfg.Relay.Brokers, ","), cfg.Relay.Topics.Payments, cfg.Relay.Topics.Notifications)
 	}
+	if cfg.Dispatcher != nil {
+		also := ""
+		if cfg.webhookFile != "" {
+			also = " and those of " + cfg.webhookFile
+		}
+		fmt.Fprintf(e.stdout, "  delivery:  %s to the registered endpoints%s (dead letters: %s)\n", cfg.Dispatcher.Topic, also, cfg.Dispatcher.DeadLetterTopic)
+	}
 	fmt.Fprintf(e.stdout, "  metrics:   http://%s/metrics (Prometheus)\n", metricsLn.Addr())
 	if cfg.Telemetry.TraceFile != "" {
 		fmt.Fprintf(e.stdout, "  traces:    one JSON line per span in %s\n", cfg.Telemetry.TraceFile)
@@ -286,6 +316,16 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 			bg.Wait()
 			ln.Close()
 			return fmt.Errorf("dev: relay: %w", err)
+		}
+	}
+	if cfg.Dispatcher != nil {
+		// Endpoints registered through WebhookService, and those of the file.
+		dir := dispatch.Directories{hooks, cfg.WebhookEndpoints}
+		if err := startDevDispatcher(viewsCtx, &bg, *cfg.Dispatcher, dir, tel, log); err != nil {
+			stopViews()
+			bg.Wait()
+			ln.Close()
+			return fmt.Errorf("dev: dispatcher: %w", err)
 		}
 	}
 	cpr.run(viewsCtx, &bg)
@@ -557,7 +597,8 @@ func newServeCommand(e env) (*Command, *serveCmd) {
 			"queries (GetPayment, GetBalance, ListHistory, WatchAccount from the views), audit\n" +
 			"(AuditService; needs no Redis) or projector (runs the views; health only). Without\n" +
 			"it, or with all, every component runs in this one process. The outbox relay to\n" +
-			"Kafka runs alone with its own flags: securepay serve relay -h; so does the public\n" +
+			"Kafka runs alone with its own flags: securepay serve relay -h; so do the webhook\n" +
+			"dispatcher (securepay serve dispatcher -h) and the public\n" +
 			"gateway (OIDC tokens, roles, rate limits, mTLS to the components): securepay serve gateway -h.\n\n" +
 			"A component alone with --spiffe-socket serves only over mTLS: its X.509-SVID comes\n" +
 			"from the SPIFFE Workload API, every caller must present one, and each procedure is\n" +
@@ -571,7 +612,7 @@ func newServeCommand(e env) (*Command, *serveCmd) {
 		Args: []Arg{{Name: "COMPONENT", Optional: true}},
 		Run:  c.run,
 		// relay has flags of its own (Kafka, no listener, no Redis): a subcommand.
-		Commands: []*Command{relayCommand(e), gatewayServeCommand(e)},
+		Commands: []*Command{relayCommand(e), dispatcherCommand(e), gatewayServeCommand(e)},
 	}
 	fs := &cmd.Flag
 	ef := envFlags{fs, e}

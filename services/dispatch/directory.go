@@ -48,3 +48,22 @@ func (d StaticDirectory) Endpoints(_ context.Context, account string) ([]Endpoin
 	}
 	return out, nil
 }
+
+// Directories asks each directory in turn and lists all their endpoints (the dispatcher
+// drops repeated ids): a registry and a static list side by side. An error of any is the
+// answer's, so a notification is not delivered to some endpoints only because a
+// directory was down.
+type Directories []Directory
+
+// Endpoints concatenates the directories' answers.
+func (ds Directories) Endpoints(ctx context.Context, account string) ([]Endpoint, error) {
+	var out []Endpoint
+	for _, d := range ds {
+		eps, err := d.Endpoints(ctx, account)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, eps...)
+	}
+	return out, nil
+}

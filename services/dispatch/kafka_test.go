@@ -32,7 +32,7 @@ type topics struct {
 	producer                        sarama.SyncProducer
 }
 
-func newTopics(t *testing.T, partitions int32) *topics {
+func newTopics(t testing.TB, partitions int32) *topics {
 	t.Helper()
 	addr := kafkatest.Addr(t)
 	tp := &topics{addr: addr, notifications: kafkatest.Name(t, relay.TopicNotifications), dlq: kafkatest.Name(t, dispatch.TopicDeadLetters), group: kafkatest.Name(t, "dispatch-test")}

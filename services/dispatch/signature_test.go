@@ -25,6 +25,10 @@ func TestSignMatchesTheDocumentedAlgorithm(t *testing.T) {
 	if got := dispatch.Sign(secret, at, body); got != want {
 		t.Fatalf("Sign = %q, want %q", got, want)
 	}
+	// The vector printed in docs/WEBHOOKS.md (openssl dgst -sha256 -hmac whsec_test).
+	if doc := "t=1700000000,v1=e45d8fa0b2cd9bbbf10f4ef2852f12e5b7f15766967e6f85d38338fa79de7454"; want != doc {
+		t.Fatalf("the documented vector %q is not %q", doc, want)
+	}
 }
 
 func TestVerify(t *testing.T) {
