@@ -346,6 +346,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.LoopbackHostsOnly {
 		h = loopbackHostsOnly(h, errs)
 	}
+	h = growStackFirst(h)
 	s.handler = h
 	return s, nil
 }
