@@ -244,3 +244,32 @@ func (h *healthChecker) healthHTTP(mux *http.ServeMux) {
 		_ = json.NewEncoder(w).Encode(body)
 	})
 }
+
+// probeMux serves h alone: /healthz, /readyz and grpc.health.v1.
+func (h *healthChecker) probeMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle(grpchealth.NewHandler(h))
+	h.healthHTTP(mux)
+	return mux
+}
+
+// Probe is the health of a process that is not a Server (the gateway) on a port of its
+// own, answered as a Server's HealthHandler answers: /healthz, /readyz and grpc.health.v1,
+// from deps, each checked with the Server's default timeout and cache period.
+type Probe struct {
+	h *healthChecker
+}
+
+// NewProbe reports services (as grpc.health.v1 names them) from deps.
+func NewProbe(deps []Dependency, services []string, log *slog.Logger) *Probe {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Probe{h: newHealthChecker(deps, services, defaultHealthCheckTimeout, defaultHealthCacheTTL, log)}
+}
+
+// Handler serves the probe.
+func (p *Probe) Handler() http.Handler { return p.h.probeMux() }
+
+// Drain makes every answer NOT_SERVING from now on: the process is shutting down.
+func (p *Probe) Drain() { p.h.drain() }

@@ -359,9 +359,7 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // a kubelet or load balancer has not, and a component still waiting for its SVID serves
 // no API at all yet answers here that it is not ready.
 func (s *Server) HealthHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle(grpchealth.NewHandler(s.health))
-	s.health.healthHTTP(mux)
+	mux := s.health.probeMux()
 	if s.cfg.Metrics != nil {
 		mux.Handle("/metrics", s.cfg.Metrics)
 	}

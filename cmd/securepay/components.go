@@ -156,6 +156,9 @@ func awaitSource(ctx context.Context, log *slog.Logger, get func(ctx context.Con
 	}
 }
 
+// healthListenUsage is --health-listen of serve COMPONENT and serve gateway.
+const healthListenUsage = "`address` of a component's probe port (cleartext, /healthz, /readyz and grpc.health.v1 only; default 127.0.0.1, any free port)"
+
 // serveHealth serves the component's probes (no API) on ln until ctx ends: cleartext,
 // since a kubelet has no SVID, and harmless, since health carries no ledger data.
 func serveHealth(ctx context.Context, ln net.Listener, h http.Handler) func() {

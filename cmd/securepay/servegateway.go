@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/securepay/securepay/services"
 	"github.com/securepay/securepay/services/gateway"
 	"github.com/securepay/securepay/services/mtls"
 )
@@ -33,9 +34,21 @@ type gatewayServeConfig struct {
 	CORS                         string
 	Reflection                   bool
 	Shutdown                     time.Duration
+	// HealthListen is the probe port (cleartext, health only), as the components have.
+	HealthListen string
+	// newSource gets the gateway's SVID source: the Workload API at SPIFFESocket unless
+	// a test sets it.
+	newSource func(ctx context.Context) (mtls.Source, func(), error)
 }
 
 func gatewayServeCommand(e env) *Command {
+	cmd, _ := newGatewayServeCommand(e)
+	return cmd
+}
+
+// newGatewayServeCommand is gatewayServeCommand with its flags' destination, which tests
+// reach into for the SVID source.
+func newGatewayServeCommand(e env) (*Command, *gatewayServeConfig) {
 	c := &gatewayServeConfig{}
 	cmd := &Command{
 		UsageLine: "securepay serve gateway --oidc-issuer URL --oidc-audience AUD --oidc-jwks-url URL --payments-url URL --queries-url URL --audit-url URL --tls-cert FILE --tls-key FILE --redis-addr HOST:PORT|URL [flags]",
@@ -44,9 +57,10 @@ func gatewayServeCommand(e env) *Command {
 			"(Authorization: Bearer), is authorised by role and by the accounts the token owns,\n" +
 			"is rate-limited per principal (GCRA in Redis, shared by all gateways), and is\n" +
 			"forwarded over SPIFFE mTLS to the payments, queries or audit component. The\n" +
-			"gateway's SVID comes from the SPIFFE Workload API; without it the gateway does not\n" +
-			"start (there is no plaintext path to the components). See infra/keycloak for an\n" +
-			"issuer that puts the roles and accounts claims in its tokens.",
+			"gateway's SVID comes from the SPIFFE Workload API: until it has one it asks again\n" +
+			"with backoff, does not listen on its public port, and its probe port\n" +
+			"(--health-listen) says not ready (there is no plaintext path to the components).\n" +
+			"See infra/keycloak for an issuer that puts the roles and accounts claims in its tokens.",
 		Run: func(ctx context.Context, e env, _ []string) error { return serveGateway(ctx, e, *c) },
 	}
 	fs := &cmd.Flag
@@ -56,6 +70,7 @@ func gatewayServeCommand(e env) *Command {
 	ef.String(&c.TLSKey, "tls-key", "SECUREPAY_TLS_KEY", "", "PEM private key `file` of the public port")
 	ef.String(&c.SPIFFESocket, "spiffe-socket", "SPIFFE_ENDPOINT_SOCKET", "", "SPIFFE Workload API `address` (unix:///run/spire/agent.sock)")
 	ef.String(&c.TrustDomain, "trust-domain", "SECUREPAY_TRUST_DOMAIN", mtls.DefaultTrustDomain, "SPIFFE trust `domain` of the components")
+	ef.String(&c.HealthListen, "health-listen", "SECUREPAY_HEALTH_LISTEN", "127.0.0.1:0", healthListenUsage)
 	ef.String(&c.PaymentsURL, "payments-url", "SECUREPAY_PAYMENTS_URL", "", "https `URL` of the payments component")
 	ef.String(&c.QueriesURL, "queries-url", "SECUREPAY_QUERIES_URL", "", "https `URL` of the queries component")
 	ef.String(&c.AuditURL, "audit-url", "SECUREPAY_AUDIT_URL", "", "https `URL` of the audit component")
@@ -73,7 +88,7 @@ func gatewayServeCommand(e env) *Command {
 	ef.String(&c.CORS, "cors-origins", "SECUREPAY_CORS_ORIGINS", "", "comma-separated browser `origins` allowed to call")
 	fs.BoolVar(&c.Reflection, "reflection", false, "serve gRPC reflection (it lists every procedure to any caller)")
 	fs.DurationVar(&c.Shutdown, "shutdown-timeout", 30*time.Second, "how long in-flight requests get at shutdown")
-	return cmd
+	return cmd, c
 }
 
 // validate names every problem at once.
@@ -86,7 +101,12 @@ func (c *gatewayServeConfig) validate() (*redis.Options, *certReloader, spiffeid
 	}
 	need(c.Issuer, "oidc-issuer", "SECUREPAY_OIDC_ISSUER", "the OIDC issuer")
 	need(c.Audience, "oidc-audience", "SECUREPAY_OIDC_AUDIENCE", "the token audience")
-	need(c.SPIFFESocket, "spiffe-socket", "SPIFFE_ENDPOINT_SOCKET", "the SPIFFE Workload API address")
+	if c.newSource == nil {
+		need(c.SPIFFESocket, "spiffe-socket", "SPIFFE_ENDPOINT_SOCKET", "the SPIFFE Workload API address")
+	}
+	if c.HealthListen == "" {
+		errs = append(errs, errors.New("the probe port is missing: set --health-listen or SECUREPAY_HEALTH_LISTEN (default 127.0.0.1:0, any free port)"))
+	}
 	for _, u := range []struct{ v, flag, variable, what string }{
 		{c.PaymentsURL, "payments-url", "SECUREPAY_PAYMENTS_URL", "the payments component's URL"},
 		{c.QueriesURL, "queries-url", "SECUREPAY_QUERIES_URL", "the queries component's URL"},
@@ -150,15 +170,16 @@ func serveGateway(ctx context.Context, e env, c gatewayServeConfig) error {
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	certs.log = log // before the first handshake: no reload can run yet
 	ids := mtls.WellKnownIDs(td)
-	// Without an SVID the gateway has no way to reach the components: it does not start.
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	src, err := mtls.WorkloadSource(sctx, c.SPIFFESocket, mtls.WithID(ids.Gateway))
-	cancel()
-	if err != nil {
-		return fmt.Errorf("serve gateway: no SVID for %s: %w", ids.Gateway, err)
+	newSource := c.newSource
+	if newSource == nil {
+		newSource = workloadSource(c.SPIFFESocket, ids.Gateway)
 	}
-	defer src.Close()
+	// Everything is built before the SVID comes, so a wrong setting fails at start; the
+	// clients to the components read the SVID at each handshake, and none is made until
+	// the public port opens.
+	svid := &lateSource{}
 	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
 	algs, _ := parseGatewayAlgorithms(c.Algorithms)
@@ -171,9 +192,9 @@ func serveGateway(ctx context.Context, e env, c gatewayServeConfig) error {
 		return fmt.Errorf("serve gateway: %w", err)
 	}
 	gw, err := gateway.New(gateway.Config{
-		Payments:    gateway.Upstream{URL: c.PaymentsURL, Client: mtls.HTTPClient(src, ids.Payments)},
-		Queries:     gateway.Upstream{URL: c.QueriesURL, Client: mtls.HTTPClient(src, ids.Queries)},
-		Audit:       gateway.Upstream{URL: c.AuditURL, Client: mtls.HTTPClient(src, ids.Audit)},
+		Payments:    gateway.Upstream{URL: c.PaymentsURL, Client: mtls.HTTPClient(svid, ids.Payments)},
+		Queries:     gateway.Upstream{URL: c.QueriesURL, Client: mtls.HTTPClient(svid, ids.Queries)},
+		Audit:       gateway.Upstream{URL: c.AuditURL, Client: mtls.HTTPClient(svid, ids.Audit)},
 		Auth:        gateway.Auth{Issuer: c.Issuer, Audience: c.Audience, JWKSURL: c.JWKSURL, Algorithms: algs},
 		Limiter:     limiter,
 		Streams:     streams,
@@ -185,10 +206,34 @@ func serveGateway(ctx context.Context, e env, c gatewayServeConfig) error {
 	if err != nil {
 		return fmt.Errorf("serve gateway: %w", err)
 	}
+	// Every procedure the gateway serves is forwarded over mTLS: without the SVID none
+	// can be answered, so the whole gateway is not ready.
+	gatewayServices := services.ServicesOf(services.Components())
+	probe := services.NewProbe([]services.Dependency{{Name: "svid", Check: svid.check, NeededBy: gatewayServices}}, gatewayServices, log)
+	hln, err := net.Listen("tcp", c.HealthListen)
+	if err != nil {
+		return fmt.Errorf("serve gateway: listen for probes on %s: %w", c.HealthListen, err)
+	}
+	healthAddr := hln.Addr().String()
+	defer serveHealth(ctx, hln, probe.Handler())()
+	// At shutdown the probe turns not ready first, so a load balancer stops sending new
+	// calls while the in-flight ones finish.
+	stopDrain := context.AfterFunc(ctx, probe.Drain)
+	defer stopDrain()
+
+	// No public port at all until the Workload API gives the SVID: a client is refused
+	// at connect, rather than accepted by a gateway that cannot reach any component.
+	log.Info("gateway waiting for its SVID", "spiffe_id", ids.Gateway.String(), "spiffe_socket", c.SPIFFESocket, "health_addr", healthAddr, "listen", c.Listen)
+	src, closeSrc, err := awaitSource(ctx, log, newSource)
+	if err != nil {
+		return fmt.Errorf("serve gateway: no SVID for %s before the end: %w", ids.Gateway, err)
+	}
+	defer closeSrc()
+	svid.set(src)
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
 		return fmt.Errorf("serve gateway: listen on %s: %w", c.Listen, err)
 	}
-	log.Info("gateway serving", "listen", ln.Addr().String(), "issuer", c.Issuer, "payments", c.PaymentsURL, "queries", c.QueriesURL, "audit", c.AuditURL)
+	log.Info("gateway serving", "listen", ln.Addr().String(), "health_addr", healthAddr, "issuer", c.Issuer, "payments", c.PaymentsURL, "queries", c.QueriesURL, "audit", c.AuditURL)
 	return gw.Serve(ctx, ln, c.Shutdown)
 }

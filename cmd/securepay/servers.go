@@ -620,7 +620,7 @@ func newServeCommand(e env) (*Command, *serveCmd) {
 	fs.BoolVar(&c.cfg.Reflection, "reflection", false, "serve gRPC reflection (grpcurl, buf curl --list-methods): it lists every procedure to any caller")
 	ef.String(&c.cfg.SpiffeSocket, "spiffe-socket", "SECUREPAY_SPIFFE_SOCKET", "", "SPIFFE Workload API `address` a component gets its X.509-SVID from (mTLS), e.g. unix:///run/spire/agent/public/api.sock")
 	ef.String(&c.cfg.TrustDomain, "trust-domain", "SECUREPAY_TRUST_DOMAIN", mtls.DefaultTrustDomain, "SPIFFE trust `domain` of the components")
-	ef.String(&c.cfg.HealthListen, "health-listen", "SECUREPAY_HEALTH_LISTEN", "", "`address` of a component's probe port (cleartext, /healthz, /readyz and grpc.health.v1 only; default 127.0.0.1, any free port)")
+	ef.String(&c.cfg.HealthListen, "health-listen", "SECUREPAY_HEALTH_LISTEN", "", healthListenUsage)
 	ef.String(&c.cfg.PprofListen, "pprof-listen", "SECUREPAY_PPROF_LISTEN", "", "loopback `address` serving Go's runtime profiles at /debug/pprof/ (CPU, heap, goroutines); none by default")
 	ef.String(&c.cfg.PostgresDSN, "postgres-dsn", "SECUREPAY_POSTGRES_DSN", "", "PostgreSQL `DSN` of the event store and views (visible in ps: prefer --postgres-dsn-file)")
 	ef.String(&c.cfg.PostgresDSNFile, "postgres-dsn-file", "SECUREPAY_POSTGRES_DSN_FILE", "", "`file` holding the PostgreSQL DSN, readable only by its owner")
