@@ -10,10 +10,12 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/securepay/securepay/services/dispatch"
 	"github.com/securepay/securepay/services/relay"
 	"github.com/securepay/securepay/services/telemetry"
+	"github.com/securepay/securepay/services/webhook"
 )
 
 // dispatcherConfig is `securepay serve dispatcher`, from flags and environment.
@@ -113,12 +115,15 @@ func (c *dispatcherConfig) dispatch(dir dispatch.Directory, log *slog.Logger) di
 type dispatcherCmd struct {
 	cfg     dispatcherConfig
 	brokers string
+	// The webhook registry (webhooks.go): endpoints registered through WebhookService, read
+	// from PostgreSQL and opened with the key that sealed them.
+	dsn, dsnFile, webhookKeyFile, webhookSchema string
 }
 
 func dispatcherCommand(e env) *Command {
 	c := &dispatcherCmd{}
 	cmd := &Command{
-		UsageLine: "securepay serve dispatcher --kafka-brokers HOST:PORT[,...] --endpoints-file FILE [flags]",
+		UsageLine: "securepay serve dispatcher --kafka-brokers HOST:PORT[,...] (--postgres-dsn-file FILE --webhook-key-file FILE | --endpoints-file FILE) [flags]",
 		Short:     "deliver account notifications from Kafka as signed webhooks",
 		Long: "Consume securepay.notifications.v1 (what serve relay publishes) in a consumer group and\n" +
 			"POST every account event to the endpoints subscribed to its account, signed with the\n" +
@@ -127,8 +132,10 @@ func dispatcherCommand(e env) *Command {
 			"a circuit breaker, and after --max-attempts (or a 4xx answer) the notification goes\n" +
 			"to the dead-letter topic. Offsets are committed only for handled notifications, so\n" +
 			"a crash redelivers (receivers dedupe on SecurePay-Event-Id) and loses nothing.\n" +
-			"Endpoints come from --endpoints-file (a JSON list, private to this user) until the\n" +
-			"webhook registry is wired in.",
+			"Endpoints come from the webhook registry (WebhookService; --postgres-dsn-file and\n" +
+			"--webhook-key-file, the key payments sealed their secrets with), and/or from\n" +
+			"--endpoints-file (a JSON list, private to this user). `securepay migrate\n" +
+			"--dispatcher-role ROLE` grants a login role the registry's reads and nothing more.",
 		Run: c.run,
 	}
 	fs := &cmd.Flag
@@ -149,6 +156,10 @@ func dispatcherCommand(e env) *Command {
 	fs.DurationVar(&c.cfg.BreakerCooldown, "breaker-cooldown", 30*time.Second, "how long an open circuit refuses attempts before one probe")
 	fs.IntVar(&c.cfg.Window, "window", 256, "notifications of one partition in delivery at once (what a slow endpoint can hold up)")
 	fs.DurationVar(&c.cfg.AttemptTimeout, "attempt-timeout", 10*time.Second, "bound of one HTTP attempt, response included")
+	ef.String(&c.dsn, "postgres-dsn", "SECUREPAY_POSTGRES_DSN", "", "PostgreSQL `DSN` of the webhook registry (visible in ps: prefer --postgres-dsn-file)")
+	ef.String(&c.dsnFile, "postgres-dsn-file", "SECUREPAY_POSTGRES_DSN_FILE", "", "`file` holding the PostgreSQL DSN of the webhook registry, readable only by its owner")
+	ef.String(&c.webhookKeyFile, "webhook-key-file", "SECUREPAY_WEBHOOK_KEY_FILE", "", "`file` holding the key the endpoints' secrets were sealed with (the payments component's)")
+	ef.String(&c.webhookSchema, "webhook-schema", "SECUREPAY_WEBHOOK_SCHEMA", webhook.DefaultSchema, "`schema` of the webhook endpoints table")
 	ef.String(&c.cfg.EndpointsFile, "endpoints-file", "SECUREPAY_DISPATCHER_ENDPOINTS_FILE", "", "JSON `file` of the endpoints and their secrets (docs/WEBHOOKS.md), readable only by its owner")
 	ef.String(&c.cfg.MetricsListen, "metrics-listen", "SECUREPAY_DISPATCHER_METRICS_LISTEN", "", "serve Prometheus metrics on GET /metrics at this `address` (e.g. 127.0.0.1:9465; none by default)")
 	telemetryFlags(ef, &c.cfg.Telemetry, "SECUREPAY_", false)
@@ -162,18 +173,58 @@ func (c *dispatcherCmd) run(ctx context.Context, e env, _ []string) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	if cfg.EndpointsFile == "" {
-		return usagef("serve dispatcher: no endpoints: set --endpoints-file (or SECUREPAY_DISPATCHER_ENDPOINTS_FILE) to the JSON list of docs/WEBHOOKS.md")
+	if cfg.EndpointsFile == "" && c.webhookKeyFile == "" {
+		return usagef("serve dispatcher: no endpoints: set --postgres-dsn-file and --webhook-key-file (the webhook registry), or --endpoints-file (or SECUREPAY_DISPATCHER_ENDPOINTS_FILE) to the JSON list of docs/WEBHOOKS.md")
 	}
-	data, err := readSecretFile(cfg.EndpointsFile)
+	var dirs dispatch.Directories
+	if c.webhookKeyFile != "" {
+		reg, closeReg, err := c.openRegistry(ctx, e)
+		if err != nil {
+			return err
+		}
+		defer closeReg()
+		dirs = append(dirs, reg)
+	}
+	if cfg.EndpointsFile != "" {
+		data, err := readSecretFile(cfg.EndpointsFile)
+		if err != nil {
+			return usagef("serve dispatcher: --endpoints-file: %v", err)
+		}
+		static, err := dispatch.ParseEndpoints([]byte(data))
+		if err != nil {
+			return usagef("serve dispatcher: --endpoints-file %s: %v", cfg.EndpointsFile, err)
+		}
+		dirs = append(dirs, static)
+	}
+	return serveDispatcher(ctx, e, cfg, dirs)
+}
+
+// openRegistry opens the webhook registry the dispatcher reads: the key must open every
+// stored secret (a wrong --webhook-key-file stops it before it consumes anything).
+func (c *dispatcherCmd) openRegistry(ctx context.Context, e env) (*webhook.Registry, func(), error) {
+	key, err := loadWebhookKey(c.webhookKeyFile)
 	if err != nil {
-		return usagef("serve dispatcher: --endpoints-file: %v", err)
+		return nil, nil, usagef("serve dispatcher: %v", err)
 	}
-	dir, err := dispatch.ParseEndpoints([]byte(data))
+	dsn, err := secretSetting{what: "the PostgreSQL DSN", value: c.dsn, file: c.dsnFile,
+		flag: "postgres-dsn", variable: "SECUREPAY_POSTGRES_DSN", fileFlag: "postgres-dsn-file", fileVar: "SECUREPAY_POSTGRES_DSN_FILE"}.resolve()
+	switch {
+	case err != nil:
+		return nil, nil, usagef("serve dispatcher: %v", err)
+	case dsn == "":
+		return nil, nil, usagef("serve dispatcher: --webhook-key-file needs the registry's database: set --postgres-dsn-file or SECUREPAY_POSTGRES_DSN_FILE (or --postgres-dsn)")
+	}
+	pool, err := pgxpool.New(ctx, dsn)
 	if err != nil {
-		return usagef("serve dispatcher: --endpoints-file %s: %v", cfg.EndpointsFile, err)
+		return nil, nil, fmt.Errorf("serve dispatcher: connect: %v", redactDSNError(err))
 	}
-	return serveDispatcher(ctx, e, cfg, dir)
+	log := slog.New(telemetry.NewLogHandler(e.stderr, &slog.HandlerOptions{Level: c.cfg.LogLevel}))
+	reg, err := openWebhookRegistry(ctx, pool, c.webhookSchema, key, log)
+	if err != nil {
+		pool.Close()
+		return nil, nil, fmt.Errorf("serve dispatcher: %w", err)
+	}
+	return reg, pool.Close, nil
 }
 
 // serveDispatcher runs the dispatcher of cfg with dir as its endpoints until ctx ends.

@@ -48,7 +48,8 @@ func TestServeDispatcherRefusesBadSettings(t *testing.T) {
 	}{
 		{"no broker", []string{"--kafka-brokers", "", "--endpoints-file", good}, "no Kafka broker"},
 		{"protocol too old for Kafka 4", []string{"--kafka-version", "2.0.0", "--endpoints-file", good}, "older than 2.1.0"},
-		{"no endpoints", nil, "no endpoints: set --endpoints-file"},
+		{"no endpoints", nil, "no endpoints: set --postgres-dsn-file and --webhook-key-file"},
+		{"registry key without a database", []string{"--webhook-key-file", good}, "needs the registry's database"},
 		{"endpoints readable by others", []string{"--endpoints-file", readable}, "can be read by other users"},
 		{"endpoints file invalid", []string{"--endpoints-file", badFile}, "not an absolute http(s) URL"},
 		{"zero attempts", []string{"--max-attempts", "0", "--endpoints-file", good}, "--max-attempts"},

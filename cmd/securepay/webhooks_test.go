@@ -146,6 +146,14 @@ func TestServeWebhookRegistry(t *testing.T) {
 		}
 	}
 
+	// The dispatcher, as its own read-only role, refuses a key its rows were not sealed
+	// with before it consumes anything.
+	dispatcherDSN := strings.Replace(dsn, strings.Split(strings.TrimPrefix(dsn, "postgres://"), "@")[0]+"@", dispatcher+"@", 1)
+	derr := run(ctx, []string{"serve", "dispatcher", "--kafka-brokers", "127.0.0.1:1", "--postgres-dsn", dispatcherDSN, "--webhook-key-file", keyB}, io.Discard, io.Discard, noEnv)
+	if derr == nil || !strings.Contains(derr.Error(), "sealed under another key") {
+		t.Fatalf("serve dispatcher with another webhook key: %v, want a refusal naming the key", derr)
+	}
+
 	_, _, _, err = serve("--webhook-key-file", keyB)
 	if err == nil || !strings.Contains(err.Error(), "sealed under another key") || !strings.Contains(err.Error(), "--webhook-key-file") {
 		t.Fatalf("serve with another webhook key: %v, want a refusal naming --webhook-key-file", err)
