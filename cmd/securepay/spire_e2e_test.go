@@ -192,8 +192,9 @@ func readyz(t *testing.T, healthAddr string) (int, []string) {
 // TestServeComponentsOnSPIRE runs the five components as separate processes on real SPIRE
 // and shows: a transfer made through the gateway with a JWT reaches payments, is
 // projected by the projector, read back from queries and from the audit component's
-// log; audit, started while its Workload API is not there, says not ready, opens no API
-// port, and serves once the Workload API appears; and a process with another
+// log; audit and the gateway, started while their Workload API is not there, say not
+// ready, open no API port, and serve once the Workload API appears (the gateway then
+// reaches the components with the SVID it got late); and a process with another
 // component's SVID (queries) is refused by payments.
 func TestServeComponentsOnSPIRE(t *testing.T) {
 	sp := spiretest.FromEnv(t)
@@ -245,27 +246,62 @@ func TestServeComponentsOnSPIRE(t *testing.T) {
 	if audit.find("securepay serving") != nil {
 		t.Fatal("audit says it serves without an SVID")
 	}
-	// The Workload API appears at audit's address (as when the agent starts after the
-	// component): a link to the agent's socket, so the agent still sees audit's own
-	// process and executable.
-	if err := os.Symlink(strings.TrimPrefix(sp.Addr, "unix://"), lateSocket); err != nil {
-		t.Fatal(err)
+
+	// The gateway too starts on a Workload API address where nothing answers: it stays
+	// up, says not ready on its probe port, and opens no public port.
+	is := gatewaytest.NewIssuer(t, work, e2eAudience)
+	certFile, keyFile := writeSelfSigned(t, work, "securepay e2e gateway")
+	gwLateSocket := filepath.Join(work, "gwlate.sock")
+	gwAddr := freeAddr(t)
+	gw := startProcess(t, "gateway", exes["gateway"], []string{"SSL_CERT_FILE=" + is.CAFile()}, append([]string{"serve", "gateway",
+		"--listen", gwAddr, "--health-listen", "127.0.0.1:0", "--tls-cert", certFile, "--tls-key", keyFile, "--spiffe-socket", "unix://" + gwLateSocket,
+		"--payments-url", paymentsURL, "--queries-url", queriesURL, "--audit-url", "https://" + auditAddr,
+		"--redis-addr", redisAddr, "--redis-db", fmt.Sprint(redisDB)}, is.GatewayFlags()...)...)
+	gwWaiting := gw.await(t, "gateway waiting for its SVID", 60*time.Second)
+	if gwWaiting["spiffe_socket"] != "unix://"+gwLateSocket || gwWaiting["spiffe_id"] != ids.Gateway.String() {
+		t.Errorf("the gateway's waiting log should name its Workload API and SPIFFE ID, got %v", gwWaiting)
+	}
+	gwHealth, _ := gwWaiting["health_addr"].(string)
+	if code, notReady := readyz(t, gwHealth); code != http.StatusServiceUnavailable || !containsString(notReady, "svid") {
+		t.Fatalf("the gateway without a Workload API: want /readyz 503 naming svid, got %d %v", code, notReady)
+	}
+	if c, err := net.DialTimeout("tcp", gwAddr, 2*time.Second); err == nil {
+		c.Close()
+		t.Fatalf("the gateway without an SVID accepts connections on its public address %s", gwAddr)
+	}
+	if gw.find("gateway serving") != nil {
+		t.Fatal("the gateway says it serves without an SVID")
+	}
+
+	// The Workload API appears at audit's and the gateway's addresses (as when the agent
+	// starts after the components): links to the agent's socket, so the agent still sees
+	// each one's own process and executable.
+	for _, late := range []string{lateSocket, gwLateSocket} {
+		if err := os.Symlink(strings.TrimPrefix(sp.Addr, "unix://"), late); err != nil {
+			t.Fatal(err)
+		}
 	}
 	appeared := time.Now()
 	rec := audit.await(t, "securepay serving", 90*time.Second)
 	t.Logf("audit served %s after its Workload API appeared", time.Since(appeared).Round(100*time.Millisecond))
-	auditURL := "https://" + rec["addr"].(string)
+	if got := rec["addr"].(string); got != auditAddr {
+		t.Fatalf("audit serves on %s, want %s", got, auditAddr)
+	}
 	if code, notReady := readyz(t, auditHealth); code != http.StatusOK {
 		t.Fatalf("audit with its SVID: want /readyz 200, got %d %v", code, notReady)
 	}
-
-	is := gatewaytest.NewIssuer(t, work, e2eAudience)
-	certFile, keyFile := writeSelfSigned(t, work, "securepay e2e gateway")
-	gw := startProcess(t, "gateway", exes["gateway"], []string{"SSL_CERT_FILE=" + is.CAFile()}, append([]string{"serve", "gateway",
-		"--listen", "127.0.0.1:0", "--tls-cert", certFile, "--tls-key", keyFile, "--spiffe-socket", sp.Addr,
-		"--payments-url", paymentsURL, "--queries-url", queriesURL, "--audit-url", auditURL,
-		"--redis-addr", redisAddr, "--redis-db", fmt.Sprint(redisDB)}, is.GatewayFlags()...)...)
 	gwURL := "https://" + gw.await(t, "gateway serving", 90*time.Second)["listen"].(string)
+	t.Logf("the gateway served %s after its Workload API appeared", time.Since(appeared).Round(100*time.Millisecond))
+	// Health answers are cached for a second: a not-ready one may be repeated once.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		code, notReady := readyz(t, gwHealth)
+		if code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the gateway with its SVID: want /readyz 200 within 10s, got %d %v", code, notReady)
+		}
+	}
 
 	// A client of the public port: it trusts the gateway's certificate, and nothing else.
 	certPEM, err := os.ReadFile(certFile)
