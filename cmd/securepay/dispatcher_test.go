@@ -15,12 +15,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore/postgres"
 	"github.com/securepay/securepay/internal/kafkatest"
 	"github.com/securepay/securepay/services/dispatch"
 	"github.com/securepay/securepay/services/ledger"
 	"github.com/securepay/securepay/services/relay"
+	"github.com/securepay/securepay/services/webhook"
 )
 
 // Unusable settings are refused with a usage error (exit 2) before anything is contacted:
@@ -75,15 +78,18 @@ func TestServeDispatcherRefusesBadSettings(t *testing.T) {
 }
 
 // TestServeDispatcherDelivers runs `securepay serve relay` and `securepay serve
-// dispatcher` on a real ledger and broker: alice's credits reach her endpoint, signed so
-// that dispatch.Verify accepts them, and the dispatcher's metrics count them.
+// dispatcher` on a real ledger and broker, each as its own PostgreSQL role: alice's
+// credits reach the endpoint registered for her in the webhook registry, signed with its
+// secret so that dispatch.Verify accepts them, and the dispatcher's metrics count them.
 func TestServeDispatcherDelivers(t *testing.T) {
 	addr := kafkatest.Addr(t)
 	dsn := freshDatabase(t)
 	// serve relay logs in as a role that can only read the log (docs/KAFKA.md).
 	relayRole, relayDSN := servingRole(t, dsn)
-	if err := run(context.Background(), []string{"migrate", "--postgres-dsn", dsn, "--relay-role", relayRole, "--relay-checkpoint-schema", "dispatch_cmd_test"}, io.Discard, io.Discard, noEnv); err != nil {
-		t.Fatalf("migrate --relay-role %s: %v", relayRole, err)
+	dispatcherRole, dispatcherDSN := servingRole(t, dsn)
+	if err := run(context.Background(), []string{"migrate", "--postgres-dsn", dsn, "--relay-role", relayRole, "--relay-checkpoint-schema", "dispatch_cmd_test",
+		"--dispatcher-role", dispatcherRole}, io.Discard, io.Discard, noEnv); err != nil {
+		t.Fatalf("migrate --relay-role %s --dispatcher-role %s: %v", relayRole, dispatcherRole, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -111,14 +117,14 @@ func TestServeDispatcherDelivers(t *testing.T) {
 		}
 	}
 
-	secret := strings.Repeat("w", 32)
 	var (
+		secret   []byte // set before the dispatcher starts
 		mu       sync.Mutex
 		received []string
 	)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		if err := dispatch.Verify([]byte(secret), r.Header.Get(dispatch.HeaderSignature), body, time.Now(), 5*time.Minute); err != nil {
+		if err := dispatch.Verify(secret, r.Header.Get(dispatch.HeaderSignature), body, time.Now(), 5*time.Minute); err != nil {
 			t.Errorf("a webhook does not verify: %v", err)
 			w.WriteHeader(http.StatusUnauthorized)
 			return
@@ -128,8 +134,29 @@ func TestServeDispatcherDelivers(t *testing.T) {
 		mu.Unlock()
 	}))
 	defer srv.Close()
-	endpoints := filepath.Join(t.TempDir(), "endpoints.json")
-	if err := os.WriteFile(endpoints, fmt.Appendf(nil, `{"endpoints":[{"id":"alice-credits","url":%q,"secret":%q,"accounts":["alice"],"event_types":["ledger.account.credited.v1"]}]}`, srv.URL, secret), 0o600); err != nil {
+	// Registered as serve payments' WebhookService would, with the same key.
+	keyFile := filepath.Join(t.TempDir(), "webhook.key")
+	if err := os.WriteFile(keyFile, []byte("dispatcher-test-webhook-key-0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key, err := loadWebhookKey(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	reg, err := openWebhookRegistry(ctx, pool, webhook.DefaultSchema, key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, secretText, err := reg.Register(ctx, "alice", srv.URL, []string{"ledger.account.credited.v1"}, "test")
+	if err != nil {
+		t.Fatalf("register alice's endpoint: %v", err)
+	}
+	if secret, err = webhook.ParseSecret(secretText); err != nil {
 		t.Fatal(err)
 	}
 
@@ -150,7 +177,7 @@ func TestServeDispatcherDelivers(t *testing.T) {
 	}()
 	go func() {
 		done <- run(runCtx, []string{"serve", "dispatcher", "--kafka-brokers", addr, "--topic-partitions", "2", "--group", kafkatest.Name(t, "dispatch-cmd"),
-			"--notifications-topic", notifications, "--dead-letter-topic", dlq, "--endpoints-file", endpoints, "--metrics-listen", metricsAddr}, io.Discard, &dispErr, noEnv)
+			"--notifications-topic", notifications, "--dead-letter-topic", dlq, "--postgres-dsn", dispatcherDSN, "--webhook-key-file", keyFile, "--metrics-listen", metricsAddr}, io.Discard, &dispErr, noEnv)
 	}()
 	want := `securepay_webhook_attempts_total{outcome="delivered"} 3`
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
