@@ -4,14 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -167,30 +164,16 @@ func TestServeGatewayWaitsForItsSVID(t *testing.T) {
 	if waiting["spiffe_id"] != "spiffe://securepay.dev/gateway" || waiting["spiffe_socket"] != "unix:///nowhere.sock" {
 		t.Errorf("the waiting log should name the SPIFFE ID and the Workload API it waits for, got %v", waiting)
 	}
-	healthURL := "http://" + waiting["health_addr"].(string)
 	retry := logs.await(t, "no SVID: not ready, serving nothing", done)
 	if msg, _ := retry["error"].(string); !strings.Contains(msg, "nowhere.sock") {
 		t.Errorf("the retry log should carry the Workload API's error, got %v", retry)
 	}
 
-	readyz := func() (int, readinessBody) {
-		t.Helper()
-		res, err := http.Get(healthURL + "/readyz")
-		if err != nil {
-			t.Fatalf("the gateway's /readyz: %v", err)
-		}
-		defer res.Body.Close()
-		body, _ := io.ReadAll(res.Body)
-		var r readinessBody
-		if err := json.Unmarshal(body, &r); err != nil {
-			t.Fatalf("the gateway's /readyz: %v: %s", err, body)
-		}
-		return res.StatusCode, r
+	healthAddr := waiting["health_addr"].(string)
+	if code, notReady := readyz(t, healthAddr); code != http.StatusServiceUnavailable || !containsString(notReady, "svid") {
+		t.Fatalf("/readyz without an SVID: want 503 naming svid, got %d %v", code, notReady)
 	}
-	if code, r := readyz(); code != http.StatusServiceUnavailable || r.Ready || !containsString(r.NotReady, "svid") {
-		t.Fatalf("/readyz without an SVID: want 503 naming svid, got %d %+v", code, r)
-	}
-	health := grpchealth.NewClient(http.DefaultClient, healthURL, connect.WithGRPCWeb())
+	health := grpchealth.NewClient(http.DefaultClient, "http://"+healthAddr, connect.WithGRPCWeb())
 	for _, service := range []string{"", ledgerv1connect.PaymentServiceName, ledgerv1connect.AuditServiceName} {
 		res, err := health.Check(context.Background(), &grpchealth.CheckRequest{Service: service})
 		if err != nil || res.Status != grpchealth.StatusNotServing {
@@ -213,35 +196,13 @@ func TestServeGatewayWaitsForItsSVID(t *testing.T) {
 	if n := calls.Load(); n < 2 {
 		t.Errorf("the gateway asked the Workload API %d times: want at least one refusal, then the SVID", n)
 	}
-	// Health answers are cached for a second: the not-ready one may be repeated once.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		code, r := readyz()
-		if code == http.StatusOK && r.Ready {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/readyz with the SVID: want 200 and ready within 10s, got %d %+v", code, r)
-		}
-	}
+	awaitReady(t, "the gateway with its SVID", healthAddr)
 	// The public port now answers over TLS, and a call without a token is refused there.
-	pem, err := os.ReadFile(certFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(pem)
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: true}}
-	defer client.CloseIdleConnections()
+	client := publicClient(t, certFile)
 	_, err = ledgerv1connect.NewPaymentServiceClient(client, "https://"+listen).Transfer(context.Background(), connect.NewRequest(&ledgerv1.TransferRequest{
 		PaymentId: "p-1", SourceAccountId: "alice", DestinationAccountId: "bob", Amount: &ledgerv1.Money{Value: "1.00", Asset: "USD"},
 	}))
 	if connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Fatalf("a transfer without a token on the ready gateway: want unauthenticated, got %v", err)
 	}
-}
-
-// readinessBody is /readyz's answer.
-type readinessBody struct {
-	Ready    bool     `json:"ready"`
-	NotReady []string `json:"not_ready"`
 }

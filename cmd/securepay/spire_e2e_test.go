@@ -292,26 +292,9 @@ func TestServeComponentsOnSPIRE(t *testing.T) {
 	}
 	gwURL := "https://" + gw.await(t, "gateway serving", 90*time.Second)["listen"].(string)
 	t.Logf("the gateway served %s after its Workload API appeared", time.Since(appeared).Round(100*time.Millisecond))
-	// Health answers are cached for a second: a not-ready one may be repeated once.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		code, notReady := readyz(t, gwHealth)
-		if code == http.StatusOK {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the gateway with its SVID: want /readyz 200 within 10s, got %d %v", code, notReady)
-		}
-	}
+	awaitReady(t, "the gateway with its SVID", gwHealth)
 
-	// A client of the public port: it trusts the gateway's certificate, and nothing else.
-	certPEM, err := os.ReadFile(certFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(certPEM)
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: true}}
-	defer client.CloseIdleConnections()
+	client := publicClient(t, certFile)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	op := is.MustToken(t, "ops-1", []string{"operator"})
@@ -386,6 +369,36 @@ func TestServeComponentsOnSPIRE(t *testing.T) {
 	if err != nil || bal.Msg.GetBalance().GetAvailable() != "70.00" {
 		t.Fatalf("alice's balance after the forged call: want 70.00 (nothing moved), got %v %v", bal, err)
 	}
+}
+
+// awaitReady waits for /readyz 200 at healthAddr. Health answers are cached for a
+// second, so the not-ready answer given just before may be repeated once.
+func awaitReady(t *testing.T, what, healthAddr string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		code, notReady := readyz(t, healthAddr)
+		if code == http.StatusOK {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: want /readyz 200 within 10s, got %d %v", what, code, notReady)
+		}
+	}
+}
+
+// publicClient is a client of the gateway's public port: it trusts the gateway's
+// certificate in certFile, and nothing else.
+func publicClient(t *testing.T, certFile string) *http.Client {
+	t.Helper()
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(certPEM)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: true}}
+	t.Cleanup(client.CloseIdleConnections)
+	return client
 }
 
 func containsString(list []string, s string) bool {
