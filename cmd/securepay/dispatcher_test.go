@@ -12,11 +12,15 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
+	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore/postgres"
 	"github.com/securepay/securepay/internal/kafkatest"
@@ -257,5 +261,57 @@ func TestDevWebhooksNeedKafka(t *testing.T) {
 	var u usageError
 	if !errors.As(err, &u) || !strings.Contains(err.Error(), "needs --kafka") {
 		t.Fatalf("dev --webhook-endpoints-file without --kafka: %v, want a usage error saying it needs --kafka", err)
+	}
+}
+
+// `securepay dev --kafka ADDR` delivers to an endpoint registered through WebhookService:
+// the whsec_ secret shown once, decoded as a receiver does, verifies the delivery.
+func TestDevWithKafkaDeliversToRegisteredEndpoints(t *testing.T) {
+	addr := kafkatest.Addr(t)
+	account := strings.ReplaceAll(kafkatest.Name(t, "reg"), ".", "-")
+	var key atomic.Pointer[[]byte]
+	got := make(chan string, 16)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		k := key.Load()
+		if k == nil {
+			t.Error("a webhook arrived before the endpoint was registered")
+			return
+		}
+		if err := dispatch.Verify(*k, r.Header.Get(dispatch.HeaderSignature), body, time.Now(), 5*time.Minute); err != nil {
+			t.Errorf("a webhook does not verify with the registered secret: %v", err)
+		}
+		got <- r.Header.Get(dispatch.HeaderEventType)
+	}))
+	defer srv.Close()
+	url := startDev(t, "--kafka", addr)
+	hooks := ledgerv1connect.NewWebhookServiceClient(http.DefaultClient, url, bearer(devTokenFor(url)))
+	reg, err := hooks.RegisterEndpoint(context.Background(), connect.NewRequest(&ledgerv1.RegisterEndpointRequest{
+		AccountId: account, Url: srv.URL, EventTypes: []string{"ledger.account.credited.v1"},
+	}))
+	if err != nil {
+		t.Fatalf("register: %v", err)
+	}
+	raw, err := webhook.ParseSecret(reg.Msg.GetSecret())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key.Store(&raw)
+	for _, args := range [][]string{
+		{"account", "open", "world", "--asset", "USD", "--kind", "external"},
+		{"account", "open", account, "--asset", "USD"},
+		{"transfer", "--from", "world", "--to", account, "--amount", "1.00", "--asset", "USD"},
+	} {
+		if out, err := cli(t, url, args...); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	select {
+	case typ := <-got:
+		if typ != "ledger.account.credited.v1" {
+			t.Fatalf("the endpoint got %s, want ledger.account.credited.v1 (it subscribed to credits only)", typ)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("no webhook within 2 minutes of the transfer")
 	}
 }
