@@ -264,7 +264,11 @@ func NewServer(cfg Config) (*Server, error) {
 	// Interceptors run outermost first: reasons are added to validation refusals last,
 	// validation happens before the idempotency store is touched, and idempotency sees the
 	// final Connect codes that errorInterceptor produced.
-	interceptors := append(slices.Clip(cfg.Interceptors),
+	interceptors := slices.Clip(cfg.Interceptors)
+	if cfg.CorrelationID != nil {
+		interceptors = append(interceptors, correlationInterceptor{correlation: cfg.CorrelationID})
+	}
+	interceptors = append(interceptors,
 		validationReasonInterceptor{},
 		validationMessages{}, // services/validation.go: sentences instead of regexes
 		timeoutInterceptor{timeout: cfg.RequestTimeout},

@@ -41,6 +41,7 @@ type relayConfig struct {
 	MinISR           int
 	MetricsListen    string // "" for none
 	LogLevel         slog.Level
+	Telemetry        telemetrySettings // serve relay's traces (dev's relay uses dev's)
 
 	producer *sarama.Config // built by Validate
 }
@@ -153,6 +154,7 @@ func relayCommand(e env) *Command {
 	fs.IntVar(&c.cfg.Replication, "topic-replication-factor", -1, "replication factor of a created topic (-1: the broker's default)")
 	ef.String(&c.cfg.MetricsListen, "metrics-listen", "SECUREPAY_RELAY_METRICS_LISTEN", "", "serve Prometheus metrics on GET /metrics at this `address` (e.g. 127.0.0.1:9464; none by default)")
 	fs.IntVar(&c.cfg.MinISR, "topic-min-insync-replicas", 0, "min.insync.replicas of a created topic (0: the broker's default; 2 of 3 in production)")
+	telemetryFlags(ef, &c.cfg.Telemetry, "SECUREPAY_", false)
 	return cmd
 }
 
@@ -167,7 +169,13 @@ func (c *relayCmd) run(ctx context.Context, e env, _ []string) error {
 }
 
 func serveRelay(ctx context.Context, e env, cfg relayConfig) error {
-	log := slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	// JSON lines with the trace and correlation ids, secrets redacted (services/telemetry).
+	log := slog.New(telemetry.NewLogHandler(e.stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	tel, closeTelemetry, err := openTelemetry(ctx, cfg.Telemetry, "securepay-relay")
+	if err != nil {
+		return fmt.Errorf("serve relay: %w", err)
+	}
+	defer closeTelemetry()
 	store, err := postgres.Open(ctx, postgres.Config{DSN: cfg.PostgresDSN, Schema: cfg.EventSchema})
 	if errors.Is(err, postgres.ErrSchemaNotMigrated) {
 		return fmt.Errorf("serve relay: %w: run `securepay migrate` first", err)
@@ -191,14 +199,14 @@ func serveRelay(ctx context.Context, e env, cfg relayConfig) error {
 	}
 	var metrics relay.Metrics
 	if cfg.MetricsListen != "" {
-		m, stop, err := serveRelayMetrics(ctx, cfg.MetricsListen, log)
+		m, stop, err := serveRelayMetrics(ctx, tel, cfg.MetricsListen, log)
 		if err != nil {
 			return fmt.Errorf("serve relay: %w", err)
 		}
 		defer stop()
 		metrics = m
 	}
-	r, err := newRelay(store, cps, cfg, log, metrics)
+	r, err := newRelay(store, cps, cfg, log, metrics, tel.RelayTracer())
 	if err != nil {
 		return fmt.Errorf("serve relay: %w", err)
 	}
@@ -212,11 +220,7 @@ func serveRelay(ctx context.Context, e env, cfg relayConfig) error {
 }
 
 // serveRelayMetrics serves the relay's Prometheus metrics on addr until stop is called.
-func serveRelayMetrics(ctx context.Context, addr string, log *slog.Logger) (relay.Metrics, func(), error) {
-	tel, err := telemetry.New(ctx, telemetry.Config{ServiceName: "securepay-relay"})
-	if err != nil {
-		return nil, nil, err
-	}
+func serveRelayMetrics(ctx context.Context, tel *telemetry.Telemetry, addr string, log *slog.Logger) (relay.Metrics, func(), error) {
 	m, err := tel.RelayMetrics()
 	if err != nil {
 		return nil, nil, err
@@ -234,14 +238,13 @@ func serveRelayMetrics(ctx context.Context, addr string, log *slog.Logger) (rela
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
-		_ = tel.Shutdown(sctx)
 	}, nil
 }
 
-func newRelay(store eventstore.Store, cps relay.Checkpoints, cfg relayConfig, log *slog.Logger, metrics relay.Metrics) (*relay.Relay, error) {
+func newRelay(store eventstore.Store, cps relay.Checkpoints, cfg relayConfig, log *slog.Logger, metrics relay.Metrics, tracer relay.Tracer) (*relay.Relay, error) {
 	rc := relay.Config{
 		Store: store, Checkpoints: cps, Brokers: cfg.Brokers, Producer: cfg.producer,
-		TopicNames: cfg.Topics, Window: cfg.Window, Logger: log, Metrics: metrics,
+		TopicNames: cfg.Topics, Window: cfg.Window, Logger: log, Metrics: metrics, Tracer: tracer,
 	}
 	if cfg.CreateTopics {
 		rc.Topics = &relay.TopicSettings{Partitions: int32(cfg.Partitions), ReplicationFactor: int16(cfg.Replication), MinInsyncReplicas: cfg.MinISR}
@@ -267,8 +270,8 @@ func devRelayConfig(brokers string) (relayConfig, error) {
 // startDevRelay runs the relay of `securepay dev --kafka` in bg until ctx ends, with its
 // checkpoint in the dev directory (kept with --dir, so a restart continues where it was),
 // reporting to metrics (dev's /metrics).
-func startDevRelay(ctx context.Context, bg *sync.WaitGroup, store eventstore.Store, dir string, cfg relayConfig, log *slog.Logger, metrics relay.Metrics) error {
-	r, err := newRelay(store, relay.FileCheckpoints{Path: filepath.Join(dir, "relay.checkpoint")}, cfg, log, metrics)
+func startDevRelay(ctx context.Context, bg *sync.WaitGroup, store eventstore.Store, dir string, cfg relayConfig, log *slog.Logger, metrics relay.Metrics, tracer relay.Tracer) error {
+	r, err := newRelay(store, relay.FileCheckpoints{Path: filepath.Join(dir, "relay.checkpoint")}, cfg, log, metrics, tracer)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/securepay/securepay/services"
 	"github.com/securepay/securepay/services/gateway"
 	"github.com/securepay/securepay/services/mtls"
+	"github.com/securepay/securepay/services/telemetry"
 )
 
 // gatewayServeConfig is `securepay serve gateway`.
@@ -39,6 +40,8 @@ type gatewayServeConfig struct {
 	// newSource gets the gateway's SVID source: the Workload API at SPIFFESocket unless
 	// a test sets it.
 	newSource func(ctx context.Context) (mtls.Source, func(), error)
+	// Telemetry is where the gateway's spans go (--otlp-endpoint, --trace-sample-ratio).
+	Telemetry telemetrySettings
 }
 
 func gatewayServeCommand(e env) *Command {
@@ -88,6 +91,7 @@ func newGatewayServeCommand(e env) (*Command, *gatewayServeConfig) {
 	ef.String(&c.CORS, "cors-origins", "SECUREPAY_CORS_ORIGINS", "", "comma-separated browser `origins` allowed to call")
 	fs.BoolVar(&c.Reflection, "reflection", false, "serve gRPC reflection (it lists every procedure to any caller)")
 	fs.DurationVar(&c.Shutdown, "shutdown-timeout", 30*time.Second, "how long in-flight requests get at shutdown")
+	telemetryFlags(ef, &c.Telemetry, "SECUREPAY_", false)
 	return cmd, c
 }
 
@@ -150,6 +154,9 @@ func (c *gatewayServeConfig) validate() (*redis.Options, *certReloader, spiffeid
 	if _, err := parseGatewayAlgorithms(c.Algorithms); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := c.Telemetry.config("securepay-gateway"); err != nil {
+		errs = append(errs, err)
+	}
 	if len(errs) > 0 {
 		return nil, nil, td, fmt.Errorf("serve gateway: configuration is not usable:\n  - %w", joinLines(errs))
 	}
@@ -169,8 +176,20 @@ func serveGateway(ctx context.Context, e env, c gatewayServeConfig) error {
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	// JSON lines with the trace and correlation ids, secrets redacted (services/telemetry).
+	log := slog.New(telemetry.NewLogHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	certs.log = log // before the first handshake: no reload can run yet
+	tel, closeTelemetry, err := openTelemetry(ctx, c.Telemetry, "securepay-gateway")
+	if err != nil {
+		return fmt.Errorf("serve gateway: %w", err)
+	}
+	defer closeTelemetry()
+	// Each call starts a trace of ours (a client's traceparent is only linked) and each
+	// forward continues it to the component, which trusts the gateway's SPIFFE ID.
+	ics, err := tel.RPCTracing(nil)
+	if err != nil {
+		return fmt.Errorf("serve gateway: %w", err)
+	}
 	ids := mtls.WellKnownIDs(td)
 	newSource := c.newSource
 	if newSource == nil {
@@ -192,16 +211,17 @@ func serveGateway(ctx context.Context, e env, c gatewayServeConfig) error {
 		return fmt.Errorf("serve gateway: %w", err)
 	}
 	gw, err := gateway.New(gateway.Config{
-		Payments:    gateway.Upstream{URL: c.PaymentsURL, Client: mtls.HTTPClient(svid, ids.Payments)},
-		Queries:     gateway.Upstream{URL: c.QueriesURL, Client: mtls.HTTPClient(svid, ids.Queries)},
-		Audit:       gateway.Upstream{URL: c.AuditURL, Client: mtls.HTTPClient(svid, ids.Audit)},
-		Auth:        gateway.Auth{Issuer: c.Issuer, Audience: c.Audience, JWKSURL: c.JWKSURL, Algorithms: algs},
-		Limiter:     limiter,
-		Streams:     streams,
-		CORSOrigins: splitList(c.CORS),
-		Reflection:  c.Reflection,
-		TLS:         &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
-		Logger:      log,
+		Payments:     gateway.Upstream{URL: c.PaymentsURL, Client: mtls.HTTPClient(svid, ids.Payments)},
+		Queries:      gateway.Upstream{URL: c.QueriesURL, Client: mtls.HTTPClient(svid, ids.Queries)},
+		Audit:        gateway.Upstream{URL: c.AuditURL, Client: mtls.HTTPClient(svid, ids.Audit)},
+		Auth:         gateway.Auth{Issuer: c.Issuer, Audience: c.Audience, JWKSURL: c.JWKSURL, Algorithms: algs},
+		Limiter:      limiter,
+		Streams:      streams,
+		CORSOrigins:  splitList(c.CORS),
+		Reflection:   c.Reflection,
+		TLS:          &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
+		Logger:       log,
+		Interceptors: ics,
 	})
 	if err != nil {
 		return fmt.Errorf("serve gateway: %w", err)

@@ -140,7 +140,8 @@ func (c *devCmd) run(ctx context.Context, e env, _ []string) error {
 }
 
 func dev(ctx context.Context, e env, cfg devConfig) error {
-	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	// Text for a person, with the trace and correlation ids and secrets redacted.
+	log := slog.New(telemetry.NewTextLogHandler(e.stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	// Collections cost about a sixth of the server's CPU at the default GOGC 100 under
 	// load: a dev ledger's live heap is small, so letting it grow 4x between collections
 	// (up to the memory limit) buys throughput for memory the limit still bounds.
@@ -176,6 +177,13 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	}
 	defer closeTelemetry()
 	obs, rpcIcs, err := serverTelemetry(tel, devGatewayTrust())
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dev: %w", err)
+	}
+	// The gateway's spans start each trace (it trusts no client's trace context) and
+	// continue it to the components; its calls are counted by the components' metrics.
+	edgeIcs, err := tel.RPCTracing(nil)
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("dev: %w", err)
@@ -257,7 +265,7 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 		// Behind the gateway on mTLS: only the gateway reaches the components, so its
 		// trace context is ours.
 		Interceptors: rpcIcs,
-	}, signer, gateway.Config{CORSOrigins: cfg.CORSOrigins, LoopbackHostsOnly: true, Reflection: cfg.Reflection}, log)
+	}, signer, gateway.Config{CORSOrigins: cfg.CORSOrigins, LoopbackHostsOnly: true, Reflection: cfg.Reflection, Interceptors: edgeIcs}, log)
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("dev: %w", err)
@@ -309,7 +317,7 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 	if cfg.Relay != nil {
 		rm, err := tel.RelayMetrics()
 		if err == nil {
-			err = startDevRelay(viewsCtx, &bg, store, dir, *cfg.Relay, log, rm)
+			err = startDevRelay(viewsCtx, &bg, store, dir, *cfg.Relay, log, rm, tel.RelayTracer())
 		}
 		if err != nil {
 			stopViews()
@@ -689,9 +697,17 @@ func serve(ctx context.Context, e env, cfg serveConfig) error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	defer closeTelemetry()
-	// No caller's trace context is trusted until components are reached only over mTLS
-	// (edge.TrustGateway is the trust to give then).
-	obs, rpcIcs, err := serverTelemetry(tel, nil)
+	// A caller's trace context is trusted only from the gateway's mTLS peer: over TLS
+	// without SPIFFE anyone may call, and a client must not choose our trace ids.
+	var trust func(context.Context) bool
+	if cfg.newSource != nil {
+		td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+		if err != nil {
+			return fmt.Errorf("serve: --trust-domain: %w", err)
+		}
+		trust = edge.TrustGateway(mtls.WellKnownIDs(td).Gateway)
+	}
+	obs, rpcIcs, err := serverTelemetry(tel, trust)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}

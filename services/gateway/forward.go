@@ -22,8 +22,12 @@ import (
 )
 
 // forwardedHeaders are the client's request headers a component sees; everything else
-// (Authorization above all: the token stays at the edge) is dropped.
-var forwardedHeaders = []string{services.IdempotencyKeyHeader, "Traceparent", "Tracestate"}
+// (Authorization above all: the token stays at the edge) is dropped. The client's
+// traceparent is dropped too: the component trusts the gateway's trace context, so a
+// forwarded one would let a client choose our trace ids and sampling. The gateway's own
+// client span (Config.Interceptors) is what the component continues; the client's is a
+// link on the gateway's server span.
+var forwardedHeaders = []string{services.IdempotencyKeyHeader}
 
 // returnedHeaders are the component's response headers the client sees.
 var returnedHeaders = []string{services.ReplayedHeader}

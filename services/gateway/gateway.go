@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,7 @@ import (
 	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
 	"github.com/securepay/securepay/services"
 	"github.com/securepay/securepay/services/edge"
+	"github.com/securepay/securepay/services/telemetry"
 )
 
 // Config wires a Gateway. The three upstreams and Auth's Issuer, Audience and key source
@@ -65,6 +67,12 @@ type Config struct {
 	TLS      *tls.Config
 	AllowH2C bool
 	Logger   *slog.Logger
+	// Interceptors run on every call the gateway serves, before its authentication, and on
+	// every call it forwards, outermost first: services/telemetry's RPCInterceptors(nil),
+	// so each call is a server span that starts a trace of ours (a client's traceparent is
+	// only linked: the edge trusts no caller's trace context) and each forward a client
+	// span whose context the component continues over mTLS.
+	Interceptors []connect.Interceptor
 }
 
 // Upstream is one component the gateway forwards to.
@@ -252,7 +260,8 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	// Upstream answers are bounded like requests: a component is trusted, but a bug that
 	// streams gigabytes should not take the gateway's memory with it.
-	copts := []connect.ClientOption{connect.WithReadMaxBytes(64 << 20), connect.WithSendMaxBytes(cfg.MaxRequestBytes)}
+	copts := []connect.ClientOption{connect.WithReadMaxBytes(64 << 20), connect.WithSendMaxBytes(cfg.MaxRequestBytes),
+		connect.WithInterceptors(cfg.Interceptors...)}
 	byComponent := map[services.Component]clients{}
 	for c, u := range map[services.Component]Upstream{
 		services.ComponentPayments: cfg.Payments, services.ComponentQueries: cfg.Queries, services.ComponentAudit: cfg.Audit,
@@ -272,7 +281,7 @@ func New(cfg Config) (*Gateway, error) {
 		// As the components (services.compressMinBytes): answers are a few hundred bytes,
 		// and gzip of each was 7 % of BenchmarkTransfer's CPU for no saving on the wire.
 		connect.WithCompressMinBytes(compressMinBytes),
-		connect.WithInterceptors(&authInterceptor{g: g}),
+		connect.WithInterceptors(append(slices.Clip(cfg.Interceptors), &authInterceptor{g: g})...),
 	}
 	mux := http.NewServeMux()
 	mux.Handle(ledgerv1connect.NewAccountServiceHandler(&accountService{g: g}, opts...))
@@ -404,21 +413,29 @@ type authInterceptor struct{ g *Gateway }
 
 func (i *authInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		c, err := i.g.admit(ctx, req.Header())
-		if err != nil {
-			return nil, err
-		}
-		res, err := next(context.WithValue(ctx, callKey{}, c), req)
+		// The correlation id comes first, so that even a refusal's log line and answer
+		// carry it.
+		corr := edge.CorrelationFromClient(req.Header())
+		ctx = telemetry.Correlate(ctx, corr)
+		res, err := i.unary(ctx, req, corr, next)
 		if err != nil {
 			var cerr *connect.Error
 			if errors.As(err, &cerr) {
-				cerr.Meta().Set(ResponseCorrelationHeader, c.correlation)
+				cerr.Meta().Set(ResponseCorrelationHeader, corr)
 			}
 			return nil, err
 		}
-		res.Header().Set(ResponseCorrelationHeader, c.correlation)
+		res.Header().Set(ResponseCorrelationHeader, corr)
 		return res, nil
 	}
+}
+
+func (i *authInterceptor) unary(ctx context.Context, req connect.AnyRequest, corr string, next connect.UnaryFunc) (connect.AnyResponse, error) {
+	c, err := i.g.admit(ctx, req.Header(), corr)
+	if err != nil {
+		return nil, err
+	}
+	return next(context.WithValue(ctx, callKey{}, c), req)
 }
 
 func (i *authInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
@@ -427,7 +444,10 @@ func (i *authInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) 
 
 func (i *authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		c, err := i.g.admit(ctx, conn.RequestHeader())
+		corr := edge.CorrelationFromClient(conn.RequestHeader())
+		ctx = telemetry.Correlate(ctx, corr)
+		conn.ResponseHeader().Set(ResponseCorrelationHeader, corr)
+		c, err := i.g.admit(ctx, conn.RequestHeader(), corr)
 		if err != nil {
 			return err
 		}
@@ -441,13 +461,13 @@ func (i *authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc
 			return i.g.rateLimited(fmt.Sprintf("this principal already holds %d open streams (watch, log), the most it may hold across all gateways; close one before opening another", i.g.streams.Max()), 0)
 		}
 		defer release()
-		conn.ResponseHeader().Set(ResponseCorrelationHeader, c.correlation)
 		return next(context.WithValue(ctx, callKey{}, c), conn)
 	}
 }
 
 // admit authenticates the bearer token and spends one call of the principal's allowance.
-func (g *Gateway) admit(ctx context.Context, h http.Header) (call, error) {
+// correlation is the request's id (edge.CorrelationFromClient), which the call carries.
+func (g *Gateway) admit(ctx context.Context, h http.Header, correlation string) (call, error) {
 	raw := h.Get("Authorization")
 	if raw == "" {
 		return call{}, services.NewError(services.ReasonUnauthenticated, "this API needs an access token: send it as \"Authorization: Bearer TOKEN\"")
@@ -475,7 +495,7 @@ func (g *Gateway) admit(ctx context.Context, h http.Header) (call, error) {
 	if !allowed {
 		return call{}, g.rateLimited("this principal has made more calls than its rate allows; retry after the Retry-After seconds", wait)
 	}
-	return call{principal: p, correlation: edge.CorrelationFromClient(h)}, nil
+	return call{principal: p, correlation: correlation}, nil
 }
 
 // rateLimited is RESOURCE_EXHAUSTED with when to retry: the Retry-After header (whole

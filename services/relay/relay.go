@@ -78,6 +78,9 @@ type Config struct {
 	// relay's progress every ProgressInterval (default 1s); *telemetry.RelayMetrics is one.
 	Metrics          Metrics
 	ProgressInterval time.Duration
+	// Tracer, when set, traces each batch's publish and chooses the trace context its
+	// messages carry (trace.go).
+	Tracer Tracer
 }
 
 // Metrics is what the relay reports for dashboards and alerts ("relay stalled").
@@ -191,6 +194,7 @@ type Relay struct {
 	status Status
 	sent   uint64 // the last position handed to the producer in the current session
 	win    *window
+	traced tracedBatches // with a Tracer: the batches sent and not yet acknowledged
 }
 
 // New checks cfg and returns a Relay ready to Run.
@@ -296,6 +300,16 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 }
 
+// errOrCanceled is the first non-nil of errs, or context.Canceled.
+func errOrCanceled(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return context.Canceled
+}
+
 func errString(err error) string {
 	if err == nil {
 		return ""
@@ -386,6 +400,10 @@ func (r *Relay) session(ctx context.Context) error {
 	stopSaving()
 	<-saverDone
 	saved, acked := w.positions()
+	if r.cfg.Tracer != nil {
+		r.traced.acked(acked)
+		r.traced.abandon(fmt.Errorf("relay: the session ended before the broker acknowledged: %w", errOrCanceled(context.Cause(sendCtx), subErr)))
+	}
 	if acked > saved {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), saveTimeout)
 		err := r.cfg.Checkpoints.Save(sctx, acked)
@@ -426,6 +444,15 @@ func (r *Relay) sessionError(saveErr, subErr error, sendCtx context.Context) err
 func (r *Relay) send(ctx context.Context, batches <-chan []eventstore.RecordedEvent, producer sarama.AsyncProducer, w *window) error {
 	for batch := range batches {
 		msgs, encErr := r.cfg.TopicNames.messages(batch)
+		if r.cfg.Tracer != nil && len(msgs) > 0 {
+			traceParents, done := r.cfg.Tracer.Publish(ctx, batch[:len(msgs)])
+			r.traced.add(batch[len(msgs)-1].Position, done)
+			for i, tp := range traceParents {
+				if tp != "" {
+					setTraceParent(msgs[i], tp)
+				}
+			}
+		}
 		// The events before one that cannot be published are sent, so the checkpoint
 		// stops right before it.
 		for i, msg := range msgs {
@@ -513,6 +540,10 @@ func (r *Relay) acks(producer sarama.AsyncProducer, w *window, fail context.Canc
 			if err := w.ack(pos); err != nil {
 				fail(permanent(err))
 				continue
+			}
+			if r.cfg.Tracer != nil {
+				_, through := w.positions()
+				r.traced.acked(through)
 			}
 			if r.cfg.Metrics != nil {
 				r.cfg.Metrics.Acked(m.Topic, m.Timestamp)

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/securepay/securepay/domain"
@@ -30,6 +31,22 @@ func WithCorrelationID(ctx context.Context, id string) context.Context {
 	return context.WithValue(ctx, correlationKey{}, id)
 }
 
+// AttrCorrelationID is the span attribute that carries a request's correlation id, so a
+// trace can be found from the id a client quotes (X-Correlation-Id).
+const AttrCorrelationID = "securepay.correlation_id"
+
+// Correlate is WithCorrelationID that also records id on the span in ctx, if it records:
+// what the edge and each component call once per request, where the id is first known.
+func Correlate(ctx context.Context, id string) context.Context {
+	if id == "" {
+		return ctx
+	}
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		span.SetAttributes(attribute.String(AttrCorrelationID, id))
+	}
+	return WithCorrelationID(ctx, id)
+}
+
 // CorrelationID is the id WithCorrelationID put in ctx ("" when none).
 func CorrelationID(ctx context.Context) string {
 	id, _ := ctx.Value(correlationKey{}).(string)
@@ -40,6 +57,17 @@ func CorrelationID(ctx context.Context) string {
 // trace and span id of the span in its context and the correlation id, and with secrets
 // redacted (see Redact). opts may be nil; its ReplaceAttr, if any, runs after redaction.
 func NewLogHandler(w io.Writer, opts *slog.HandlerOptions) slog.Handler {
+	return contextHandler{slog.NewJSONHandler(w, redacting(opts))}
+}
+
+// NewTextLogHandler is NewLogHandler writing slog's text format, for a person at a
+// terminal (`securepay dev`): the same ids, the same redaction.
+func NewTextLogHandler(w io.Writer, opts *slog.HandlerOptions) slog.Handler {
+	return contextHandler{slog.NewTextHandler(w, redacting(opts))}
+}
+
+// redacting is opts with Redact run before its own ReplaceAttr.
+func redacting(opts *slog.HandlerOptions) *slog.HandlerOptions {
 	o := slog.HandlerOptions{}
 	if opts != nil {
 		o = *opts
@@ -52,7 +80,7 @@ func NewLogHandler(w io.Writer, opts *slog.HandlerOptions) slog.Handler {
 		}
 		return a
 	}
-	return contextHandler{slog.NewJSONHandler(w, &o)}
+	return &o
 }
 
 // contextHandler adds the context's trace and correlation ids to each record.

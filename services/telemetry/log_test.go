@@ -118,6 +118,34 @@ func TestLogCarriesTraceAndCorrelationID(t *testing.T) {
 	}
 }
 
+// dev's text log carries the same ids and redacts the same secrets as the JSON one, and
+// Correlate records the correlation id on the span as well as in the context.
+func TestTextLogAndCorrelate(t *testing.T) {
+	spans := tracetest.NewInMemoryExporter()
+	tel := newTelemetry(t, "securepay-dev", telemetry.Config{Exporter: spans})
+	ctx, span := tel.Tracer("test").Start(context.Background(), "work")
+	ctx = telemetry.Correlate(ctx, "c-77")
+	if got := telemetry.Correlate(context.Background(), ""); telemetry.CorrelationID(got) != "" {
+		t.Errorf("Correlate with no id put %q in the context", telemetry.CorrelationID(got))
+	}
+	var buf bytes.Buffer
+	slog.New(telemetry.NewTextLogHandler(&buf, nil)).InfoContext(ctx, "refused", "authorization", "Bearer abc.def.ghi")
+	span.End()
+	line := buf.String()
+	for _, want := range []string{"correlation_id=c-77", "trace_id=" + span.SpanContext().TraceID().String(), "authorization=[REDACTED]"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("text log line lacks %q: %s", want, line)
+		}
+	}
+	if strings.Contains(line, "abc.def.ghi") {
+		t.Errorf("text log line keeps the token: %s", line)
+	}
+	got := spans.GetSpans()
+	if len(got) != 1 || len(got[0].Attributes) != 1 || string(got[0].Attributes[0].Key) != telemetry.AttrCorrelationID || got[0].Attributes[0].Value.AsString() != "c-77" {
+		t.Errorf("span attributes %v, want %s=c-77", got[0].Attributes, telemetry.AttrCorrelationID)
+	}
+}
+
 func FuzzRedactString(f *testing.F) {
 	for _, s := range []string{"redis://:pw@host:6379", "postgres://u:p@h/db", "Bearer abc", "password=x", "plain text", "a@b", "x://@@@"} {
 		f.Add(s, "s3cr3tValue")

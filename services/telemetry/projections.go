@@ -7,7 +7,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/securepay/securepay/eventstore"
@@ -93,36 +92,18 @@ const projectionTracer = "github.com/securepay/securepay/projections"
 // SpanProjectionApply is the span of one projector's batch.
 const SpanProjectionApply = "projection.apply"
 
-// ProjectionObserver is projections.RunnerConfig.Observe: each applied batch is one span
-// that links to the trace of every command whose events it holds (the events' traceparent),
-// so a transfer's trace leads to the views it reached, as the batch append's span leads
-// from it. Nil when tracing is off: the runner then observes nothing.
+// ProjectionObserver is projections.RunnerConfig.Observe: each applied batch is a span
+// that links to the command span of every transfer whose events it holds (the events'
+// traceparent), and each of those commands gets a child span of the same name and timing
+// in its own trace (batchTrace), so a transfer's trace shows the views it reached. Nil when
+// tracing is off: the runner then observes nothing.
 func (t *Telemetry) ProjectionObserver() func(ctx context.Context, projector string, batch []eventstore.RecordedEvent) (context.Context, func(error)) {
 	if !t.Tracing() {
 		return nil
 	}
-	tracer := t.Tracer(projectionTracer)
+	bt := batchTrace{tracer: t.Tracer(projectionTracer), batchName: SpanProjectionApply, name: SpanProjectionApply, kind: trace.SpanKindConsumer}
 	return func(ctx context.Context, projector string, batch []eventstore.RecordedEvent) (context.Context, func(error)) {
-		links := make([]trace.Link, 0, min(len(batch), MaxLinks))
-		last := ""
-		for _, e := range batch {
-			// A command's events are consecutive and share one traceparent: link it once.
-			if tp := e.Metadata.TraceParent; tp != "" && tp != last && len(links) < MaxLinks {
-				if sc, ok := ParseTraceParent(tp); ok {
-					links = append(links, trace.Link{SpanContext: sc})
-				}
-				last = tp
-			}
-		}
-		ctx, span := tracer.Start(ctx, SpanProjectionApply, trace.WithNewRoot(), trace.WithLinks(links...),
-			trace.WithAttributes(attribute.String("securepay.projector", projector), attribute.Int("securepay.batch.events", len(batch)),
-				attribute.Int64("securepay.log_position.first", int64(batch[0].Position)),
-				attribute.Int64("securepay.log_position.last", int64(batch[len(batch)-1].Position))))
-		return ctx, func(err error) {
-			if err != nil {
-				span.SetStatus(codes.Error, err.Error())
-			}
-			span.End()
-		}
+		ctx, _, end := bt.start(ctx, batch, attribute.String("securepay.projector", projector))
+		return ctx, end
 	}
 }

@@ -29,8 +29,19 @@ func (t *Telemetry) RPCInterceptors(trust func(ctx context.Context) bool) ([]con
 	if err != nil {
 		return nil, err
 	}
+	tracing, err := t.RPCTracing(trust)
+	if err != nil {
+		return nil, err
+	}
+	return append(tracing, m), nil
+}
+
+// RPCTracing is RPCInterceptors without the metrics: the tracing interceptor alone (none
+// when tracing is off). The gateway of `securepay dev` takes it, so that a call its
+// components count is not counted twice by the one process's registry.
+func (t *Telemetry) RPCTracing(trust func(ctx context.Context) bool) ([]connect.Interceptor, error) {
 	if !t.Tracing() {
-		return []connect.Interceptor{m}, nil
+		return nil, nil
 	}
 	opts := []otelconnect.Option{
 		otelconnect.WithTracerProvider(t.tp),
@@ -49,7 +60,7 @@ func (t *Telemetry) RPCInterceptors(trust func(ctx context.Context) bool) ([]con
 		trust = func(context.Context) bool { return false }
 	}
 	return []connect.Interceptor{trustSwitch{trusted: trusted, untrusted: untrusted, trust: trust,
-		propagator: t.propagator, ratio: t.ratio, draw: rand.Uint64}, m}, nil
+		propagator: t.propagator, ratio: t.ratio, draw: rand.Uint64}}, nil
 }
 
 // TrustAll trusts every caller's trace context.

@@ -414,7 +414,8 @@ func TestBatchOfASampledCommandIsRecorded(t *testing.T) {
 var _ sdktrace.SpanExporter = (*telemetry.JSONSpanExporter)(nil)
 
 // The projectors continue the trace: the span of the batch a view applied links to the
-// command span named by the events' traceparent.
+// command span named by the events' traceparent, and each projector's apply is a child
+// of that command span too.
 func TestProjectorLinksToTheCommand(t *testing.T) {
 	pp := newPaymentPath(t)
 	if _, err := pp.client.CallUnary(context.Background(), connect.NewRequest(wrapperspb.String("proj-1"))); err != nil {
@@ -462,5 +463,21 @@ func TestProjectorLinksToTheCommand(t *testing.T) {
 	}
 	if linked != len(views.Projectors()) {
 		t.Errorf("%d projection spans link to the transfer's command span, want one per projector (%d)", linked, len(views.Projectors()))
+	}
+	// Each projector's apply is also a span in the transfer's own trace, under the command.
+	children := map[string]int{}
+	for _, s := range pp.spans.GetSpans() {
+		if s.Name == telemetry.SpanProjectionApply && s.Parent.SpanID() == command.SpanContext.SpanID() && s.SpanContext.TraceID() == command.SpanContext.TraceID() {
+			for _, kv := range s.Attributes {
+				if kv.Key == "securepay.projector" {
+					children[kv.Value.AsString()]++
+				}
+			}
+		}
+	}
+	for _, p := range views.Projectors() {
+		if children[p.Name()] != 1 {
+			t.Errorf("projector %s has %d apply spans under the transfer's command span, want 1 (all: %v)", p.Name(), children[p.Name()], children)
+		}
 	}
 }
