@@ -242,6 +242,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"balance", "a", "--server", "ftp://x"}, "--server must start with http:// or https://"},
 		{[]string{"dev", "--gc-percent", "0"}, "--gc-percent in 1..10000"},
 		{[]string{"dev", "--memory-limit-mb", "-1"}, "--memory-limit-mb must be >= 0"},
+		{[]string{"dev", "--rate-limit", "0"}, "--rate-limit and --rate-burst must be >= 1"},
+		{[]string{"dev", "--rate-burst", "-5"}, "--rate-limit and --rate-burst must be >= 1"},
 	} {
 		err := run(context.Background(), tc.args, io.Discard, io.Discard, noEnv)
 		var u usageError

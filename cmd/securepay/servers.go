@@ -60,6 +60,8 @@ type devConfig struct {
 	Telemetry    telemetrySettings
 	// MetricsListen is the loopback address of /metrics (the public port is the gateway's).
 	MetricsListen string
+	// RateLimit is each principal's allowance at dev's gateway (in memory: one process).
+	RateLimit gateway.Limit
 }
 
 // devCmd is `securepay dev`'s flags.
@@ -100,6 +102,10 @@ func devCommand(e env) *Command {
 	telemetryFlags(ef, &c.cfg.Telemetry, "SECUREPAY_DEV_", true)
 	ef.String(&c.cfg.MetricsListen, "metrics-listen", "SECUREPAY_DEV_METRICS_LISTEN", "127.0.0.1:0", "loopback `address` of /metrics (Prometheus); port 0 picks a free one")
 	fs.IntVar(&c.gcPercent, "gc-percent", 400, "heap growth between collections, in percent of the live heap (GOGC); only applied with a memory limit, which caps the heap it lets grow (GOGC wins)")
+	// A load test from one principal needs more than a person at a terminal does; the
+	// same names as serve gateway's.
+	fs.IntVar(&c.cfg.RateLimit.Rate, "rate-limit", gateway.DefaultLimit.Rate, "calls per second one principal may make")
+	fs.IntVar(&c.cfg.RateLimit.Burst, "rate-burst", gateway.DefaultLimit.Burst, "calls one principal may make at once")
 	return cmd
 }
 
@@ -109,6 +115,10 @@ func (c *devCmd) run(ctx context.Context, e env, _ []string) error {
 	if c.memLimitMiB < 0 || cfg.HistoryCap < 1 || c.gcPercent < 1 || c.gcPercent > 10_000 {
 		return usagef("dev: --memory-limit-mb must be >= 0, --history-cap >= 1 and --gc-percent in 1..10000")
 	}
+	if cfg.RateLimit.Rate < 1 || cfg.RateLimit.Burst < 1 {
+		return usagef("dev: --rate-limit and --rate-burst must be >= 1 (calls per second, calls at once)")
+	}
+	cfg.RateLimit.Period = time.Second
 	cfg.GC = resolveGC(e.getenv, c.memLimitMiB, c.gcPercent)
 	if c.kafka != "" {
 		rc, err := devRelayConfig(c.kafka)
@@ -251,6 +261,15 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 		ln.Close()
 		return fmt.Errorf("dev: %w", err)
 	}
+	limit := cfg.RateLimit
+	if limit == (gateway.Limit{}) {
+		limit = gateway.DefaultLimit // callers that build a devConfig themselves (tests)
+	}
+	limiter, err := gateway.NewMemoryLimiter(limit)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dev: %w", err)
+	}
 	// The public port is the gateway; the components sit behind it on loopback mTLS
 	// (devgateway.go). Cleartext on loopback: only a page this machine serves may call
 	// (CORSOrigins), and only under a loopback name (DNS rebinding).
@@ -265,7 +284,7 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 		// Behind the gateway on mTLS: only the gateway reaches the components, so its
 		// trace context is ours.
 		Interceptors: rpcIcs,
-	}, signer, gateway.Config{CORSOrigins: cfg.CORSOrigins, LoopbackHostsOnly: true, Reflection: cfg.Reflection, Interceptors: edgeIcs}, log)
+	}, signer, gateway.Config{CORSOrigins: cfg.CORSOrigins, LoopbackHostsOnly: true, Reflection: cfg.Reflection, Interceptors: edgeIcs, Limiter: limiter}, log)
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("dev: %w", err)
