@@ -34,6 +34,7 @@ type dispatcherConfig struct {
 	BackoffMax       time.Duration
 	BreakerThreshold int
 	BreakerCooldown  time.Duration
+	CircuitOpenGrace time.Duration
 	Window           int
 	AttemptTimeout   time.Duration
 	// EndpointsFile is a static endpoint list (dispatch.ParseEndpoints), private to the
@@ -64,8 +65,8 @@ func (c *dispatcherConfig) Validate() error {
 	}
 	// Zero would mean the library's default: a flag set to 0 is a mistake to name, not
 	// to override silently.
-	if c.MaxAttempts < 1 || c.BreakerThreshold < 1 || c.Window < 1 || c.BackoffBase <= 0 || c.BreakerCooldown <= 0 || c.AttemptTimeout <= 0 {
-		errs = append(errs, errors.New("--max-attempts, --breaker-threshold and --window must be at least 1; --backoff-base, --breaker-cooldown and --attempt-timeout positive"))
+	if c.MaxAttempts < 1 || c.BreakerThreshold < 1 || c.Window < 1 || c.BackoffBase <= 0 || c.BreakerCooldown <= 0 || c.CircuitOpenGrace <= 0 || c.AttemptTimeout <= 0 {
+		errs = append(errs, errors.New("--max-attempts, --breaker-threshold and --window must be at least 1; --backoff-base, --breaker-cooldown, --circuit-open-grace and --attempt-timeout positive"))
 	}
 	if c.Group == "" {
 		errs = append(errs, errors.New("--group must not be empty"))
@@ -98,7 +99,7 @@ func (c *dispatcherConfig) dispatch(dir dispatch.Directory, log *slog.Logger) di
 	cfg := dispatch.Config{
 		Brokers: c.Brokers, Group: c.Group, Topic: c.Topic, DeadLetterTopic: c.DeadLetterTopic, Directory: dir,
 		MaxAttempts: c.MaxAttempts, Backoff: dispatch.Backoff{Base: c.BackoffBase, Max: c.BackoffMax},
-		BreakerThreshold: c.BreakerThreshold, BreakerCooldown: c.BreakerCooldown, Window: c.Window, Timeout: c.AttemptTimeout,
+		BreakerThreshold: c.BreakerThreshold, BreakerCooldown: c.BreakerCooldown, CircuitOpenGrace: c.CircuitOpenGrace, Window: c.Window, Timeout: c.AttemptTimeout,
 		Logger: log,
 	}
 	if c.version != (sarama.KafkaVersion{}) {
@@ -154,6 +155,7 @@ func dispatcherCommand(e env) *Command {
 	fs.DurationVar(&c.cfg.BackoffMax, "backoff-max", 30*time.Second, "longest wait before any retry")
 	fs.IntVar(&c.cfg.BreakerThreshold, "breaker-threshold", 5, "consecutive failures that open an endpoint's circuit")
 	fs.DurationVar(&c.cfg.BreakerCooldown, "breaker-cooldown", 30*time.Second, "how long an open circuit refuses attempts before one probe")
+	fs.DurationVar(&c.cfg.CircuitOpenGrace, "circuit-open-grace", time.Minute, "once an endpoint's circuit has been open this long (or while it is open and the window is full), its notifications are dead-lettered at once (circuit-open)")
 	fs.IntVar(&c.cfg.Window, "window", 256, "notifications of one partition in delivery at once (what a slow endpoint can hold up)")
 	fs.DurationVar(&c.cfg.AttemptTimeout, "attempt-timeout", 10*time.Second, "bound of one HTTP attempt, response included")
 	ef.String(&c.dsn, "postgres-dsn", "SECUREPAY_POSTGRES_DSN", "", "PostgreSQL `DSN` of the webhook registry (visible in ps: prefer --postgres-dsn-file)")
@@ -276,7 +278,7 @@ func devDispatcherConfig(relayCfg relayConfig) dispatcherConfig {
 		Group: "securepay-dev-dispatcher", Topic: relayCfg.Topics.Notifications, DeadLetterTopic: dispatch.TopicDeadLetters,
 		CreateTopics: true, Partitions: relayCfg.Partitions, Replication: -1,
 		MaxAttempts: 8, BackoffBase: 500 * time.Millisecond, BackoffMax: 30 * time.Second,
-		BreakerThreshold: 5, BreakerCooldown: 30 * time.Second, Window: 256, AttemptTimeout: 10 * time.Second,
+		BreakerThreshold: 5, BreakerCooldown: 30 * time.Second, CircuitOpenGrace: time.Minute, Window: 256, AttemptTimeout: 10 * time.Second,
 	}
 }
 

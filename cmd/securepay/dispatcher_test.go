@@ -63,6 +63,7 @@ func TestServeDispatcherRefusesBadSettings(t *testing.T) {
 		{"too many attempts", []string{"--max-attempts", "1000", "--endpoints-file", good}, "max attempts 1000 out of 1..100"},
 		{"backoff max below base", []string{"--backoff-base", "2s", "--backoff-max", "1s", "--endpoints-file", good}, "backoff base 2s must be positive and at most its max 1s"},
 		{"zero window", []string{"--window", "0", "--endpoints-file", good}, "--window"},
+		{"zero circuit-open grace", []string{"--circuit-open-grace", "0s", "--endpoints-file", good}, "--circuit-open-grace"},
 		{"same topics", []string{"--dead-letter-topic", relay.TopicNotifications, "--endpoints-file", good}, "both"},
 		{"metrics address", []string{"--metrics-listen", "9465", "--endpoints-file", good}, `--metrics-listen "9465" is not host:port`},
 	} {

@@ -44,6 +44,10 @@ type Breaker struct {
 	failures int       // consecutive, while closed
 	openedAt time.Time // while open
 	probing  bool      // while half-open: the probe is out
+	// downSince is when the breaker last left Closed: a failed probe reopens it without
+	// moving this, so it says how long the endpoint has been down, not since the last probe.
+	downSince time.Time
+	lastErr   error // the last failure's, kept for the dead letters of an open circuit
 }
 
 // NewBreaker returns a closed breaker that opens after threshold consecutive failures
@@ -85,10 +89,13 @@ func (b *Breaker) Success() {
 	b.set(Closed)
 }
 
-// Failure records an attempt that failed (network error, timeout, 5xx, 429).
-func (b *Breaker) Failure(now time.Time) {
+// Failure records an attempt that failed (network error, timeout, 5xx, 429) with its error.
+func (b *Breaker) Failure(now time.Time, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if err != nil {
+		b.lastErr = err
+	}
 	switch b.state {
 	case Closed:
 		b.failures++
@@ -99,10 +106,24 @@ func (b *Breaker) Failure(now time.Time) {
 		// An attempt allowed before the breaker opened ended after it: already open.
 		return
 	}
+	if b.state == Closed {
+		b.downSince = now
+	}
 	b.failures = 0
 	b.probing = false
 	b.openedAt = now
 	b.set(Open)
+}
+
+// Down reports whether the breaker is not closed (open, or half-open with its probe not
+// yet answered), since when it has been so, and the last failure's error.
+func (b *Breaker) Down() (since time.Time, lastErr error, down bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state == Closed {
+		return time.Time{}, nil, false
+	}
+	return b.downSince, b.lastErr, true
 }
 
 // Abandon gives back a probe that was allowed but never made (the delivery was

@@ -93,7 +93,7 @@ func TestBreaker(t *testing.T) {
 				case "success":
 					b.Success()
 				case "failure":
-					b.Failure(now)
+					b.Failure(now, fmt.Errorf("failure at step %d", i))
 				case "abandon":
 					b.Abandon()
 				}
@@ -103,4 +103,43 @@ func TestBreaker(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Down says how long an endpoint has been down: from the opening, not from the last
+// failed probe, with the last failure's error; a success ends it.
+func TestBreakerDown(t *testing.T) {
+	start := time.Unix(1_700_000_000, 0)
+	b := dispatch.NewBreaker(2, 10*time.Second, nil)
+	check := func(step string, wantDown bool, wantSince time.Time, wantErr string) {
+		t.Helper()
+		since, err, down := b.Down()
+		gotErr := ""
+		if err != nil {
+			gotErr = err.Error()
+		}
+		if down != wantDown || !since.Equal(wantSince) || gotErr != wantErr {
+			t.Errorf("%s: Down() = (%s, %q, %v), want (%s, %q, %v)", step, since, gotErr, down, wantSince, wantErr, wantDown)
+		}
+	}
+	check("new", false, time.Time{}, "")
+	b.Failure(start, fmt.Errorf("HTTP 502"))
+	check("one failure below the threshold", false, time.Time{}, "")
+	opened := start.Add(time.Second)
+	b.Failure(opened, fmt.Errorf("HTTP 503"))
+	check("opened", true, opened, "HTTP 503")
+	probe := opened.Add(10 * time.Second)
+	if !b.Allow(probe) {
+		t.Fatalf("no probe allowed after the cooldown")
+	}
+	check("half-open", true, opened, "HTTP 503")
+	b.Failure(probe, fmt.Errorf("connection refused"))
+	check("a failed probe reopens it", true, opened, "connection refused")
+	if !b.Allow(probe.Add(10 * time.Second)) {
+		t.Fatalf("no second probe allowed after the cooldown")
+	}
+	b.Success()
+	check("closed by a probe's success", false, time.Time{}, "")
+	b.Failure(probe.Add(20*time.Second), fmt.Errorf("timeout"))
+	b.Failure(probe.Add(21*time.Second), fmt.Errorf("timeout"))
+	check("opened again", true, probe.Add(21*time.Second), "timeout")
 }

@@ -40,11 +40,16 @@ const (
 	ReasonUnknownType = "unknown-type"
 	// ReasonDirectory: the endpoint directory failed every time it was asked.
 	ReasonDirectory = "directory-unavailable"
+	// ReasonCircuitOpen: the endpoint's circuit was open and had been for longer than
+	// Config.CircuitOpenGrace, or its partition's window was full: the notification was
+	// given up on at once, so that a dead endpoint's backlog does not hold the partition's
+	// other endpoints (docs/WEBHOOKS.md). The error header is the breaker's last failure.
+	ReasonCircuitOpen = "circuit-open"
 )
 
 // Reasons lists every Reason constant.
 func Reasons() []string {
-	return []string{ReasonExhausted, ReasonRejected, ReasonMalformed, ReasonUnknownType, ReasonDirectory}
+	return []string{ReasonExhausted, ReasonRejected, ReasonMalformed, ReasonUnknownType, ReasonDirectory, ReasonCircuitOpen}
 }
 
 const (
@@ -102,7 +107,7 @@ func (d *Dispatcher) sendDeadLetter(ctx context.Context, producer sarama.SyncPro
 			if d.cfg.Metrics != nil {
 				d.cfg.Metrics.DeadLettered()
 			}
-			d.log.Warn("notification dead-lettered", "event_id", eventID(dl.msg), "endpoint", dl.endpoint,
+			d.log.WarnContext(ctx, "notification dead-lettered", "event_id", eventID(dl.msg), "endpoint", dl.endpoint,
 				"reason", dl.reason, "attempts", dl.attempts, "error", dl.err)
 			return nil
 		}

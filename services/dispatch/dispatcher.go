@@ -51,6 +51,12 @@ type Config struct {
 	// BreakerCooldown; defaults 5 and 30s.
 	BreakerThreshold int
 	BreakerCooldown  time.Duration
+	// CircuitOpenGrace: once an endpoint's circuit has been open (through failed probes)
+	// this long, its notifications are dead-lettered at once (ReasonCircuitOpen) instead
+	// of each waiting out its attempts; they are also whenever its circuit is open and the
+	// partition's Window is full, so a dead endpoint never holds the others for long.
+	// Default 1 minute (about what MaxAttempts take with the default backoff).
+	CircuitOpenGrace time.Duration
 	// Window bounds the messages of one partition being delivered at once: deliveries to
 	// different endpoints run concurrently, and a slow endpoint holds at most this many
 	// messages (and the partition's committed offset) until it catches up or they are
@@ -89,6 +95,7 @@ const (
 	maxWindow                = 10_000
 	defaultBreakerThreshold  = 5
 	defaultBreakerCooldown   = 30 * time.Second
+	defaultCircuitOpenGrace  = time.Minute
 	defaultDirectoryAttempts = 10
 	defaultTimeout           = 10 * time.Second
 	sessionBackoffMax        = 30 * time.Second
@@ -117,6 +124,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.BreakerCooldown == 0 {
 		c.BreakerCooldown = defaultBreakerCooldown
+	}
+	if c.CircuitOpenGrace == 0 {
+		c.CircuitOpenGrace = defaultCircuitOpenGrace
 	}
 	if c.Window == 0 {
 		c.Window = defaultWindow
@@ -161,6 +171,9 @@ func (c Config) Validate() error {
 	}
 	if c.BreakerThreshold < 1 || c.BreakerCooldown < 0 {
 		errs = append(errs, fmt.Errorf("breaker threshold %d must be at least 1 and cooldown %s not negative", c.BreakerThreshold, c.BreakerCooldown))
+	}
+	if c.CircuitOpenGrace < 0 {
+		errs = append(errs, fmt.Errorf("circuit-open grace %s must not be negative", c.CircuitOpenGrace))
 	}
 	if c.Window < 1 || c.Window > maxWindow {
 		errs = append(errs, fmt.Errorf("window %d out of 1..%d", c.Window, maxWindow))

@@ -417,21 +417,8 @@ func TestDeadLetterAfterTheLimit(t *testing.T) {
 // dead one has not finished with its first notification.
 func TestDeadEndpointDoesNotDelayAnother(t *testing.T) {
 	tp := newTopics(t, 1) // one partition: both endpoints' work shares it
-	dead := newReceiver(t, "whsec-dead", func(int) int { return http.StatusBadGateway })
-	live := newReceiver(t, "whsec-live", func(int) int { return http.StatusNoContent })
+	dead, live, m, cfg := deadBesideLive(t)
 	tp.publish(t, credits("iso", 30, "erin", "frank")...)
-	m := &metrics{}
-	cfg := dispatch.Config{
-		Directory: dispatch.StaticDirectory{"*": {
-			{ID: "ep-dead", URL: dead.srv.URL, Secret: dead.secret},
-			{ID: "ep-live", URL: live.srv.URL, Secret: live.secret},
-		}},
-		Metrics: m,
-		// The dead endpoint's first notification needs 100 attempts, about a second
-		// apart: it is far from done when the live one has everything.
-		MaxAttempts: 100, Backoff: dispatch.Backoff{Base: time.Second, Max: 2 * time.Second},
-		BreakerThreshold: 2, BreakerCooldown: 10 * time.Minute,
-	}
 	start(t, tp, cfg)
 	live.waitFor(t, 2*time.Minute, "the live endpoint to get all 30", func(_ int, ds []delivery) bool { return len(distinctIDs(ds)) == 30 })
 	// The dead endpoint's second failure (a backoff after the first) opens its breaker.
@@ -451,6 +438,26 @@ func TestDeadEndpointDoesNotDelayAnother(t *testing.T) {
 	}
 	_, lds := live.snapshot()
 	checkOrderPerAccount(t, lds)
+}
+
+// deadBesideLive are two endpoints subscribed to every account, one answering 502 and one
+// 204, and a dispatcher configuration for them: the dead one's first notification needs
+// 100 attempts about a second apart (its breaker opens after 2, for 10 minutes), and the
+// grace before it is shed is as long, so only a full window can shed it.
+func deadBesideLive(t *testing.T) (dead, live *receiver, m *metrics, cfg dispatch.Config) {
+	dead = newReceiver(t, "whsec-dead", func(int) int { return http.StatusBadGateway })
+	live = newReceiver(t, "whsec-live", func(int) int { return http.StatusNoContent })
+	m = &metrics{}
+	cfg = dispatch.Config{
+		Directory: dispatch.StaticDirectory{"*": {
+			{ID: "ep-dead", URL: dead.srv.URL, Secret: dead.secret},
+			{ID: "ep-live", URL: live.srv.URL, Secret: live.secret},
+		}},
+		Metrics:     m,
+		MaxAttempts: 100, Backoff: dispatch.Backoff{Base: time.Second, Max: 2 * time.Second},
+		BreakerThreshold: 2, BreakerCooldown: 10 * time.Minute, CircuitOpenGrace: 10 * time.Minute,
+	}
+	return dead, live, m, cfg
 }
 
 // The dispatcher is stopped mid-run and another started in the same group: every
@@ -572,4 +579,100 @@ func TestDirectoryFailures(t *testing.T) {
 	if got := rcv.distinct(); got["dir-1"] {
 		t.Errorf("dir-1 was delivered although its lookups all failed")
 	}
+}
+
+// More than a window's worth of notifications on one partition, for a dead endpoint and a
+// live one: the dead one's circuit opens, the window fills with its backlog, and its
+// notifications are then dead-lettered at once (circuit-open) instead of each waiting out
+// 100 attempts; the live one gets every notification, and the partition's offset is
+// committed past all of them.
+func TestDeadEndpointBacklogIsShedWhenTheWindowFills(t *testing.T) {
+	tp := newTopics(t, 1) // one partition: both endpoints' work shares its window
+	dead, live, _, cfg := deadBesideLive(t)
+	const total = 40
+	// Without shedding, each of the dead endpoint's notifications would take 100 attempts
+	// about a second apart, and the full window would hold the live one for hours.
+	cfg.Window = 8
+	events := credits("shed", total, "pia", "quinn")
+	tp.publish(t, events...)
+	start(t, tp, cfg)
+	live.waitFor(t, 2*time.Minute, fmt.Sprintf("the live endpoint to get all %d", total), func(_ int, ds []delivery) bool { return len(distinctIDs(ds)) == total })
+	_, lds := live.snapshot()
+	checkOrderPerAccount(t, lds)
+
+	msgs := deadLetters(t, tp, total)
+	if len(msgs) != total {
+		t.Fatalf("%d dead letters, want %d: one per notification for the dead endpoint", len(msgs), total)
+	}
+	want := map[string]event{}
+	for _, e := range events {
+		want[e.id] = e
+	}
+	last := map[string]int{} // per account: the dead letters keep the log's order
+	for i, msg := range msgs {
+		id := kafkatest.Header(msg, relay.HeaderEventID)
+		e, ok := want[id]
+		if !ok {
+			t.Errorf("dead letter %d: event %q is not one published, or is there twice", i, id)
+			continue
+		}
+		delete(want, id)
+		got := map[string]string{}
+		for _, h := range []string{dispatch.HeaderDLQReason, dispatch.HeaderDLQEndpoint, dispatch.HeaderDLQAttempts, dispatch.HeaderDLQError, dispatch.HeaderDLQSource} {
+			got[h] = kafkatest.Header(msg, h)
+		}
+		// The first notification opened the circuit with its 2 attempts; the others were
+		// given up on without one.
+		wantAttempts := "0"
+		if i == 0 {
+			wantAttempts = "2"
+		}
+		if got[dispatch.HeaderDLQReason] != dispatch.ReasonCircuitOpen || got[dispatch.HeaderDLQEndpoint] != "ep-dead" || got[dispatch.HeaderDLQAttempts] != wantAttempts ||
+			!strings.Contains(got[dispatch.HeaderDLQError], "circuit open since") || !strings.Contains(got[dispatch.HeaderDLQError], "HTTP 502") ||
+			!strings.HasPrefix(got[dispatch.HeaderDLQSource], tp.notifications+"/0/") {
+			t.Errorf("dead letter %d (%s) has headers %v; want reason %s, endpoint ep-dead, attempts %s, the breaker's last error (HTTP 502) and the source",
+				i, id, got, dispatch.ReasonCircuitOpen, wantAttempts)
+		}
+		if string(msg.Key) != e.account || string(msg.Value) != string(e.value()) {
+			t.Errorf("dead letter %d: key %q, value %s; want the original message of %s", i, msg.Key, msg.Value, id)
+		}
+		if e.position < last[e.account] {
+			t.Errorf("dead letters of account %s out of order: position %d after %d", e.account, e.position, last[e.account])
+		}
+		last[e.account] = e.position
+	}
+	for id := range want {
+		t.Errorf("no dead letter for %s", id)
+	}
+	if n, ds := dead.snapshot(); n != 2 || len(ds) != 0 {
+		t.Errorf("the dead endpoint got %d requests (%d answered 2xx): want exactly the breaker's threshold, 2", n, len(ds))
+	}
+	waitCommitted(t, tp, 0, total)
+}
+
+// waitCommitted waits until the group's committed offset of partition is want, failing
+// after a minute (the dispatcher commits every second).
+func waitCommitted(t *testing.T, tp *topics, partition int32, want int64) {
+	t.Helper()
+	admin, err := sarama.NewClusterAdmin([]string{tp.addr}, relay.ProducerConfig("dispatch-test-admin", relay.DefaultKafkaVersion))
+	if err != nil {
+		t.Fatalf("cluster admin of %s: %v", tp.addr, err)
+	}
+	defer admin.Close()
+	deadline := time.Now().Add(time.Minute)
+	got := int64(-1)
+	for time.Now().Before(deadline) {
+		res, err := admin.ListConsumerGroupOffsets(tp.group, map[string][]int32{tp.notifications: {partition}})
+		if err != nil {
+			t.Fatalf("committed offsets of group %s: %v", tp.group, err)
+		}
+		if b := res.GetBlock(tp.notifications, partition); b != nil {
+			got = b.Offset
+		}
+		if got == want {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("group %s's committed offset of %s/%d is %d after a minute, want %d: every notification delivered or dead-lettered", tp.group, tp.notifications, partition, got, want)
 }

@@ -21,7 +21,9 @@ type Notification struct {
 	Type        string
 	Account     string
 	TraceParent string // from the message's header; "" when none
-	Body        []byte
+	// CorrelationID is the event's correlation_id ("" when none), for the logs.
+	CorrelationID string
+	Body          []byte
 }
 
 // NotificationTypes are the event types the dispatcher delivers: every account event the
@@ -40,6 +42,9 @@ func NotificationTypes() []string {
 // maxBodyBytes bounds a notification's value: an account event is well under 4 KiB; one
 // far larger is not something the relay wrote, and it is not posted to anyone.
 const maxBodyBytes = 256 << 10
+
+// maxCorrelationBytes is the schema's bound on correlation_id.
+const maxCorrelationBytes = 256
 
 // badMessage is a message that can never be delivered: it goes to the dead-letter topic
 // with its reason, and the dispatcher moves on.
@@ -63,6 +68,9 @@ func decode(m *sarama.ConsumerMessage, known map[string]bool) (Notification, err
 		Type    string          `json:"type"`
 		Stream  string          `json:"stream"`
 		Payload json.RawMessage `json:"payload"`
+		// Raw: a correlation id that is not a string only goes unlogged; it does not make
+		// the notification undeliverable.
+		Corr json.RawMessage `json:"correlation_id"`
 	}
 	if err := json.Unmarshal(m.Value, &env); err != nil {
 		return bad(ReasonMalformed, "value is not the JSON object of docs/kafka/event.v1.schema.json: %v", err)
@@ -87,7 +95,11 @@ func decode(m *sarama.ConsumerMessage, known map[string]bool) (Notification, err
 	if h := header(m, relay.HeaderEventID); h != "" && h != env.ID {
 		return bad(ReasonMalformed, "header %s %q differs from the value's id %q", relay.HeaderEventID, clip(h), clip(env.ID))
 	}
-	return Notification{ID: env.ID, Type: env.Type, Account: string(account), TraceParent: header(m, relay.HeaderTraceParent), Body: m.Value}, nil
+	var corr string
+	if json.Unmarshal(env.Corr, &corr) != nil || len(corr) > maxCorrelationBytes {
+		corr = "" // the schema's bound: anything longer is not the relay's, and not logged
+	}
+	return Notification{ID: env.ID, Type: env.Type, Account: string(account), TraceParent: header(m, relay.HeaderTraceParent), CorrelationID: corr, Body: m.Value}, nil
 }
 
 func header(m *sarama.ConsumerMessage, key string) string {

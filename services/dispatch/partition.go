@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"time"
 
 	"github.com/IBM/sarama"
 	"go.opentelemetry.io/otel/attribute"
@@ -22,6 +23,12 @@ import (
 // A message is handled when every one of its jobs is delivered or dead-lettered; the
 // partition's offset is marked (and so committed) only up to the first message that is
 // not, so a crash redelivers what was in flight and loses nothing.
+//
+// At most Window messages are pending, so an endpoint that is down would, once its lane
+// holds that many, stop the partition and with it every other endpoint's lane. So while an
+// endpoint's circuit is open a lane sheds: it dead-letters its jobs at once
+// (ReasonCircuitOpen) when the circuit has been open longer than CircuitOpenGrace or the
+// window is full, and keeps doing so until the endpoint answers again.
 type partition struct {
 	d        *Dispatcher
 	producer sarama.SyncProducer
@@ -37,6 +44,10 @@ type partition struct {
 	pending []*pending       // in offset order; at most Window
 	byLane  map[string]*lane // endpoint id → its lane, while it has work
 	room    chan struct{}    // signalled when pending shrinks
+	// full is closed when pending reaches Window and replaced when it falls below, waking
+	// the lanes that wait out a backoff for an endpoint whose circuit is open.
+	full    chan struct{}
+	fullNow bool
 }
 
 // pending is a message being handled: remaining counts its jobs not yet finished.
@@ -47,6 +58,9 @@ type pending struct {
 
 type lane struct {
 	queue []job
+	// shedding: the lane dead-lettered a job because the endpoint's circuit was open; it
+	// goes on doing so, without waiting, until an attempt gets an answer.
+	shedding bool
 }
 
 // job is one notification for one endpoint.
@@ -61,7 +75,7 @@ type job struct {
 func newPartition(d *Dispatcher, producer sarama.SyncProducer, sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) *partition {
 	ctx, cancel := context.WithCancelCause(sess.Context())
 	return &partition{d: d, producer: producer, sess: sess, topic: claim.Topic(), part: claim.Partition(),
-		ctx: ctx, cancel: cancel, byLane: map[string]*lane{}, room: make(chan struct{}, 1)}
+		ctx: ctx, cancel: cancel, byLane: map[string]*lane{}, room: make(chan struct{}, 1), full: make(chan struct{})}
 }
 
 // run handles messages until the claim ends (a rebalance, the session's end) or a dead
@@ -128,6 +142,9 @@ func (p *partition) handle(m *sarama.ConsumerMessage) {
 	defer p.finish(pm) // the guard: the message is not handled before every job is queued
 
 	n, err := decode(m, p.d.known)
+	if err == nil {
+		ctx = telemetry.Correlate(ctx, n.CorrelationID) // the deliveries' log lines carry it
+	}
 	if err != nil {
 		var bad *badMessage
 		errors.As(err, &bad)
@@ -177,7 +194,7 @@ func (p *partition) lookup(ctx context.Context, account string) ([]Endpoint, err
 		if eps, err = p.d.cfg.Directory.Endpoints(ctx, account); err == nil {
 			return eps, nil
 		}
-		p.d.log.Warn("dispatcher: endpoint directory failed", "attempt", i+1, "error", err)
+		p.d.log.WarnContext(ctx, "dispatcher: endpoint directory failed", "attempt", i+1, "error", err)
 	}
 	return nil, fmt.Errorf("endpoint directory: %w", err)
 }
@@ -202,6 +219,10 @@ func (p *partition) track(offset int64) *pending {
 	defer p.mu.Unlock()
 	pm := &pending{offset: offset, remaining: 1}
 	p.pending = append(p.pending, pm)
+	if len(p.pending) >= p.d.cfg.Window && !p.fullNow {
+		p.fullNow = true
+		close(p.full)
+	}
 	return pm
 }
 
@@ -218,6 +239,10 @@ func (p *partition) finish(pm *pending) {
 	}
 	if last == nil {
 		return
+	}
+	if p.fullNow && len(p.pending) < p.d.cfg.Window {
+		p.fullNow = false
+		p.full = make(chan struct{})
 	}
 	// The committed offset is the next one to read.
 	p.sess.MarkOffset(p.topic, p.part, last.offset+1, "")
@@ -255,7 +280,7 @@ func (p *partition) serve(id string, l *lane) {
 		l.queue[0] = job{}
 		l.queue = l.queue[1:]
 		p.mu.Unlock()
-		if p.deliver(j, rng) {
+		if p.deliver(j, l, rng) {
 			p.finish(j.p)
 		}
 	}
@@ -263,7 +288,7 @@ func (p *partition) serve(id string, l *lane) {
 
 // deliver makes up to MaxAttempts attempts to post j, then dead-letters it; true when j is
 // handled (delivered or dead-lettered), false when the claim ended first.
-func (p *partition) deliver(j job, rng *rand.Rand) bool {
+func (p *partition) deliver(j job, l *lane, rng *rand.Rand) bool {
 	if p.ctx.Err() != nil {
 		return false
 	}
@@ -283,13 +308,18 @@ func (p *partition) deliver(j job, rng *rand.Rand) bool {
 	)
 attempts:
 	for attempt = 1; attempt <= cfg.MaxAttempts; attempt++ {
-		if attempt > 1 && !sleep(ctx, cfg.Backoff.Delay(attempt-1, rng)) {
+		if attempt > 1 && !p.pause(ctx, cfg.Backoff.Delay(attempt-1, rng), br) {
 			span.SetStatus(codes.Error, "abandoned: the partition was revoked or the dispatcher stopped")
 			return false
 		}
-		if !br.Allow(cfg.Now()) {
+		if now := cfg.Now(); !br.Allow(now) {
 			lastErr = errCircuitOpen
 			span.AddEvent("circuit open", trace.WithAttributes(attribute.Int("attempt", attempt)))
+			if err, ok := p.shed(l, br, now); ok {
+				// This refusal is not an attempt: the header counts those made.
+				lastErr, reason, attempt = err, ReasonCircuitOpen, attempt-1
+				break attempts
+			}
 			continue
 		}
 		res := p.d.post(ctx, j, attempt)
@@ -303,6 +333,11 @@ attempts:
 		}
 		span.AddEvent("attempt", trace.WithAttributes(attribute.Int("attempt", attempt),
 			attribute.String("outcome", res.outcome), attribute.Int("http.response.status_code", res.status)))
+		if res.outcome != telemetry.WebhookFailed {
+			p.mu.Lock()
+			l.shedding = false // it answered
+			p.mu.Unlock()
+		}
 		switch res.outcome {
 		case telemetry.WebhookDelivered:
 			br.Success()
@@ -313,11 +348,11 @@ attempts:
 			lastErr, reason = res.err, ReasonRejected
 			break attempts
 		default:
-			br.Failure(cfg.Now())
+			br.Failure(cfg.Now(), res.err)
 			lastErr = res.err
 		}
 	}
-	attempt = min(attempt, cfg.MaxAttempts)
+	attempt = max(min(attempt, cfg.MaxAttempts), 0)
 	span.SetAttributes(attribute.Int("securepay.webhook.attempts", attempt))
 	span.SetStatus(codes.Error, reason+": "+lastErr.Error())
 	if err := p.d.sendDeadLetter(ctx, p.producer, deadLetter{msg: j.msg, reason: reason, endpoint: j.ep.ID, attempts: attempt, err: lastErr}); err != nil {
@@ -327,6 +362,54 @@ attempts:
 		return false
 	}
 	return true
+}
+
+// shed reports whether j's lane gives up on its job at once because the endpoint's
+// circuit is open (see partition), with the dead letter's error: since when, and the
+// breaker's last failure.
+func (p *partition) shed(l *lane, br *Breaker, now time.Time) (error, bool) {
+	since, last, down := br.Down()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !down {
+		l.shedding = false
+		return nil, false
+	}
+	if !l.shedding && now.Sub(since) < p.d.cfg.CircuitOpenGrace && len(p.pending) < p.d.cfg.Window {
+		return nil, false
+	}
+	l.shedding = true
+	if last == nil {
+		last = errCircuitOpen
+	}
+	return fmt.Errorf("circuit open since %s; last failure: %w", since.UTC().Format(time.RFC3339), last), true
+}
+
+// pause waits d before the next attempt, or less when the partition's window fills while
+// the endpoint's circuit is open (its job is then shed at once); false when ctx ended.
+func (p *partition) pause(ctx context.Context, d time.Duration, br *Breaker) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	p.mu.Lock()
+	full := p.full
+	p.mu.Unlock()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	case <-full:
+		if _, _, down := br.Down(); down {
+			return true
+		}
+	}
+	// The window is full but the endpoint answers: its backoff is kept.
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 var errCircuitOpen = errors.New("circuit open: the endpoint failed repeatedly and is being given time to recover")
