@@ -676,3 +676,59 @@ func waitCommitted(t *testing.T, tp *topics, partition int32, want int64) {
 	}
 	t.Fatalf("group %s's committed offset of %s/%d is %d after a minute, want %d: every notification delivered or dead-lettered", tp.group, tp.notifications, partition, got, want)
 }
+
+// An endpoint whose circuit stays open past the grace is shed although the window is far
+// from full; once it answers again it gets the notifications that follow, and nothing
+// more is dead-lettered.
+func TestShedAfterTheGraceUntilTheEndpointAnswers(t *testing.T) {
+	tp := newTopics(t, 1)
+	var up atomic.Bool
+	rcv := newReceiver(t, "whsec-grace", func(int) int {
+		if up.Load() {
+			return http.StatusOK
+		}
+		return http.StatusServiceUnavailable
+	})
+	m := &metrics{}
+	cfg := dispatch.Config{
+		Directory: dispatch.StaticDirectory{"*": {{ID: "ep-grace", URL: rcv.srv.URL, Secret: rcv.secret}}},
+		Metrics:   m,
+		// 100 attempts about a second apart would take minutes per notification: only
+		// the grace can make the dead letters come quickly.
+		MaxAttempts: 100, Backoff: dispatch.Backoff{Base: time.Second, Max: 2 * time.Second},
+		BreakerThreshold: 2, BreakerCooldown: time.Second, CircuitOpenGrace: 500 * time.Millisecond,
+	}
+	down := credits("grace-down", 10, "rita", "sam")
+	tp.publish(t, down...)
+	start(t, tp, cfg)
+
+	msgs := deadLetters(t, tp, len(down))
+	for i, msg := range msgs {
+		id, reason := kafkatest.Header(msg, relay.HeaderEventID), kafkatest.Header(msg, dispatch.HeaderDLQReason)
+		if id != down[i].id || reason != dispatch.ReasonCircuitOpen || !strings.Contains(kafkatest.Header(msg, dispatch.HeaderDLQError), "HTTP 503") {
+			t.Errorf("dead letter %d: event %s, reason %q, error %q; want %s, %s and the last failure (HTTP 503)",
+				i, id, reason, kafkatest.Header(msg, dispatch.HeaderDLQError), down[i].id, dispatch.ReasonCircuitOpen)
+		}
+	}
+
+	up.Store(true)
+	// Past the cooldown of the last failed probe, the next notification is the probe.
+	time.Sleep(2 * cfg.BreakerCooldown)
+	back := []event{
+		{id: "grace-up-1", typ: "ledger.account.credited.v1", account: "rita", position: 100},
+		{id: "grace-up-2", typ: "ledger.account.credited.v1", account: "sam", position: 101},
+		{id: "grace-up-3", typ: "ledger.account.credited.v1", account: "rita", position: 102},
+	}
+	tp.publish(t, back...)
+	rcv.waitFor(t, 2*time.Minute, "the notifications after the recovery", func(_ int, ds []delivery) bool { return len(distinctIDs(ds)) == len(back) })
+	got := rcv.distinct()
+	for _, e := range down {
+		if got[e.id] {
+			t.Errorf("%s was delivered although the endpoint was down when it was handled", e.id)
+		}
+	}
+	waitCommitted(t, tp, 0, int64(len(down)+len(back)))
+	if _, dl, open, _ := m.get(); dl != len(down) || open != 0 {
+		t.Errorf("%d dead letters and %d circuits open after the recovery; want %d (only the outage's) and 0", dl, open, len(down))
+	}
+}
