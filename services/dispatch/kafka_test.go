@@ -1,10 +1,12 @@
 package dispatch_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -698,6 +700,8 @@ func TestShedAfterTheGraceUntilTheEndpointAnswers(t *testing.T) {
 		MaxAttempts: 100, Backoff: dispatch.Backoff{Base: time.Second, Max: 2 * time.Second},
 		BreakerThreshold: 2, BreakerCooldown: time.Second, CircuitOpenGrace: 500 * time.Millisecond,
 	}
+	logs := &syncBuffer{}
+	cfg.Logger = slog.New(telemetry.NewLogHandler(logs, nil))
 	down := credits("grace-down", 10, "rita", "sam")
 	tp.publish(t, down...)
 	start(t, tp, cfg)
@@ -710,6 +714,8 @@ func TestShedAfterTheGraceUntilTheEndpointAnswers(t *testing.T) {
 				i, id, reason, kafkatest.Header(msg, dispatch.HeaderDLQError), down[i].id, dispatch.ReasonCircuitOpen)
 		}
 	}
+
+	checkDeadLetterLogged(t, logs, down[0].id, "c") // event.value's correlation_id
 
 	up.Store(true)
 	// Past the cooldown of the last failed probe, the next notification is the probe.
@@ -730,5 +736,47 @@ func TestShedAfterTheGraceUntilTheEndpointAnswers(t *testing.T) {
 	waitCommitted(t, tp, 0, int64(len(down)+len(back)))
 	if _, dl, open, _ := m.get(); dl != len(down) || open != 0 {
 		t.Errorf("%d dead letters and %d circuits open after the recovery; want %d (only the outage's) and 0", dl, open, len(down))
+	}
+}
+
+// syncBuffer is a log sink the dispatcher's goroutines write while the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// checkDeadLetterLogged: the dispatcher's log line for eventID's dead letter carries the
+// message's correlation id (telemetry.Correlate). The line is written once the broker
+// acknowledged, which may be after a consumer read the dead letter: wait a little.
+func checkDeadLetterLogged(t *testing.T, logs *syncBuffer, eventID, correlationID string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		for line := range strings.Lines(logs.String()) {
+			var rec map[string]any
+			if json.Unmarshal([]byte(line), &rec) != nil || rec["msg"] != "notification dead-lettered" || rec["event_id"] != eventID {
+				continue
+			}
+			if rec[telemetry.LogCorrelationID] != correlationID {
+				t.Errorf("the dead-letter log line of %s has %s %v, want %q: %s", eventID, telemetry.LogCorrelationID, rec[telemetry.LogCorrelationID], correlationID, line)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line \"notification dead-lettered\" for %s in 30s; the log:\n%s", eventID, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
