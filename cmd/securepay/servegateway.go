@@ -37,6 +37,8 @@ type gatewayServeConfig struct {
 	Shutdown                     time.Duration
 	// HealthListen is the probe port (cleartext, health only), as the components have.
 	HealthListen string
+	// MetricsListen serves /metrics (Prometheus), loopback by default as the probe port.
+	MetricsListen string
 	// newSource gets the gateway's SVID source: the Workload API at SPIFFESocket unless
 	// a test sets it.
 	newSource func(ctx context.Context) (mtls.Source, func(), error)
@@ -74,6 +76,7 @@ func newGatewayServeCommand(e env) (*Command, *gatewayServeConfig) {
 	ef.String(&c.SPIFFESocket, "spiffe-socket", "SPIFFE_ENDPOINT_SOCKET", "", "SPIFFE Workload API `address` (unix:///run/spire/agent.sock)")
 	ef.String(&c.TrustDomain, "trust-domain", "SECUREPAY_TRUST_DOMAIN", mtls.DefaultTrustDomain, "SPIFFE trust `domain` of the components")
 	ef.String(&c.HealthListen, "health-listen", "SECUREPAY_HEALTH_LISTEN", "127.0.0.1:0", healthListenUsage)
+	ef.String(&c.MetricsListen, "metrics-listen", "SECUREPAY_GATEWAY_METRICS_LISTEN", "127.0.0.1:0", "`address` of GET /metrics (Prometheus: RPCs by procedure and code, refusals by reason, Go runtime); default 127.0.0.1, any free port (logged as metrics_addr)")
 	ef.String(&c.PaymentsURL, "payments-url", "SECUREPAY_PAYMENTS_URL", "", "https `URL` of the payments component")
 	ef.String(&c.QueriesURL, "queries-url", "SECUREPAY_QUERIES_URL", "", "https `URL` of the queries component")
 	ef.String(&c.AuditURL, "audit-url", "SECUREPAY_AUDIT_URL", "", "https `URL` of the audit component")
@@ -110,6 +113,9 @@ func (c *gatewayServeConfig) validate() (*redis.Options, *certReloader, spiffeid
 	}
 	if c.HealthListen == "" {
 		errs = append(errs, errors.New("the probe port is missing: set --health-listen or SECUREPAY_HEALTH_LISTEN (default 127.0.0.1:0, any free port)"))
+	}
+	if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+		errs = append(errs, fmt.Errorf("--metrics-listen %q is not host:port (e.g. 127.0.0.1:9466): %v", c.MetricsListen, err))
 	}
 	for _, u := range []struct{ v, flag, variable, what string }{
 		{c.PaymentsURL, "payments-url", "SECUREPAY_PAYMENTS_URL", "the payments component's URL"},
@@ -185,8 +191,16 @@ func serveGateway(ctx context.Context, e env, c gatewayServeConfig) error {
 	}
 	defer closeTelemetry()
 	// Each call starts a trace of ours (a client's traceparent is only linked) and each
-	// forward continues it to the component, which trusts the gateway's SPIFFE ID.
-	ics, err := tel.RPCTracing(nil)
+	// forward continues it to the component, which trusts the gateway's SPIFFE ID. The
+	// RPC metrics run outside the gateway's authentication (gateway.Config.Interceptors),
+	// so the calls it refuses itself are counted by procedure and code too, and
+	// refusals says why. (dev's gateway counts refusals only: its components count the
+	// rest in the same registry.)
+	ics, err := tel.RPCInterceptors(nil)
+	if err != nil {
+		return fmt.Errorf("serve gateway: %w", err)
+	}
+	refusals, err := tel.GatewayMetrics()
 	if err != nil {
 		return fmt.Errorf("serve gateway: %w", err)
 	}
@@ -222,6 +236,7 @@ func serveGateway(ctx context.Context, e env, c gatewayServeConfig) error {
 		TLS:          &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}},
 		Logger:       log,
 		Interceptors: ics,
+		Refusals:     refusals,
 	})
 	if err != nil {
 		return fmt.Errorf("serve gateway: %w", err)
@@ -236,6 +251,22 @@ func serveGateway(ctx context.Context, e env, c gatewayServeConfig) error {
 	}
 	healthAddr := hln.Addr().String()
 	defer serveHealth(ctx, hln, probe.Handler())()
+	// Metrics from the start: a gateway that waits for its SVID still shows its runtime.
+	mln, err := net.Listen("tcp", c.MetricsListen)
+	if err != nil {
+		return fmt.Errorf("serve gateway: metrics: listen on %s: %w", c.MetricsListen, err)
+	}
+	metricsAddr := mln.Addr().String()
+	metricsCtx, stopMetrics := context.WithCancel(context.WithoutCancel(ctx))
+	metricsDone := make(chan struct{})
+	go func() {
+		defer close(metricsDone)
+		if err := serveMetrics(metricsCtx, mln, tel); err != nil {
+			log.Warn("gateway metrics stopped", "error", err)
+		}
+	}()
+	// Served until the public port is shut down, so the last calls' counts can be scraped.
+	defer func() { stopMetrics(); <-metricsDone }()
 	// At shutdown the probe turns not ready first, so a load balancer stops sending new
 	// calls while the in-flight ones finish.
 	stopDrain := context.AfterFunc(ctx, probe.Drain)
@@ -243,7 +274,7 @@ func serveGateway(ctx context.Context, e env, c gatewayServeConfig) error {
 
 	// No public port at all until the Workload API gives the SVID: a client is refused
 	// at connect, rather than accepted by a gateway that cannot reach any component.
-	log.Info("gateway waiting for its SVID", "spiffe_id", ids.Gateway.String(), "spiffe_socket", c.SPIFFESocket, "health_addr", healthAddr, "listen", c.Listen)
+	log.Info("gateway waiting for its SVID", "spiffe_id", ids.Gateway.String(), "spiffe_socket", c.SPIFFESocket, "health_addr", healthAddr, "metrics_addr", metricsAddr, "listen", c.Listen)
 	src, closeSrc, err := awaitSource(ctx, log, newSource)
 	if err != nil {
 		return fmt.Errorf("serve gateway: no SVID for %s before the end: %w", ids.Gateway, err)
@@ -254,6 +285,6 @@ func serveGateway(ctx context.Context, e env, c gatewayServeConfig) error {
 	if err != nil {
 		return fmt.Errorf("serve gateway: listen on %s: %w", c.Listen, err)
 	}
-	log.Info("gateway serving", "listen", ln.Addr().String(), "health_addr", healthAddr, "issuer", c.Issuer, "payments", c.PaymentsURL, "queries", c.QueriesURL, "audit", c.AuditURL)
+	log.Info("gateway serving", "listen", ln.Addr().String(), "health_addr", healthAddr, "metrics_addr", metricsAddr, "issuer", c.Issuer, "payments", c.PaymentsURL, "queries", c.QueriesURL, "audit", c.AuditURL)
 	return gw.Serve(ctx, ln, c.Shutdown)
 }

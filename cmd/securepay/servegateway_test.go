@@ -205,4 +205,26 @@ func TestServeGatewayWaitsForItsSVID(t *testing.T) {
 	if connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Fatalf("a transfer without a token on the ready gateway: want unauthenticated, got %v", err)
 	}
+	// The refusal happened at the edge, before any forward: /metrics on the loopback
+	// metrics port counts it by procedure and code, and by reason.
+	metricsAddr, _ := serving["metrics_addr"].(string)
+	if host, _, err := net.SplitHostPort(metricsAddr); err != nil || host != "127.0.0.1" {
+		t.Fatalf("the gateway's metrics address %q: want a loopback host:port by default", metricsAddr)
+	}
+	res, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics of serve gateway: %v", err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	for _, want := range []string{
+		`securepay_gateway_refusals_total{reason="unauthenticated"} 1`,
+		`securepay_gateway_refusals_total{reason="rate_limited"} 0`,
+		`securepay_rpc_duration_seconds_count{code="unauthenticated",procedure="/securepay.ledger.v1.PaymentService/Transfer"} 1`,
+		`go_goroutines `,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("serve gateway's /metrics after one call without a token: want a line %q, got:\n%s", want, body)
+		}
+	}
 }

@@ -192,8 +192,16 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 		return fmt.Errorf("dev: %w", err)
 	}
 	// The gateway's spans start each trace (it trusts no client's trace context) and
-	// continue it to the components; its calls are counted by the components' metrics.
+	// continue it to the components; its calls are counted by the components' metrics
+	// (the calls it refuses itself only by securepay_gateway_refusals_total below).
 	edgeIcs, err := tel.RPCTracing(nil)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dev: %w", err)
+	}
+	// The refusals of dev's gateway are its own (no component sees them), so counting
+	// them double-counts nothing, unlike the RPC histogram its components already fill.
+	edgeRefusals, err := tel.GatewayMetrics()
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("dev: %w", err)
@@ -284,7 +292,7 @@ func dev(ctx context.Context, e env, cfg devConfig) error {
 		// Behind the gateway on mTLS: only the gateway reaches the components, so its
 		// trace context is ours.
 		Interceptors: rpcIcs,
-	}, signer, gateway.Config{CORSOrigins: cfg.CORSOrigins, LoopbackHostsOnly: true, Reflection: cfg.Reflection, Interceptors: edgeIcs, Limiter: limiter}, log)
+	}, signer, gateway.Config{CORSOrigins: cfg.CORSOrigins, LoopbackHostsOnly: true, Reflection: cfg.Reflection, Interceptors: edgeIcs, Refusals: edgeRefusals, Limiter: limiter}, log)
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("dev: %w", err)

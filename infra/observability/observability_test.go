@@ -68,6 +68,9 @@ func exported(t *testing.T) map[string]bool {
 	if _, err := tel.WebhookMetrics(); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := tel.GatewayMetrics(); err != nil {
+		t.Fatal(err)
+	}
 	families, err := tel.Registry().Gather()
 	if err != nil {
 		t.Fatal(err)

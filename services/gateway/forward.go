@@ -18,6 +18,7 @@ import (
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/services"
 	"github.com/securepay/securepay/services/edge"
+	"github.com/securepay/securepay/services/telemetry"
 	"github.com/securepay/securepay/services/webhook"
 )
 
@@ -61,6 +62,7 @@ func (g *Gateway) authorize(ctx context.Context, procedure string, t target, min
 		}
 	}
 	if len(checks) == 0 {
+		g.cfg.Refusals.Refused(telemetry.RefusalForbidden)
 		return nil, services.NewError(services.ReasonPermissionDenied,
 			fmt.Sprintf("the token's roles %v do not allow %s", c.principal.Roles, procedure))
 	}
@@ -70,22 +72,27 @@ func (g *Gateway) authorize(ctx context.Context, procedure string, t target, min
 	case OwnsAccounts:
 		for _, a := range t.accounts {
 			if !c.principal.Owns(a) {
+				g.cfg.Refusals.Refused(telemetry.RefusalForbidden)
 				return nil, accountNotFound(a)
 			}
 		}
 		return nil, nil
 	case OwnsNewAccount:
 		o := t.open
+		var refusal error
 		switch {
 		case !c.principal.Owns(o.GetAccountId()):
-			return nil, services.NewError(services.ReasonPermissionDenied,
+			refusal = services.NewError(services.ReasonPermissionDenied,
 				fmt.Sprintf("account %s is not among the accounts of this token; an operator opens accounts for others", o.GetAccountId()))
 		case o.GetKind() == ledgerv1.AccountKind_ACCOUNT_KIND_EXTERNAL:
-			return nil, services.NewError(services.ReasonPermissionDenied, "only an operator opens external accounts")
+			refusal = services.NewError(services.ReasonPermissionDenied, "only an operator opens external accounts")
 		case o.GetCreditLimit() != "" && o.GetCreditLimit() != "0":
-			return nil, services.NewError(services.ReasonPermissionDenied, "only an operator grants a credit limit")
+			refusal = services.NewError(services.ReasonPermissionDenied, "only an operator grants a credit limit")
 		}
-		return nil, nil
+		if refusal != nil {
+			g.cfg.Refusals.Refused(telemetry.RefusalForbidden)
+		}
+		return nil, refusal
 	case PartyToPayment, PayeeOfPayment:
 		p, err := g.lookupPayment(ctx, t.paymentID, minPosition)
 		if err != nil {
@@ -97,6 +104,7 @@ func (g *Gateway) authorize(ctx context.Context, procedure string, t target, min
 				return p, nil
 			}
 		}
+		g.cfg.Refusals.Refused(telemetry.RefusalForbidden)
 		return nil, paymentNotFound(t.paymentID)
 	case OwnsEndpoint:
 		e, err := g.lookupEndpoint(ctx, t.endpointID)
@@ -104,6 +112,7 @@ func (g *Gateway) authorize(ctx context.Context, procedure string, t target, min
 			return nil, err
 		}
 		if !c.principal.Owns(e.GetAccountId()) || e.GetOwner() != c.principal.Subject {
+			g.cfg.Refusals.Refused(telemetry.RefusalForbidden)
 			return nil, webhook.EndpointNotFound(t.endpointID)
 		}
 		if t.endpoint != nil {
@@ -111,6 +120,7 @@ func (g *Gateway) authorize(ctx context.Context, procedure string, t target, min
 		}
 		return nil, nil
 	}
+	g.cfg.Refusals.Refused(telemetry.RefusalForbidden)
 	return nil, services.NewError(services.ReasonPermissionDenied, fmt.Sprintf("no rule allows %s", procedure))
 }
 

@@ -73,6 +73,9 @@ type Config struct {
 	// only linked: the edge trusts no caller's trace context) and each forward a client
 	// span whose context the component continues over mTLS.
 	Interceptors []connect.Interceptor
+	// Refusals counts the calls the gateway refuses itself (before forwarding), by reason;
+	// nil counts nothing. The RPC histogram of Interceptors has their codes, not why.
+	Refusals *telemetry.GatewayMetrics
 }
 
 // Upstream is one component the gateway forwards to.
@@ -454,10 +457,12 @@ func (i *authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc
 		release, ok, err := i.g.streams.Acquire(ctx, c.principal.Subject)
 		if err != nil {
 			i.g.cfg.Logger.WarnContext(ctx, "gateway: stream quota unavailable", "error", err)
+			i.g.cfg.Refusals.Refused(telemetry.RefusalLimiterDown)
 			// Failing closed, as the rate limit does: no answer must not mean no quota.
 			return services.NewError(services.ReasonRateLimiterDown, "the stream quota is unavailable; retry the stream shortly")
 		}
 		if !ok {
+			i.g.cfg.Refusals.Refused(telemetry.RefusalStreamQuota)
 			return i.g.rateLimited(fmt.Sprintf("this principal already holds %d open streams (watch, log), the most it may hold across all gateways; close one before opening another", i.g.streams.Max()), 0)
 		}
 		defer release()
@@ -470,10 +475,12 @@ func (i *authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc
 func (g *Gateway) admit(ctx context.Context, h http.Header, correlation string) (call, error) {
 	raw := h.Get("Authorization")
 	if raw == "" {
+		g.cfg.Refusals.Refused(telemetry.RefusalUnauthenticated)
 		return call{}, services.NewError(services.ReasonUnauthenticated, "this API needs an access token: send it as \"Authorization: Bearer TOKEN\"")
 	}
 	tok, ok := bearer(raw)
 	if !ok {
+		g.cfg.Refusals.Refused(telemetry.RefusalUnauthenticated)
 		return call{}, services.NewError(services.ReasonUnauthenticated, "the Authorization header must be \"Bearer TOKEN\"")
 	}
 	p, err := g.verifier.verify(ctx, tok)
@@ -484,15 +491,18 @@ func (g *Gateway) admit(ctx context.Context, h http.Header, correlation string) 
 			msg = "the access token was refused: " + te.public
 		}
 		g.cfg.Logger.InfoContext(ctx, "gateway: token refused", "error", err)
+		g.cfg.Refusals.Refused(telemetry.RefusalUnauthenticated)
 		return call{}, services.NewError(services.ReasonUnauthenticated, msg)
 	}
 	allowed, wait, err := g.limiter.Allow(ctx, p.Subject)
 	if err != nil {
 		g.cfg.Logger.WarnContext(ctx, "gateway: rate limiter unavailable", "error", err)
+		g.cfg.Refusals.Refused(telemetry.RefusalLimiterDown)
 		// Failing closed: a limiter that cannot answer must not turn into no limit.
 		return call{}, services.NewError(services.ReasonRateLimiterDown, "the rate limiter is unavailable; retry shortly with the same ids and Idempotency-Key")
 	}
 	if !allowed {
+		g.cfg.Refusals.Refused(telemetry.RefusalRateLimited)
 		return call{}, g.rateLimited("this principal has made more calls than its rate allows; retry after the Retry-After seconds", wait)
 	}
 	return call{principal: p, correlation: correlation}, nil

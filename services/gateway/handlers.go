@@ -8,6 +8,7 @@ import (
 	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
 	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
 	"github.com/securepay/securepay/services"
+	"github.com/securepay/securepay/services/telemetry"
 )
 
 // Each handler names what its request acts on (target), asks the policy, and forwards.
@@ -176,6 +177,7 @@ func (s *auditService) ProveInclusion(ctx context.Context, req *connect.Request[
 	if req.Msg.GetPaymentId() == "" {
 		// A position may name anyone's event: only auditors and operators prove those.
 		if c, ok := callOf(ctx); ok && !c.principal.Has(RoleAuditor) && !c.principal.Has(RoleOperator) {
+			s.g.cfg.Refusals.Refused(telemetry.RefusalForbidden)
 			return nil, services.NewError(services.ReasonPermissionDenied, "a customer proves its own payments by payment_id; proofs of log positions are for auditors and operators")
 		}
 	}

@@ -38,6 +38,7 @@ import (
 	"github.com/securepay/securepay/services/gateway"
 	"github.com/securepay/securepay/services/ledger"
 	"github.com/securepay/securepay/services/mtls"
+	"github.com/securepay/securepay/services/telemetry"
 	"github.com/securepay/securepay/services/webhook"
 )
 
@@ -305,6 +306,9 @@ type fixtureOptions struct {
 	streamQuota     gateway.StreamQuota // overrides streams
 	jwksMinInterval time.Duration
 	jwksRefresh     time.Duration
+	// telemetry, when set, gets the gateway's RPC metrics and refusal counter, as serve
+	// gateway wires them.
+	telemetry *telemetry.Telemetry
 }
 
 func newFixture(t testing.TB, o fixtureOptions) *fixture {
@@ -325,6 +329,17 @@ func newFixture(t testing.TB, o fixtureOptions) *fixture {
 // startGateway starts one more gateway instance in front of led, trusting is.
 func startGateway(t testing.TB, is *issuer, led *ledgerNode, o fixtureOptions) (*gateway.Gateway, string, *http.Client) {
 	t.Helper()
+	var ics []connect.Interceptor
+	var refusals *telemetry.GatewayMetrics
+	if o.telemetry != nil {
+		var err error
+		if ics, err = o.telemetry.RPCInterceptors(nil); err != nil {
+			t.Fatal(err)
+		}
+		if refusals, err = o.telemetry.GatewayMetrics(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	gw, err := gateway.New(gateway.Config{
 		Payments: led.upstream(services.ComponentPayments),
 		Queries:  led.upstream(services.ComponentQueries),
@@ -338,6 +353,8 @@ func startGateway(t testing.TB, is *issuer, led *ledgerNode, o fixtureOptions) (
 		StreamsPerPrincipal: o.streams,
 		Streams:             o.streamQuota,
 		AllowH2C:            true, // served by httptest with its own TLS
+		Interceptors:        ics,
+		Refusals:            refusals,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,11 @@ const (
 	// _count is the request rate.
 	MetricRPCDuration = "securepay_rpc_duration_seconds"
 
+	// Calls the public gateway refused itself before forwarding, by reason
+	// (RefusalReasons: unauthenticated, forbidden, rate_limited, stream_quota,
+	// limiter_unavailable).
+	MetricGatewayRefusals = "securepay_gateway_refusals_total"
+
 	// The ledger's write path (services/ledger), one batch = one atomic append.
 	MetricAppendDuration      = "securepay_ledger_append_duration_seconds"   // {outcome: ok|conflict|error}
 	MetricAppendBatchCommands = "securepay_ledger_append_batch_commands"     // commands per appended batch
