@@ -179,9 +179,9 @@ func (x *Expirer) checkpoint(ctx context.Context, snaps eventstore.SnapshotStore
 		x.mu.Unlock()
 		return
 	}
-	pos := x.pos
-	snap, err := encodeCheckpoint(key, pos, x.hash, x.open)
+	pos, hash, open := x.pos, x.hash, checkpointOf(x.open)
 	x.mu.Unlock()
+	snap, err := encodeCheckpoint(key, pos, hash, open)
 	if err == nil {
 		err = snaps.SaveSnapshot(ctx, snap)
 	}

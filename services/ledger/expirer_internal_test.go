@@ -91,7 +91,7 @@ func TestExpirerCheckpointCodec(t *testing.T) {
 	key := bytes.Repeat([]byte{7}, MinSnapshotKeyBytes)
 	at := time.Date(2026, 11, 28, 9, 0, 0, 123, time.UTC)
 	open := map[domain.PaymentID]*openAuth{"p": {deadline: at, authorised: 100, captured: 40}, "q": {deadline: at.Add(time.Hour), authorised: 5}}
-	snap, err := encodeCheckpoint(key, 42, eventstore.Hash{9}, open)
+	snap, err := encodeCheckpoint(key, 42, eventstore.Hash{9}, checkpointOf(open))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func TestExpirerCheckpointCodec(t *testing.T) {
 		{"other schema", func(s *eventstore.Snapshot) { s.Schema = accountSnapshotSchema }, "schema"},
 		{"moved to another position", func(s *eventstore.Snapshot) { s.Version = 43 }, "position"},
 		{"other key", func(s *eventstore.Snapshot) {
-			o, _ := encodeCheckpoint(bytes.Repeat([]byte{8}, MinSnapshotKeyBytes), 42, eventstore.Hash{9}, open)
+			o, _ := encodeCheckpoint(bytes.Repeat([]byte{8}, MinSnapshotKeyBytes), 42, eventstore.Hash{9}, checkpointOf(open))
 			s.State = o.State
 		}, "MAC"},
 	} {

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore"
+	"github.com/securepay/securepay/eventstore/embedded"
 	"github.com/securepay/securepay/services/ledger"
 )
 
@@ -187,6 +189,69 @@ func testExpirerCorruptCheckpoint(t *testing.T, b backend) {
 			waitFor(t, "the authorisation opened before the checkpoint is expired", func() bool { return second.Expired() >= 1 })
 			stop()
 			f.wantStatus(t, map[domain.PaymentID]domain.PaymentStatus{"early": domain.PaymentStatusExpired, "voided": domain.PaymentStatusVoided})
+		})
+	}
+}
+
+// BenchmarkExpirerStart measures an expirer's start on a log of expirerBenchEvents events
+// with expirerBenchOpen open authorisations: until it has folded the log's head, from its
+// checkpoint and (another key, so the checkpoint does not verify) from position 0. The
+// events read per start (events/op) is the number that does not depend on the machine.
+func BenchmarkExpirerStart(b *testing.B) {
+	const expirerBenchEvents, expirerBenchOpen = 100_000, 200
+	store, err := embedded.Open(b.TempDir(), embedded.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { store.Close() })
+	clock := &fixedClock{now: time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)}
+	key := bytes.Repeat([]byte{0x5a}, ledger.MinSnapshotKeyBytes)
+	p := newProcessor(b, store, ledger.Config{Clock: clock.Now, Snapshots: store, SnapshotKey: key})
+	open(b, p, "world", usd, domain.KindExternal, 0)
+	open(b, p, "card", usd, domain.KindCustomer, 0)
+	open(b, p, "shop", usd, domain.KindMerchant, 0)
+	exec(b, p, domain.Transfer{PaymentID: "fund", Source: "world", Destination: "card", Amount: money(1_000_000, usd)})
+	for i := range expirerBenchOpen {
+		exec(b, p, domain.Authorise{PaymentID: domain.PaymentID(fmt.Sprintf("auth-%d", i)), Source: "card", Destination: "shop", Amount: money(100, usd), ExpiresAt: clock.Now().Add(time.Hour)})
+	}
+	// The rest of the log: events the expirer reads and skips, as it does transfers.
+	filler := bytes.Repeat([]byte("x"), 200)
+	for n := 0; n < expirerBenchEvents; n += eventstore.MaxEventsPerAppend {
+		evs := make([]eventstore.EventData, eventstore.MaxEventsPerAppend)
+		for i := range evs {
+			evs[i] = eventstore.EventData{ID: fmt.Sprintf("filler-%d", n+i), Type: domain.NamePaymentTransfer + ".bench", Data: filler}
+		}
+		if _, err := store.Append(ctxT(b), eventstore.StreamAppend{Stream: fmt.Sprintf("bench-filler-%d", n), Expected: eventstore.NoStream(), Events: evs}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	h := head(b, store)
+	start := func(b *testing.B, p *ledger.Processor) uint64 {
+		counted := &subscribeCounter{Store: store}
+		x := &ledger.Expirer{Store: counted, Processor: p, Clock: clock.Now, Interval: time.Hour, CheckpointEvery: time.Hour}
+		ctx, cancel := context.WithCancel(ctxT(b))
+		done := make(chan error, 1)
+		go func() { done <- x.Run(ctx) }()
+		for x.Position() < h {
+			time.Sleep(100 * time.Microsecond)
+		}
+		cancel()
+		<-done
+		return counted.events.Load()
+	}
+	start(b, p) // saves the checkpoint at the head on its way out
+
+	other := newProcessor(b, store, ledger.Config{Clock: clock.Now, Snapshots: store, SnapshotKey: bytes.Repeat([]byte{0x33}, ledger.MinSnapshotKeyBytes)})
+	for _, c := range []struct {
+		name string
+		p    *ledger.Processor
+	}{{"from-checkpoint", p}, {"from-0", other}} {
+		b.Run(c.name, func(b *testing.B) {
+			var read uint64
+			for b.Loop() {
+				read += start(b, c.p)
+			}
+			b.ReportMetric(float64(read)/float64(b.N), "events/op")
 		})
 	}
 }

@@ -66,13 +66,19 @@ func checkpointMAC(key, body []byte) []byte {
 	return m.Sum(nil)
 }
 
-// encodeCheckpoint signs the fold open, made up to the event at (position, hash).
-func encodeCheckpoint(key []byte, position uint64, hash eventstore.Hash, open map[domain.PaymentID]*openAuth) (eventstore.Snapshot, error) {
-	b := checkpointBody{Position: position, ChainHash: hex.EncodeToString(hash[:]), Open: make([]checkpointAuth, 0, len(open))}
+// checkpointOf copies the fold; the caller holds the expirer's lock, and encodes the copy
+// after releasing it, so a large fold does not stall the log's follower while it is encoded.
+func checkpointOf(open map[domain.PaymentID]*openAuth) []checkpointAuth {
+	out := make([]checkpointAuth, 0, len(open))
 	for id, a := range open {
-		b.Open = append(b.Open, checkpointAuth{Payment: string(id), Deadline: a.deadline.UnixNano(), Authorised: a.authorised, Captured: a.captured})
+		out = append(out, checkpointAuth{Payment: string(id), Deadline: a.deadline.UnixNano(), Authorised: a.authorised, Captured: a.captured})
 	}
-	body, err := json.Marshal(b)
+	return out
+}
+
+// encodeCheckpoint signs the fold open, made up to the event at (position, hash).
+func encodeCheckpoint(key []byte, position uint64, hash eventstore.Hash, open []checkpointAuth) (eventstore.Snapshot, error) {
+	body, err := json.Marshal(checkpointBody{Position: position, ChainHash: hex.EncodeToString(hash[:]), Open: open})
 	if err != nil {
 		return eventstore.Snapshot{}, err
 	}
