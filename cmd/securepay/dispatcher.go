@@ -238,7 +238,7 @@ func serveDispatcher(ctx context.Context, e env, cfg dispatcherConfig, dir dispa
 	}
 	defer closeTelemetry()
 	dc := cfg.dispatch(dir, log)
-	if dc.Metrics, err = tel.WebhookMetrics(); err != nil {
+	if dc.Metrics, err = tel.WebhookMetrics(dispatch.Reasons()...); err != nil {
 		return fmt.Errorf("serve dispatcher: %w", err)
 	}
 	dc.Tracer = tel.Tracer("github.com/securepay/securepay/services/dispatch")
@@ -286,7 +286,7 @@ func devDispatcherConfig(relayCfg relayConfig) dispatcherConfig {
 // delivering to dir's endpoints, reporting to dev's telemetry.
 func startDevDispatcher(ctx context.Context, bg *sync.WaitGroup, cfg dispatcherConfig, dir dispatch.Directory, tel *telemetry.Telemetry, log *slog.Logger) error {
 	dc := cfg.dispatch(dir, log)
-	m, err := tel.WebhookMetrics()
+	m, err := tel.WebhookMetrics(dispatch.Reasons()...)
 	if err != nil {
 		return err
 	}

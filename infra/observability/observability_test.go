@@ -65,7 +65,7 @@ func exported(t *testing.T) map[string]bool {
 	}
 	relay.Acked("t", time.Now())
 	relay.PublishFailed("t")
-	if _, err := tel.WebhookMetrics(); err != nil {
+	if _, err := tel.WebhookMetrics("attempts-exhausted"); err != nil { // a labelled family exports once it has a series
 		t.Fatal(err)
 	}
 	if _, err := tel.GatewayMetrics(); err != nil {

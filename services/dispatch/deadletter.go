@@ -105,7 +105,7 @@ func (d *Dispatcher) sendDeadLetter(ctx context.Context, producer sarama.SyncPro
 		}
 		if _, _, err = producer.SendMessage(dl.message(d.cfg.DeadLetterTopic)); err == nil {
 			if d.cfg.Metrics != nil {
-				d.cfg.Metrics.DeadLettered()
+				d.cfg.Metrics.DeadLettered(dl.reason)
 			}
 			d.log.WarnContext(ctx, "notification dead-lettered", "event_id", eventID(dl.msg), "endpoint", dl.endpoint,
 				"reason", dl.reason, "attempts", dl.attempts, "error", dl.err)

@@ -82,7 +82,9 @@ type Metrics interface {
 	// Attempt: one HTTP attempt's outcome (telemetry.WebhookDelivered, WebhookFailed,
 	// WebhookRejected) and how long it took.
 	Attempt(outcome string, took time.Duration)
-	DeadLettered()
+	// DeadLettered: one notification the broker acknowledged on the dead-letter topic, by
+	// its reason (a Reason constant, as in the securepay-dlq-reason header).
+	DeadLettered(reason string)
 	// CircuitsOpen: how many endpoints' breakers are not closed.
 	CircuitsOpen(n int)
 }

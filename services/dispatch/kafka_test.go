@@ -202,6 +202,7 @@ type metrics struct {
 	mu           sync.Mutex
 	attempts     map[string]int
 	deadLetters  int
+	deadReasons  map[string]int
 	circuitsOpen int
 	maxOpen      int
 }
@@ -215,7 +216,21 @@ func (m *metrics) Attempt(outcome string, _ time.Duration) {
 	m.attempts[outcome]++
 }
 
-func (m *metrics) DeadLettered() { m.mu.Lock(); m.deadLetters++; m.mu.Unlock() }
+func (m *metrics) DeadLettered(reason string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.deadLetters++
+	if m.deadReasons == nil {
+		m.deadReasons = map[string]int{}
+	}
+	m.deadReasons[reason]++
+}
+
+func (m *metrics) deadLettersByReason() map[string]int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return maps(m.deadReasons)
+}
 func (m *metrics) CircuitsOpen(n int) {
 	m.mu.Lock()
 	m.circuitsOpen = n
@@ -411,6 +426,9 @@ func TestDeadLetterAfterTheLimit(t *testing.T) {
 			t.Fatalf("dead letters counted %d, want 2", dl)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	if got, want := m.deadLettersByReason(), map[string]int{dispatch.ReasonExhausted: 1, dispatch.ReasonRejected: 1}; fmt.Sprint(got) != fmt.Sprint(want) { // fmt prints maps sorted by key
+		t.Errorf("dead letters counted by reason %v, want %v", got, want)
 	}
 }
 

@@ -173,3 +173,42 @@ func grepLines(s, substr string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// Dead letters are counted by reason, every given reason from 0; and the gateway's
+// refusals by reason, every reason from 0, an unknown one counted as forbidden.
+func TestDeadLettersAndRefusalsByReason(t *testing.T) {
+	tel := newTelemetry(t, "securepay-dispatcher", telemetry.Config{})
+	wh, err := tel.WebhookMetrics("attempts-exhausted", "rejected", "circuit-open")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wh.DeadLettered("rejected")
+	wh.DeadLettered("rejected")
+	wh.DeadLettered("circuit-open")
+	gw, err := tel.GatewayMetrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw.Refused(telemetry.RefusalRateLimited)
+	gw.Refused("not-a-reason")
+	var none *telemetry.GatewayMetrics
+	none.Refused(telemetry.RefusalForbidden) // a gateway without metrics: no panic
+	body := scrape(t, tel)
+	for _, want := range []string{
+		`securepay_webhook_dead_letters_total{reason="attempts-exhausted"} 0`,
+		`securepay_webhook_dead_letters_total{reason="rejected"} 2`,
+		`securepay_webhook_dead_letters_total{reason="circuit-open"} 1`,
+		`securepay_gateway_refusals_total{reason="rate_limited"} 1`,
+		`securepay_gateway_refusals_total{reason="forbidden"} 1`,
+		`securepay_gateway_refusals_total{reason="unauthenticated"} 0`,
+		`securepay_gateway_refusals_total{reason="stream_quota"} 0`,
+		`securepay_gateway_refusals_total{reason="limiter_unavailable"} 0`,
+	} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("/metrics: want the line %q, got:\n%s", want, body)
+		}
+	}
+	if strings.Contains(body, "not-a-reason") {
+		t.Errorf("an unknown refusal reason became a series:\n%s", body)
+	}
+}

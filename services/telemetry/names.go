@@ -38,7 +38,7 @@ const (
 	MetricRelayInFlight       = "securepay_relay_inflight_messages"          // sent, not yet acknowledged
 	MetricRelayLatency        = "securepay_relay_commit_to_ack_seconds"      // event recorded -> broker ack
 	MetricWebhookAttempts     = "securepay_webhook_attempts_total"           // {outcome: delivered|failed|rejected}
-	MetricWebhookDeadLetters  = "securepay_webhook_dead_letters_total"       // notifications given up on
+	MetricWebhookDeadLetters  = "securepay_webhook_dead_letters_total"       // {reason}: notifications given up on
 	MetricWebhookDuration     = "securepay_webhook_attempt_duration_seconds" // one HTTP attempt
 	MetricWebhookCircuitsOpen = "securepay_webhook_circuits_open"            // endpoints whose breaker is open
 )

@@ -67,18 +67,21 @@ func (m *RelayMetrics) Progress(checkpoint, head uint64, oldestUnacked time.Dura
 // WebhookMetrics are the notification dispatcher's metrics.
 type WebhookMetrics struct {
 	attempts     [3]prometheus.Counter // delivered, failed, rejected
-	deadLetters  prometheus.Counter
+	deadLetters  *prometheus.CounterVec
 	duration     prometheus.Histogram
 	circuitsOpen prometheus.Gauge
 }
 
 // WebhookMetrics registers the dispatcher's metrics. Call it once per registry.
-func (t *Telemetry) WebhookMetrics() (*WebhookMetrics, error) {
+// deadLetterReasons are the reason label's values (services/dispatch Reasons()): each
+// series exists from the start at 0, so that increase() sees a reason's first dead letter.
+func (t *Telemetry) WebhookMetrics(deadLetterReasons ...string) (*WebhookMetrics, error) {
 	attempts := prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricWebhookAttempts,
 		Help: "Webhook delivery attempts, by outcome (delivered, failed: retried, rejected: 4xx)."}, []string{"outcome"})
 	m := &WebhookMetrics{
-		deadLetters: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricWebhookDeadLetters,
-			Help: "Notifications sent to the dead-letter topic after the last attempt."}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricWebhookDeadLetters,
+			Help: "Notifications sent to the dead-letter topic, by reason (the securepay-dlq-reason header: attempts-exhausted, rejected, malformed, ...)."},
+			[]string{"reason"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: MetricWebhookDuration,
 			Help: "Time of one webhook HTTP attempt.", Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}),
 		circuitsOpen: prometheus.NewGauge(prometheus.GaugeOpts{Name: MetricWebhookCircuitsOpen,
@@ -91,6 +94,9 @@ func (t *Telemetry) WebhookMetrics() (*WebhookMetrics, error) {
 	}
 	for i, o := range []string{WebhookDelivered, WebhookFailed, WebhookRejected} {
 		m.attempts[i] = attempts.WithLabelValues(o)
+	}
+	for _, r := range deadLetterReasons {
+		m.deadLetters.WithLabelValues(r)
 	}
 	return m, nil
 }
@@ -109,8 +115,9 @@ func (m *WebhookMetrics) Attempt(outcome string, took time.Duration) {
 	m.duration.Observe(took.Seconds())
 }
 
-// DeadLettered records a notification given up on.
-func (m *WebhookMetrics) DeadLettered() { m.deadLetters.Inc() }
+// DeadLettered records a notification given up on, for reason (one of the dispatcher's
+// Reason constants: a closed set in code, never input).
+func (m *WebhookMetrics) DeadLettered(reason string) { m.deadLetters.WithLabelValues(reason).Inc() }
 
 // CircuitsOpen records how many endpoints' breakers are open.
 func (m *WebhookMetrics) CircuitsOpen(n int) { m.circuitsOpen.Set(float64(n)) }
