@@ -72,7 +72,8 @@ func (x *Expirer) StartedAfter() uint64 {
 }
 
 type openAuth struct {
-	deadline   time.Time
+	expiresAt  time.Time // the authorisation's deadline, as the log says (checkpointed)
+	deadline   time.Time // the next try: expiresAt, then later while refused or failing
 	authorised int64
 	captured   int64
 }
@@ -233,7 +234,7 @@ func (x *Expirer) observe(_ context.Context, batch []eventstore.RecordedEvent) e
 		}
 		switch e := ev.(type) {
 		case domain.PaymentAuthorised:
-			x.open[e.PaymentID] = &openAuth{deadline: e.ExpiresAt, authorised: e.Amount.Minor}
+			x.open[e.PaymentID] = &openAuth{expiresAt: e.ExpiresAt, deadline: e.ExpiresAt, authorised: e.Amount.Minor}
 			heap.Push(&x.queue, deadlineEntry{deadline: e.ExpiresAt, id: e.PaymentID})
 		case domain.PaymentCaptured:
 			if a := x.open[e.PaymentID]; a != nil {

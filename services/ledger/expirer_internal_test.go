@@ -39,13 +39,13 @@ func TestExpirerFold(t *testing.T) {
 		evs  []domain.Event
 		want map[domain.PaymentID]openAuth
 	}{
-		{"authorised stays open", []domain.Event{auth("p", 100)}, map[domain.PaymentID]openAuth{"p": {deadline: at, authorised: 100}}},
-		{"partial capture stays open", []domain.Event{auth("p", 100), capture("p", 40)}, map[domain.PaymentID]openAuth{"p": {deadline: at, authorised: 100, captured: 40}}},
+		{"authorised stays open", []domain.Event{auth("p", 100)}, map[domain.PaymentID]openAuth{"p": {expiresAt: at, deadline: at, authorised: 100}}},
+		{"partial capture stays open", []domain.Event{auth("p", 100), capture("p", 40)}, map[domain.PaymentID]openAuth{"p": {expiresAt: at, deadline: at, authorised: 100, captured: 40}}},
 		{"full capture closes", []domain.Event{auth("p", 100), capture("p", 40), capture("p", 100)}, map[domain.PaymentID]openAuth{}},
 		{"void closes", []domain.Event{auth("p", 100), domain.PaymentVoided{PaymentID: "p", Released: domain.Money{Asset: usd, Minor: 100}}}, map[domain.PaymentID]openAuth{}},
 		{"expiry closes", []domain.Event{auth("p", 100), domain.PaymentExpired{PaymentID: "p", Released: domain.Money{Asset: usd, Minor: 100}}}, map[domain.PaymentID]openAuth{}},
-		{"close of an unknown payment is ignored", []domain.Event{domain.PaymentVoided{PaymentID: "q", Released: domain.Money{Asset: usd, Minor: 5}}, capture("q", 5), auth("p", 1)}, map[domain.PaymentID]openAuth{"p": {deadline: at, authorised: 1}}},
-		{"other events are skipped", []domain.Event{domain.AccountOpened{AccountID: "a", Asset: usd}, auth("p", 1)}, map[domain.PaymentID]openAuth{"p": {deadline: at, authorised: 1}}},
+		{"close of an unknown payment is ignored", []domain.Event{domain.PaymentVoided{PaymentID: "q", Released: domain.Money{Asset: usd, Minor: 5}}, capture("q", 5), auth("p", 1)}, map[domain.PaymentID]openAuth{"p": {expiresAt: at, deadline: at, authorised: 1}}},
+		{"other events are skipped", []domain.Event{domain.AccountOpened{AccountID: "a", Asset: usd}, auth("p", 1)}, map[domain.PaymentID]openAuth{"p": {expiresAt: at, deadline: at, authorised: 1}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			x := &Expirer{open: map[domain.PaymentID]*openAuth{}}
@@ -90,7 +90,7 @@ func TestExpirerFoldTornBatch(t *testing.T) {
 func TestExpirerCheckpointCodec(t *testing.T) {
 	key := bytes.Repeat([]byte{7}, MinSnapshotKeyBytes)
 	at := time.Date(2026, 11, 28, 9, 0, 0, 123, time.UTC)
-	open := map[domain.PaymentID]*openAuth{"p": {deadline: at, authorised: 100, captured: 40}, "q": {deadline: at.Add(time.Hour), authorised: 5}}
+	open := map[domain.PaymentID]*openAuth{"p": {expiresAt: at, deadline: at, authorised: 100, captured: 40}, "q": {expiresAt: at.Add(time.Hour), deadline: at.Add(2 * time.Hour), authorised: 5}}
 	snap, err := encodeCheckpoint(key, 42, eventstore.Hash{9}, checkpointOf(open))
 	if err != nil {
 		t.Fatal(err)
@@ -99,8 +99,10 @@ func TestExpirerCheckpointCodec(t *testing.T) {
 		t.Fatalf("checkpoint stored as %s at %d, want %s at 42", snap.Stream, snap.Version, ExpirerCheckpointStream)
 	}
 	body, got, err := openCheckpoint(key, snap)
-	if err != nil || body.Position != 42 || len(got) != 2 || *got["p"] != *open["p"] || *got["q"] != *open["q"] {
-		t.Fatalf("round trip: want %+v at 42, got %+v at %d (err %v)", open, got, body.Position, err)
+	// The checkpoint keeps the log's deadline, not the next retry: a restart tries again at once.
+	wantQ := openAuth{expiresAt: at.Add(time.Hour), deadline: at.Add(time.Hour), authorised: 5}
+	if err != nil || body.Position != 42 || len(got) != 2 || *got["p"] != *open["p"] || *got["q"] != wantQ {
+		t.Fatalf("round trip: want %+v, %+v at 42, got %+v, %+v at %d (err %v)", *open["p"], wantQ, got["p"], got["q"], body.Position, err)
 	}
 	flip := func(i int) []byte { s := bytes.Clone(snap.State); s[i] ^= 1; return s }
 	for _, tc := range []struct {

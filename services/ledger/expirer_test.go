@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -107,6 +108,7 @@ func TestExpirerRestart(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) {
 			t.Run("resumes after its checkpoint", func(t *testing.T) { testExpirerResumes(t, b) })
 			t.Run("corrupt checkpoint folds the whole log", func(t *testing.T) { testExpirerCorruptCheckpoint(t, b) })
+			t.Run("audit checks the checkpoint against the log", func(t *testing.T) { testExpirerCheckpointAudit(t, b) })
 		})
 	}
 }
@@ -190,6 +192,36 @@ func testExpirerCorruptCheckpoint(t *testing.T, b backend) {
 			stop()
 			f.wantStatus(t, map[domain.PaymentID]domain.PaymentStatus{"early": domain.PaymentStatusExpired, "voided": domain.PaymentStatusVoided})
 		})
+	}
+}
+
+// An auditor, without the key, confirms a genuine checkpoint and names one that hides an
+// open authorisation, even with the right position and chain hash.
+func testExpirerCheckpointAudit(t *testing.T, b backend) {
+	f, cp := newRestartFixture(t, b)
+	lister, ok := f.store.(eventstore.SnapshotLister)
+	if !ok {
+		t.Fatalf("%s store cannot list snapshots", b.name)
+	}
+	rep, err := ledger.VerifySnapshots(ctxT(t), f.store, lister)
+	if err != nil || rep.Checked != 1 || len(rep.Failures) != 0 {
+		t.Fatalf("genuine checkpoint at %d: want 1 checked, no failure, got %d checked, failures %v (err %v)", cp, rep.Checked, rep.Failures, err)
+	}
+
+	exec(t, f.p, domain.Transfer{PaymentID: "later", Source: "world", Destination: "card", Amount: money(1, usd)})
+	h := head(t, f.store)
+	last, err := f.store.ReadAll(ctxT(t), h-1, 1)
+	if err != nil || len(last) != 1 {
+		t.Fatalf("read the head: %v", err)
+	}
+	body := fmt.Sprintf(`{"position":%d,"chain_hash":"%x","open":[]}`, h, last[0].Hash[:])
+	forged := eventstore.Snapshot{Stream: ledger.ExpirerCheckpointStream, Version: h, Schema: "securepay.expirer-checkpoint.v1", State: append(bytes.Repeat([]byte{1}, 32), body...)}
+	if err := f.snaps.SaveSnapshot(ctxT(t), forged); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = ledger.VerifySnapshots(ctxT(t), f.store, lister)
+	if err != nil || len(rep.Failures) != 1 || rep.Failures[0].Check != ledger.SnapshotStateDiffers || !strings.Contains(rep.Failures[0].Detail, "early is open in the log but missing") {
+		t.Fatalf("checkpoint hiding \"early\": want one %q failure naming it, got %v (err %v)", ledger.SnapshotStateDiffers, rep.Failures, err)
 	}
 }
 

@@ -71,7 +71,7 @@ func checkpointMAC(key, body []byte) []byte {
 func checkpointOf(open map[domain.PaymentID]*openAuth) []checkpointAuth {
 	out := make([]checkpointAuth, 0, len(open))
 	for id, a := range open {
-		out = append(out, checkpointAuth{Payment: string(id), Deadline: a.deadline.UnixNano(), Authorised: a.authorised, Captured: a.captured})
+		out = append(out, checkpointAuth{Payment: string(id), Deadline: a.expiresAt.UnixNano(), Authorised: a.authorised, Captured: a.captured})
 	}
 	return out
 }
@@ -111,7 +111,8 @@ func openCheckpoint(key []byte, snap eventstore.Snapshot) (checkpointBody, map[d
 		if a.Payment == "" {
 			return checkpointBody{}, nil, errors.New("an open authorisation without a payment id")
 		}
-		open[domain.PaymentID(a.Payment)] = &openAuth{deadline: time.Unix(0, a.Deadline).UTC(), authorised: a.Authorised, captured: a.Captured}
+		at := time.Unix(0, a.Deadline).UTC()
+		open[domain.PaymentID(a.Payment)] = &openAuth{expiresAt: at, deadline: at, authorised: a.Authorised, captured: a.Captured}
 	}
 	return b, open, nil
 }

@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/securepay/securepay/domain"
 	"github.com/securepay/securepay/eventstore"
@@ -24,7 +26,9 @@ import (
 // a genuine one always passes, however old.
 //
 // A stream has at most one snapshot, so this folds each snapshotted stream once, up to
-// the snapshot's version: the work is bounded by the log's size, not by snapshots × log.
+// the snapshot's version, and the log once for the expirer's checkpoint (its open
+// authorisations must be the fold of the log up to its position): the work is bounded by
+// twice the log's size, not by snapshots × log.
 
 // SnapshotCheck names the check a snapshot failed.
 type SnapshotCheck string
@@ -55,7 +59,7 @@ func (f SnapshotFailure) String() string {
 
 // SnapshotReport is what VerifySnapshots found.
 type SnapshotReport struct {
-	Checked      int      // account snapshots checked (Failures included)
+	Checked      int      // account snapshots and expirer checkpoints checked (Failures included)
 	IgnoredCount int      // snapshots the ledger never reads, not checked
 	Ignored      []string // the first maxIgnoredListed of them, with why
 	Failures     []SnapshotFailure
@@ -71,6 +75,17 @@ const maxIgnoredListed = 100
 func VerifySnapshots(ctx context.Context, store eventstore.Store, snaps eventstore.SnapshotLister) (SnapshotReport, error) {
 	var rep SnapshotReport
 	err := snaps.EachSnapshot(ctx, func(snap eventstore.Snapshot) error {
+		if snap.Stream == ExpirerCheckpointStream && snap.Schema == expirerCheckpointSchema {
+			rep.Checked++
+			f, err := checkExpirerCheckpoint(ctx, store, snap)
+			if err != nil {
+				return err
+			}
+			if f != nil {
+				rep.Failures = append(rep.Failures, *f)
+			}
+			return nil
+		}
 		id, isAccount, ok := streamKind(snap.Stream)
 		if !ok || !isAccount || snap.Schema != accountSnapshotSchema {
 			rep.IgnoredCount++
@@ -201,4 +216,81 @@ func accountDiffs(s, f accountSnapshot) []string {
 	field("version", s.Version, f.Version)
 	field("fingerprint", s.Fingerprint, f.Fingerprint)
 	return d
+}
+
+// checkExpirerCheckpoint checks the expirer's checkpoint (expirercheckpoint.go) as an
+// account snapshot is checked: the event at its position has its chain hash, and its open
+// authorisations are exactly the expirer's fold of the log up to that position (same
+// payments, deadlines, authorised and captured amounts). A checkpoint that left an
+// authorisation out would keep its hold forever, so this is worth one read of the log.
+func checkExpirerCheckpoint(ctx context.Context, store eventstore.Store, snap eventstore.Snapshot) (*SnapshotFailure, error) {
+	fail := func(pos uint64, check SnapshotCheck, format string, args ...any) (*SnapshotFailure, error) {
+		return &SnapshotFailure{Stream: snap.Stream, Version: snap.Version, Position: pos, Check: check, Detail: fmt.Sprintf(format, args...)}, nil
+	}
+	if len(snap.State) < sha256.Size {
+		return fail(0, SnapshotMalformed, "%d bytes, shorter than its MAC", len(snap.State))
+	}
+	var b checkpointBody
+	if err := json.Unmarshal(snap.State[sha256.Size:], &b); err != nil {
+		return fail(0, SnapshotMalformed, "the body does not decode: %v", err)
+	}
+	switch {
+	case b.Position != snap.Version:
+		return fail(b.Position, SnapshotWrongVersion, "stored at position %d, but its body folded position %d", snap.Version, b.Position)
+	case b.Position == 0:
+		return fail(0, SnapshotUnknownPosition, "its body names position 0, which no event has")
+	}
+	x := &Expirer{open: map[domain.PaymentID]*openAuth{}}
+	var foldErr error
+	for x.pos < b.Position {
+		page, err := store.ReadAll(ctx, x.pos, int(min(uint64(loadPage), b.Position-x.pos)))
+		if err != nil {
+			return nil, fmt.Errorf("read the log after position %d: %w", x.pos, err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		if foldErr == nil {
+			foldErr = x.observe(ctx, page)
+		}
+		x.pos, x.hash = page[len(page)-1].Position, page[len(page)-1].Hash
+	}
+	switch {
+	case x.pos < b.Position:
+		return fail(b.Position, SnapshotUnknownPosition, "the log ends at position %d", x.pos)
+	case hex.EncodeToString(x.hash[:]) != b.ChainHash:
+		return fail(b.Position, SnapshotHashMismatch, "the log's event at position %d has chain hash %x, the checkpoint names %s", b.Position, x.hash[:], b.ChainHash)
+	case foldErr != nil:
+		return fail(b.Position, SnapshotFoldFailed, "%v", foldErr)
+	}
+	var diffs []string
+	claimed := map[domain.PaymentID]bool{}
+	for _, a := range b.Open {
+		id := domain.PaymentID(a.Payment)
+		claimed[id] = true
+		f := x.open[id]
+		switch {
+		case f == nil:
+			diffs = append(diffs, fmt.Sprintf("%s is not open in the log", id))
+		case a.Deadline != f.expiresAt.UnixNano() || a.Authorised != f.authorised || a.Captured != f.captured:
+			diffs = append(diffs, fmt.Sprintf("%s: deadline %s authorised %d captured %d vs %s %d %d", id,
+				time.Unix(0, a.Deadline).UTC().Format(time.RFC3339Nano), a.Authorised, a.Captured, f.expiresAt.UTC().Format(time.RFC3339Nano), f.authorised, f.captured))
+		}
+	}
+	for id := range x.open {
+		if !claimed[id] {
+			diffs = append(diffs, fmt.Sprintf("%s is open in the log but missing (its hold would never be released)", id))
+		}
+	}
+	if len(diffs) > 0 {
+		slices.Sort(diffs)
+		const maxListed = 10
+		more := ""
+		if len(diffs) > maxListed {
+			more = fmt.Sprintf("; and %d more", len(diffs)-maxListed)
+			diffs = diffs[:maxListed]
+		}
+		return fail(b.Position, SnapshotStateDiffers, "checkpoint vs the fold of the log: %s%s", strings.Join(diffs, "; "), more)
+	}
+	return nil, nil
 }
