@@ -179,7 +179,7 @@ func appendAttrValue(b []byte, v attribute.Value) []byte {
 	case attribute.STRING:
 		return appendJSONString(b, v.AsString())
 	default:
-		return appendJSONString(b, v.Emit())
+		return appendJSONString(b, v.String())
 	}
 }
 
@@ -231,7 +231,7 @@ func appendJSONString(b []byte, s string) []byte {
 func serviceName(s sdktrace.ReadOnlySpan) string {
 	if r := s.Resource(); r != nil {
 		if v, ok := r.Set().Value("service.name"); ok {
-			return v.Emit()
+			return v.String()
 		}
 	}
 	return ""
