@@ -31,6 +31,18 @@ func TestDevMetricsAndTraceFile(t *testing.T) {
 	mustCLI(t, url, "account", "open", "alice", "--asset", "USD")
 	mustCLI(t, url, "transfer", "--from", "world", "--to", "alice", "--amount", "1.00", "--asset", "USD")
 
+	// A call without a token, refused by dev's gateway itself: counted by reason. The
+	// RPC histogram is the components' (each forwarded call once), so the refusal, which
+	// no component saw, is not in it.
+	refused, err := http.Post(url+"/securepay.ledger.v1.PaymentService/Transfer", "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatalf("a Connect call without a token: %v", err)
+	}
+	refused.Body.Close()
+	if refused.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("a Connect call without a token: HTTP %d, want 401 (unauthenticated)", refused.StatusCode)
+	}
+
 	res, err := http.Get("http://" + metricsAddr + "/metrics")
 	if err != nil {
 		t.Fatalf("GET /metrics: %v", err)
@@ -42,10 +54,14 @@ func TestDevMetricsAndTraceFile(t *testing.T) {
 		`securepay_ledger_command_duration_seconds_count{command="Transfer",outcome="ok"} 1`,
 		`securepay_projection_lag_events{projector=`,
 		`go_goroutines `,
+		`securepay_gateway_refusals_total{reason="unauthenticated"} 1`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+	if strings.Contains(string(body), `code="unauthenticated"`) {
+		t.Errorf("dev's /metrics counts the gateway's refusal as an RPC, which only serve gateway does:\n%s", body)
 	}
 
 	// Spans are exported in batches, at least once a second: wait for the transfer's, and
