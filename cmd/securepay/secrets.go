@@ -1,9 +1,12 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 )
@@ -75,4 +78,29 @@ func readSecretFile(name string) (string, error) {
 		return "", errors.New(name + " is empty")
 	}
 	return v, nil
+}
+
+// devKeyFile loads the key file name of `securepay dev` with load, first writing 32 random
+// bytes (base64) there if it does not exist yet; what names the key in errors.
+func devKeyFile[K any](name, what string, load func(string) (K, error)) (K, string, error) {
+	key, err := load(name)
+	if err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return key, name, err
+	}
+	raw := make([]byte, 32)
+	_, _ = rand.Read(raw) // crypto/rand.Read never fails
+	// O_EXCL: never overwrite a key another process just wrote (what it sealed needs it).
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return key, name, fmt.Errorf("create the %s %s: %w", what, name, err)
+	}
+	if _, err := f.WriteString(base64.StdEncoding.EncodeToString(raw) + "\n"); err != nil {
+		f.Close()
+		return key, name, fmt.Errorf("write the %s %s: %w", what, name, err)
+	}
+	if err := f.Close(); err != nil {
+		return key, name, fmt.Errorf("write the %s %s: %w", what, name, err)
+	}
+	key, err = load(name)
+	return key, name, err
 }

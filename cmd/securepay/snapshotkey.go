@@ -1,12 +1,7 @@
 package main
 
 import (
-	"crypto/rand"
-	"encoding/base64"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 
 	"github.com/securepay/securepay/services/ledger"
@@ -37,25 +32,5 @@ func loadSnapshotKey(name string) ([]byte, error) {
 
 // devSnapshotKey returns the key kept in dir, generating it on first use, and its path.
 func devSnapshotKey(dir string) ([]byte, string, error) {
-	name := filepath.Join(dir, devSnapshotKeyFile)
-	key, err := loadSnapshotKey(name)
-	if err == nil || !errors.Is(err, fs.ErrNotExist) {
-		return key, name, err
-	}
-	raw := make([]byte, 32)
-	_, _ = rand.Read(raw) // crypto/rand.Read never fails
-	// O_EXCL: never overwrite a key another process just wrote (its snapshots need it).
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, name, fmt.Errorf("create the snapshot key %s: %w", name, err)
-	}
-	if _, err := f.WriteString(base64.StdEncoding.EncodeToString(raw) + "\n"); err != nil {
-		f.Close()
-		return nil, name, fmt.Errorf("write the snapshot key %s: %w", name, err)
-	}
-	if err := f.Close(); err != nil {
-		return nil, name, fmt.Errorf("write the snapshot key %s: %w", name, err)
-	}
-	key, err = loadSnapshotKey(name)
-	return key, name, err
+	return devKeyFile(filepath.Join(dir, devSnapshotKeyFile), "snapshot key", loadSnapshotKey)
 }

@@ -2,13 +2,8 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
-	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"os"
 	"path/filepath"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -44,27 +39,7 @@ func loadWebhookKey(name string) (*webhook.Key, error) {
 
 // devWebhookKey returns the key kept in dir, generating it on first use, and its path.
 func devWebhookKey(dir string) (*webhook.Key, string, error) {
-	name := filepath.Join(dir, devWebhookKeyFile)
-	key, err := loadWebhookKey(name)
-	if err == nil || !errors.Is(err, fs.ErrNotExist) {
-		return key, name, err
-	}
-	raw := make([]byte, 32)
-	_, _ = rand.Read(raw) // crypto/rand.Read never fails
-	// O_EXCL: never overwrite a key another process just wrote.
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, name, fmt.Errorf("create the webhook key %s: %w", name, err)
-	}
-	if _, err := f.WriteString(base64.StdEncoding.EncodeToString(raw) + "\n"); err != nil {
-		f.Close()
-		return nil, name, fmt.Errorf("write the webhook key %s: %w", name, err)
-	}
-	if err := f.Close(); err != nil {
-		return nil, name, fmt.Errorf("write the webhook key %s: %w", name, err)
-	}
-	key, err = loadWebhookKey(name)
-	return key, name, err
+	return devKeyFile(filepath.Join(dir, devWebhookKeyFile), "webhook key", loadWebhookKey)
 }
 
 // openWebhookRegistry is the registry on PostgreSQL for serve: the schema must have been
