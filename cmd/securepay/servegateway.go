@@ -39,6 +39,10 @@ type gatewayServeConfig struct {
 	HealthListen string
 	// MetricsListen serves /metrics (Prometheus), loopback by default as the probe port.
 	MetricsListen string
+	// PprofListen is the loopback address of Go's runtime profiles (pprof.go); "" serves
+	// none. The gateway is on every request's path, so its profile is the one to take
+	// first when a call is slow.
+	PprofListen string
 	// newSource gets the gateway's SVID source: the Workload API at SPIFFESocket unless
 	// a test sets it.
 	newSource func(ctx context.Context) (mtls.Source, func(), error)
@@ -86,6 +90,7 @@ func newGatewayServeCommand(e env) (*Command, *gatewayServeConfig) {
 	ef.String(&c.Algorithms, "oidc-algorithms", "SECUREPAY_OIDC_ALGORITHMS", "RS256,ES256", "comma-separated signature `algorithms` accepted (none and HS* never)")
 	ef.String(&c.RedisAddr, "redis-addr", "SECUREPAY_REDIS_ADDR", "", "Redis of the rate limits: `host:port` or redis[s]:// URL (a URL with a password belongs in --redis-addr-file)")
 	ef.String(&c.RedisAddrFile, "redis-addr-file", "SECUREPAY_REDIS_ADDR_FILE", "", "`file` holding the Redis address or URL, readable only by its owner")
+	ef.String(&c.PprofListen, "pprof-listen", "SECUREPAY_PPROF_LISTEN", "", "loopback `address` serving Go's runtime profiles at /debug/pprof/ (CPU, heap, goroutines); none by default")
 	fs.IntVar(&c.RedisDB, "redis-db", 0, "Redis logical database `number`")
 	ef.String(&c.RedisCAFile, "redis-ca-file", "SECUREPAY_REDIS_CA_FILE", "", "PEM `file` of the CA of a rediss:// server")
 	fs.IntVar(&c.Rate, "rate-limit", gateway.DefaultLimit.Rate, "calls per second one principal may make, across all gateways")
@@ -116,6 +121,9 @@ func (c *gatewayServeConfig) validate() (*redis.Options, *certReloader, spiffeid
 	}
 	if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
 		errs = append(errs, fmt.Errorf("--metrics-listen %q is not host:port (e.g. 127.0.0.1:9466): %v", c.MetricsListen, err))
+	}
+	if err := checkPprofListen(c.PprofListen); err != nil {
+		errs = append(errs, err)
 	}
 	for _, u := range []struct{ v, flag, variable, what string }{
 		{c.PaymentsURL, "payments-url", "SECUREPAY_PAYMENTS_URL", "the payments component's URL"},
@@ -267,6 +275,14 @@ func serveGateway(ctx context.Context, e env, c gatewayServeConfig) error {
 	}()
 	// Served until the public port is shut down, so the last calls' counts can be scraped.
 	defer func() { stopMetrics(); <-metricsDone }()
+	if c.PprofListen != "" {
+		pln, err := net.Listen("tcp", c.PprofListen)
+		if err != nil {
+			return fmt.Errorf("serve gateway: listen for pprof on %s: %w", c.PprofListen, err)
+		}
+		log.Info("gateway profiles", "pprof_addr", pln.Addr().String())
+		defer servePprof(ctx, pln)()
+	}
 	// At shutdown the probe turns not ready first, so a load balancer stops sending new
 	// calls while the in-flight ones finish.
 	stopDrain := context.AfterFunc(ctx, probe.Drain)

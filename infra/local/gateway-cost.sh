@@ -19,7 +19,10 @@
 # OUT), CALLERS (64 in a closed loop), RATE (an open loop of this many transfers/s instead:
 # both paths then do the same work, so that their CPU per transfer carries the same
 # share of the processes' idle work), ACCOUNTS (64, as BenchmarkTransfer; one token lists them all, at most 256), WARMUP (5s), DURATION
-# (20s), PORT_BASE (27400: six consecutive loopback ports from there).
+# (20s), PORT_BASE (27400: eight consecutive loopback ports from there), PROFILE (a number
+# of seconds: take a CPU profile of payments and of the gateway that long, starting after
+# the warm-up, into OUT/RUN-payments.pprof and OUT/RUN-gateway.pprof; read them with
+# `go tool pprof -top BINARY FILE`), ONLY (direct or gateway: run only that path).
 # Needs what the test command needs (PostgreSQL, Redis, the cached SPIRE binaries), plus
 # openssl, curl, jq and python3 (the issuer's key set over HTTPS).
 set -euo pipefail
@@ -35,7 +38,8 @@ warmup=${WARMUP:-5s}
 duration=${DURATION:-20s}
 base=${PORT_BASE:-27400}
 pg_port=$base redis_port=$((base + 1)) pay_port=$((base + 2)) pay_health=$((base + 3))
-gw_port=$((base + 4)) jwks_port=$((base + 5)) 
+gw_port=$((base + 4)) jwks_port=$((base + 5)) pay_pprof=$((base + 6)) gw_pprof=$((base + 7))
+profile=${PROFILE:-}
 
 log() { printf 'gateway-cost.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -132,6 +136,7 @@ wait_ready() { # URL WHAT PID
 start_payments() { # direct|mtls
 	local mode=$1 exe args=(serve payments --listen "127.0.0.1:$pay_port" --health-listen "127.0.0.1:$pay_health"
 		--postgres-dsn-file "$out/serve.dsn" --redis-addr "$redis_addr")
+	[[ -z $profile ]] || args+=(--pprof-listen "127.0.0.1:$pay_pprof")
 	if [[ $mode == direct ]]; then
 		exe=$out/securepay-direct
 		args+=(--tls-cert "$out/cert.pem" --tls-key "$out/key.pem")
@@ -151,7 +156,7 @@ start_gateway() {
 		--payments-url "https://127.0.0.1:$pay_port" --queries-url "https://127.0.0.1:$pay_port" --audit-url "https://127.0.0.1:$pay_port" \
 		--oidc-issuer urn:securepay:dev-issuer --oidc-audience securepay-dev --oidc-algorithms ES256 \
 		--oidc-jwks-url "https://127.0.0.1:$jwks_port/jwks.json" --redis-addr "$redis_addr" \
-		--rate-limit 1000000 --rate-burst 1000000 >>"$out/gateway.log" 2>&1 &
+		--rate-limit 1000000 --rate-burst 1000000 ${profile:+--pprof-listen "127.0.0.1:$gw_pprof"} >>"$out/gateway.log" 2>&1 &
 	gw_pid=$!
 	pids+=("$gw_pid")
 	wait_ready "https://127.0.0.1:$gw_port/healthz" gateway "$gw_pid"
@@ -181,6 +186,13 @@ run() { # direct|gateway ROUND
 		target=(--server "https://127.0.0.1:$gw_port" --token-file "$out/$id.token")
 	fi
 	log "$id: load average $(cut -d' ' -f1-3 /proc/loadavg)"
+	if [[ -n $profile ]]; then
+		local ports=("payments:$pay_pprof")
+		[[ $path == direct ]] || ports+=("gateway:$gw_pprof")
+		for pp in "${ports[@]}"; do
+			(sleep "${warmup%s}" && curl -sf -o "$out/$id-${pp%%:*}.pprof" "http://127.0.0.1:${pp#*:}/debug/pprof/profile?seconds=$profile") &
+		done
+	fi
 	"$bin" loadtest "${target[@]}" --ca-file "$out/cert.pem" "${procs[@]}" --process "$postmaster" --process "$redis_pid" \
 		--run-id "$id" --accounts "$accounts" "${load[@]}" --warmup "$warmup" --duration "$duration" --json >"$out/$id.json"
 	cut -d' ' -f1-3 /proc/loadavg >"$out/$id.loadavg"
@@ -195,5 +207,8 @@ run() { # direct|gateway ROUND
 
 log "processes: postgres $postmaster, redis $redis_pid; $rounds rounds of ${load[*]}, $accounts accounts, $warmup + $duration"
 for ((r = 1; r <= rounds; r++)); do
-	if ((r % 2)); then run direct "$r"; run gateway "$r"; else run gateway "$r"; run direct "$r"; fi
+	case ${ONLY:-} in
+	direct | gateway) run "$ONLY" "$r" ;;
+	*) if ((r % 2)); then run direct "$r"; run gateway "$r"; else run gateway "$r"; run direct "$r"; fi ;;
+	esac
 done
