@@ -202,7 +202,7 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 			beginErr = watcher.Begin()
 		}
 		if beginErr == nil {
-			bg.Go(func() { watcher.Run(loadCtx, 250*time.Millisecond) })
+			bg.Go(func() { watcher.Run(loadCtx, memorySampleInterval) })
 		}
 		if c.Progress != nil {
 			bg.Go(func() { showProgress(loadCtx, c.Progress, rec, c.Duration) })

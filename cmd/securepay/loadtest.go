@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -16,13 +17,14 @@ import (
 
 // loadtestCmd is `securepay loadtest`'s flags; the load itself is package loadtest.
 type loadtestCmd struct {
-	cfg       loadtest.Config
-	http      string
-	rpc       string
-	processes multi
-	json      bool
-	svg       string
-	gcPercent int
+	cfg        loadtest.Config
+	http       string
+	rpc        string
+	processes  multi
+	json       bool
+	svg        string
+	gcPercent  int
+	cpuProfile string
 }
 
 func loadtestCommand(e env) *Command {
@@ -66,6 +68,7 @@ func loadtestCommand(e env) *Command {
 	// The generator's live heap is a few MB and it allocates per request, so at GOGC 100
 	// it collects very often, on the cores the server under test needs.
 	fs.IntVar(&c.gcPercent, "gc-percent", 800, "this generator's GOGC: heap growth between collections, in `percent` (1..10000; GOGC in the environment wins)")
+	fs.StringVar(&c.cpuProfile, "cpu-profile", "", "write the generator's own CPU profile of the whole run to this `file` (go tool pprof): what the client costs is part of what a run on one machine measures")
 	fs.StringVar(&c.svg, "svg", "", "write a latency-and-throughput-over-time plot to this SVG `file`")
 	return cmd
 }
@@ -105,6 +108,17 @@ func (c *loadtestCmd) run(ctx context.Context, e env, _ []string) error {
 	// Live progress only for a person watching: never into a pipe or a file.
 	if f, ok := e.stdout.(*os.File); ok && !c.json && term.IsTerminal(int(f.Fd())) {
 		cfg.Progress = f
+	}
+	if c.cpuProfile != "" {
+		f, err := os.Create(c.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("loadtest: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("loadtest: CPU profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	res, err := loadtest.Run(ctx, cfg)
 	if err != nil {

@@ -21,7 +21,8 @@
 # share of the processes' idle work), ACCOUNTS (64, as BenchmarkTransfer; one token lists them all, at most 256), WARMUP (5s), DURATION
 # (20s), PORT_BASE (27400: eight consecutive loopback ports from there), PROFILE (a number
 # of seconds: take a CPU profile of payments and of the gateway that long, starting after
-# the warm-up, into OUT/RUN-payments.pprof and OUT/RUN-gateway.pprof; read them with
+# the warm-up, into OUT/RUN-payments.pprof and OUT/RUN-gateway.pprof, and the load
+# generator's own of the whole run into OUT/RUN-loadtest.pprof; read them with
 # `go tool pprof -top BINARY FILE`), ONLY (direct or gateway: run only that path).
 # Needs what the test command needs (PostgreSQL, Redis, the cached SPIRE binaries), plus
 # openssl, curl, jq and python3 (the issuer's key set over HTTPS).
@@ -194,7 +195,8 @@ run() { # direct|gateway ROUND
 		done
 	fi
 	"$bin" loadtest "${target[@]}" --ca-file "$out/cert.pem" "${procs[@]}" --process "$postmaster" --process "$redis_pid" \
-		--run-id "$id" --accounts "$accounts" "${load[@]}" --warmup "$warmup" --duration "$duration" --json >"$out/$id.json"
+		--run-id "$id" --accounts "$accounts" "${load[@]}" --warmup "$warmup" --duration "$duration" \
+		${profile:+--cpu-profile "$out/$id-loadtest.pprof"} --json >"$out/$id.json"
 	cut -d' ' -f1-3 /proc/loadavg >"$out/$id.loadavg"
 	if [[ $path == direct ]]; then stop "$pay_pid"; else stop "$gw_pid" "$pay_pid"; fi
 	local names="{\"pid $pay_pid\":\"payments\",\"pid ${gw_pid:-0}\":\"gateway\",\"pid $postmaster\":\"postgres\",\"pid $redis_pid\":\"redis\"}"
