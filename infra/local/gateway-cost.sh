@@ -23,7 +23,12 @@
 # of seconds: take a CPU profile of payments and of the gateway that long, starting after
 # the warm-up, into OUT/RUN-payments.pprof and OUT/RUN-gateway.pprof, and the load
 # generator's own of the whole run into OUT/RUN-loadtest.pprof; read them with
-# `go tool pprof -top BINARY FILE`), ONLY (direct or gateway: run only that path).
+# `go tool pprof -top BINARY FILE`), ONLY (direct or gateway: run only that path), PIN
+# (1: the ledger side, payments + PostgreSQL + Redis, on CPU 0 and the caller side, the
+# load generator and the gateway, on CPU 1, with taskset: the gateway then spends CPU of
+# its own, as gateways on machines of their own do, instead of the ledger's; the
+# throughput ratio then says what the hop and the checks cost the ledger. Without PIN
+# every process shares every core, and the gateway's CPU is taken from the ledger.)
 # Needs what the test command needs (PostgreSQL, Redis, the cached SPIRE binaries), plus
 # openssl, curl, jq and python3 (the issuer's key set over HTTPS).
 set -euo pipefail
@@ -85,6 +90,14 @@ umask 022
 redis_addr=$(bash "$root/infra/local/redis.sh" start "$out/redis" "$redis_port")
 postmaster=$(head -1 "$out/pg/data/postmaster.pid")
 redis_pid=$(cat "$out/redis/redis.pid")
+pin_ledger=() pin_caller=()
+if [[ ${PIN:-} == 1 ]]; then
+	(($(nproc) >= 2)) || die "PIN=1 needs two CPUs"
+	command -v taskset >/dev/null || die "PIN=1 needs taskset (util-linux)"
+	pin_ledger=(taskset -c 0) pin_caller=(taskset -c 1)
+	# PostgreSQL's backends are forked from the postmaster, so they inherit CPU 0.
+	for p in "$postmaster" $(pgrep -P "$postmaster") "$redis_pid"; do taskset -a -p -c 0 "$p" >/dev/null; done
+fi
 
 # SPIRE: the gateway's and the payments component's SVIDs.
 sock=$(bash "$root/infra/local/spire.sh" start "$out/spire")
@@ -145,14 +158,14 @@ start_payments() { # direct|mtls
 		exe=$out/securepay-payments
 		args+=(--spiffe-socket "$sock")
 	fi
-	"$exe" "${args[@]}" >>"$out/payments.log" 2>&1 &
+	"${pin_ledger[@]}" "$exe" "${args[@]}" >>"$out/payments.log" 2>&1 &
 	pay_pid=$!
 	pids+=("$pay_pid")
 	wait_ready "http://127.0.0.1:$pay_health/readyz" payments "$pay_pid"
 }
 
 start_gateway() {
-	SSL_CERT_FILE=$out/cert.pem "$out/securepay-gateway" serve gateway --listen "127.0.0.1:$gw_port" \
+	SSL_CERT_FILE=$out/cert.pem "${pin_caller[@]}" "$out/securepay-gateway" serve gateway --listen "127.0.0.1:$gw_port" \
 		--tls-cert "$out/cert.pem" --tls-key "$out/key.pem" --spiffe-socket "$sock" \
 		--payments-url "https://127.0.0.1:$pay_port" --queries-url "https://127.0.0.1:$pay_port" --audit-url "https://127.0.0.1:$pay_port" \
 		--oidc-issuer urn:securepay:dev-issuer --oidc-audience securepay-dev --oidc-algorithms ES256 \
@@ -186,7 +199,7 @@ run() { # direct|gateway ROUND
 		procs=(--process "$gw_pid" --process "$pay_pid")
 		target=(--server "https://127.0.0.1:$gw_port" --token-file "$out/$id.token")
 	fi
-	log "$id: load average $(cut -d' ' -f1-3 /proc/loadavg)"
+	log "$id: load average $(cut -d' ' -f1-3 /proc/loadavg)${PIN:+, pinned: ledger on CPU 0, callers on CPU 1}"
 	if [[ -n $profile ]]; then
 		local ports=("payments:$pay_pprof")
 		[[ $path == direct ]] || ports+=("gateway:$gw_pprof")
@@ -194,7 +207,7 @@ run() { # direct|gateway ROUND
 			(sleep "${warmup%s}" && curl -sf -o "$out/$id-${pp%%:*}.pprof" "http://127.0.0.1:${pp#*:}/debug/pprof/profile?seconds=$profile") &
 		done
 	fi
-	"$bin" loadtest "${target[@]}" --ca-file "$out/cert.pem" "${procs[@]}" --process "$postmaster" --process "$redis_pid" \
+	"${pin_caller[@]}" "$bin" loadtest "${target[@]}" --ca-file "$out/cert.pem" "${procs[@]}" --process "$postmaster" --process "$redis_pid" \
 		--run-id "$id" --accounts "$accounts" "${load[@]}" --warmup "$warmup" --duration "$duration" \
 		${profile:+--cpu-profile "$out/$id-loadtest.pprof"} --json >"$out/$id.json"
 	cut -d' ' -f1-3 /proc/loadavg >"$out/$id.loadavg"
