@@ -350,7 +350,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.LoopbackHostsOnly {
 		h = loopbackHostsOnly(h, errs)
 	}
-	h = growStackFirst(h)
+	h = GrowStackFirst(h, RequestStackBytes)
 	s.handler = h
 	return s, nil
 }

@@ -2,8 +2,9 @@ package services
 
 import "net/http"
 
-// growStackFirst grows each request's goroutine stack once, at the top, before the
-// handler chain runs.
+// GrowStackFirst grows each request's goroutine stack once, at the top, to at least
+// stackBytes, before next runs. The components serve behind it (RequestStackBytes), and
+// so does the gateway, whose chain goes deeper: it makes a client call of its own.
 //
 // Every HTTP/2 request runs in a goroutine of its own, started with a small stack. The
 // server's chain (limits, interceptors, validation, the handler) takes a unary request
@@ -12,22 +13,32 @@ import "net/http"
 // made every request pay it: 10-21 µs of CPU per transfer in CPU profiles of
 // BenchmarkTransferTelemetry on a loaded machine, against 3 µs with no interceptor
 // (docs/PERFORMANCE.md). Grown here, the copy moves a few shallow frames.
-func growStackFirst(next http.Handler) http.Handler {
+func GrowStackFirst(next http.Handler, stackBytes int) http.Handler {
+	steps := max(1, (stackBytes+stackStepBytes-1)/stackStepBytes)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		growStack()
+		growStack(steps)
 		next.ServeHTTP(w, r)
 	})
 }
 
-// requestStackBytes is the frame growStack takes: with what the HTTP/2 server already
-// uses below it, enough that the stack doubles once, to what a unary request needs.
-const requestStackBytes = 12 << 10
+// RequestStackBytes is what a component's unary request needs: with what the HTTP/2
+// server already uses below GrowStackFirst, enough that the stack doubles once.
+const RequestStackBytes = 12 << 10
 
-// growStack needs requestStackBytes of stack, so that its prologue grows the stack.
+// stackStepBytes is one growStack frame. The stack grows by doubling, so a few frames
+// of this size nested take it to the size asked for, each copy moving only the frames
+// of growStack above the handler's few.
+const stackStepBytes = 4 << 10
+
+// growStack takes steps nested frames of stackStepBytes, so that their prologues grow
+// the stack.
 //
 //go:noinline
-func growStack() {
-	var frame [requestStackBytes]byte
+func growStack(steps int) {
+	var frame [stackStepBytes]byte
+	if steps > 1 {
+		growStack(steps - 1)
+	}
 	touchStack(frame[:])
 }
 

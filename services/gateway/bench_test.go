@@ -23,6 +23,7 @@ import (
 	"github.com/securepay/securepay/services"
 	"github.com/securepay/securepay/services/gateway"
 	"github.com/securepay/securepay/services/mtls"
+	"github.com/securepay/securepay/services/telemetry"
 )
 
 // BenchmarkTransfer measures the gateway's cost on the hot path in one run: transfers
@@ -128,7 +129,7 @@ func benchCallers() int {
 }
 
 // BenchmarkForward measures the gateway alone: Transfer calls by 64 concurrent callers
-// through the gateway (JWT, policy, in-memory rate limit, the mTLS hop) to a stub
+// through the gateway (RPC metrics, JWT, policy, in-memory rate limit, the mTLS hop) to a stub
 // payments component that answers at once, so that what changes between two builds is
 // the gateway's own work. Everything runs in this process, so cpu-µs/op (getrusage,
 // user + system, per call) counts the callers and the stub too; compare it between builds
@@ -154,11 +155,26 @@ func BenchmarkForward(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// The RPC metrics and refusal counter, as serve gateway wires them.
+	tel, err := telemetry.New(context.Background(), telemetry.Config{ServiceName: "securepay-gateway"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ics, err := tel.RPCInterceptors(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	refusals, err := tel.GatewayMetrics()
+	if err != nil {
+		b.Fatal(err)
+	}
 	gw, err := gateway.New(gateway.Config{
 		Payments: up, Queries: up, Audit: up,
-		Auth:     gateway.Auth{Issuer: testIssuer, Audience: testAudience, JWKSURL: is.srv.URL + "/certs", JWKSClient: is.srv.Client()},
-		Limiter:  limiter,
-		AllowH2C: true,
+		Auth:         gateway.Auth{Issuer: testIssuer, Audience: testAudience, JWKSURL: is.srv.URL + "/certs", JWKSClient: is.srv.Client()},
+		Limiter:      limiter,
+		AllowH2C:     true,
+		Interceptors: ics,
+		Refusals:     refusals,
 	})
 	if err != nil {
 		b.Fatal(err)
