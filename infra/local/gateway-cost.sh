@@ -28,7 +28,8 @@
 # load generator and the gateway, on CPU 1, with taskset: the gateway then spends CPU of
 # its own, as gateways on machines of their own do, instead of the ledger's; the
 # throughput ratio then says what the hop and the checks cost the ledger. Without PIN
-# every process shares every core, and the gateway's CPU is taken from the ledger.)
+# every process shares every core, and the gateway's CPU is taken from the ledger.),
+# SYSCALLS (1: also the system calls per transfer of each process, see sample_syscalls).
 # Needs what the test command needs (PostgreSQL, Redis, the cached SPIRE binaries), plus
 # openssl, curl, jq and python3 (the issuer's key set over HTTPS).
 set -euo pipefail
@@ -176,6 +177,27 @@ start_gateway() {
 	wait_ready "https://127.0.0.1:$gw_port/healthz" gateway "$gw_pid"
 }
 
+# SYSCALLS=1: the read and write system calls per transfer of each process (from
+# /proc/PID/io, syscr and syscw), counted from a second after the warm-up to a second
+# before the end (the load generator's setup takes less than that), divided by the run's
+# transfers/s; into OUT/RUN.io and the summary.
+syscalls=${SYSCALLS:-}
+sample_secs=$((${duration%s} - 2))
+sample_syscalls() { # ID NAME:PID...
+	local id=$1
+	shift
+	sleep $((${warmup%s} + 1))
+	for np in "$@"; do awk '/^sysc[rw]:/ { printf " %s", $2 } END { print "" }' "/proc/${np#*:}/io" >"$out/$id.io0.${np%%:*}"; done
+	sleep "$sample_secs"
+	: >"$out/$id.io"
+	for np in "$@"; do
+		read -r r0 w0 <"$out/$id.io0.${np%%:*}"
+		read -r r1 w1 < <(awk '/^sysc[rw]:/ { printf " %s", $2 } END { print "" }' "/proc/${np#*:}/io")
+		printf '%s-write %s %s\n%s-read %s %s\n' "${np%%:*}" "$w0" "$w1" "${np%%:*}" "$r0" "$r1" >>"$out/$id.io"
+		rm -f "$out/$id.io0.${np%%:*}"
+	done
+}
+
 stop() { # PID...
 	for p in "$@"; do
 		kill "$p" 2>/dev/null || true
@@ -209,7 +231,16 @@ run() { # direct|gateway ROUND
 	fi
 	"${pin_caller[@]}" "$bin" loadtest "${target[@]}" --ca-file "$out/cert.pem" "${procs[@]}" --process "$postmaster" --process "$redis_pid" \
 		--run-id "$id" --accounts "$accounts" "${load[@]}" --warmup "$warmup" --duration "$duration" \
-		${profile:+--cpu-profile "$out/$id-loadtest.pprof"} --json >"$out/$id.json"
+		${profile:+--cpu-profile "$out/$id-loadtest.pprof"} --json >"$out/$id.json" &
+	local lt_pid=$! sampler=
+	if [[ -n $syscalls ]]; then
+		local sampled=("loadtest:$lt_pid" "payments:$pay_pid")
+		[[ $path == direct ]] || sampled+=("gateway:$gw_pid")
+		sample_syscalls "$id" "${sampled[@]}" &
+		sampler=$!
+	fi
+	wait "$lt_pid"
+	[[ -z $sampler ]] || wait "$sampler"
 	cut -d' ' -f1-3 /proc/loadavg >"$out/$id.loadavg"
 	if [[ $path == direct ]]; then stop "$pay_pid"; else stop "$gw_pid" "$pay_pid"; fi
 	local names="{\"pid $pay_pid\":\"payments\",\"pid ${gw_pid:-0}\":\"gateway\",\"pid $postmaster\":\"postgres\",\"pid $redis_pid\":\"redis\"}"
@@ -218,6 +249,10 @@ run() { # direct|gateway ROUND
 		def us(s): if $w > 0 then (s * 1e6 / $w | floor) else "-" end;
 		([.processes[] | {key: ($names[.process] // .process), value: us(.cpu_seconds)}] | from_entries) as $p |
 		"\($id)\tload \($load)\t\(.writes_per_second | floor)/s\tp50 \(.latency.p50_ms) ms\tp99 \(.latency.p99_ms) ms\terrors \(.errors | add // 0)\tCPU µs/transfer: \($p | to_entries | map("\(.key)=\(.value)") | join(" "))\tloadtest=\(us(.client_cpu_seconds))"' "$out/$id.json" | tee -a "$out/summary.tsv"
+	[[ -z $syscalls ]] || awk -v id="$id" -v w="$(jq .writes_per_second "$out/$id.json")" '
+		BEGIN { printf "%s\tsyscalls/transfer:", id }
+		{ printf " %s=%.2f", $1, ($3 - $2) / secs / w }
+		END { print "" }' secs="$sample_secs" "$out/$id.io" | tee -a "$out/summary.tsv"
 }
 
 log "processes: postgres $postmaster, redis $redis_pid; $rounds rounds of ${load[*]}, $accounts accounts, $warmup + $duration"

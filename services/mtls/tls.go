@@ -13,6 +13,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/securepay/securepay/internal/coalesce"
 )
 
 // Source is what a component needs from the SPIFFE Workload API: its own X.509-SVID and
@@ -85,8 +87,10 @@ func HTTPClient(src Source, server spiffeid.ID) *http.Client {
 	var protocols http.Protocols
 	protocols.SetHTTP2(true)
 	transport := &http.Transport{
-		TLSClientConfig:     ClientTLS(src, server),
-		DialContext:         (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig: ClientTLS(src, server),
+		// Under TLS, so that the gateway's many concurrent calls on one connection go
+		// out in fewer write system calls (internal/coalesce).
+		DialContext:         coalesce.Dial((&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext, coalesce.Options{}),
 		TLSHandshakeTimeout: handshakeTimeout,
 		IdleConnTimeout:     idleConnTimeout,
 		ForceAttemptHTTP2:   true,
