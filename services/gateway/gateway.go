@@ -29,6 +29,7 @@ import (
 	"github.com/rs/cors"
 
 	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
+	"github.com/securepay/securepay/internal/coalesce"
 	"github.com/securepay/securepay/services"
 	"github.com/securepay/securepay/services/edge"
 	"github.com/securepay/securepay/services/telemetry"
@@ -379,7 +380,8 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener, shutdownTimeout ti
 	errc := make(chan error, 1)
 	go func() {
 		if g.cfg.TLS != nil {
-			errc <- srv.ServeTLS(ln, "", "")
+			// Fewer write system calls under TLS (internal/coalesce; see services.Server.Serve).
+			errc <- srv.ServeTLS(coalesce.Listener(ln, coalesce.Options{}), "", "")
 		} else {
 			errc <- srv.Serve(ln)
 		}
