@@ -36,8 +36,9 @@ type Limiter interface {
 // goes to Redis asks, in one GCRA script (redis_rate's AllowN, all or nothing), for the
 // calls waiting for it plus k more, and this gateway admits the principal's next k calls
 // from that lease without a round trip. k is about what the principal spends here in
-// leaseHorizon (its rate on this gateway, measured over windows of rateWindow or more),
-// at most maxLease and an eighth of the burst, and a lease is only taken while the
+// leaseHorizon or in leaseRTTs round trips to Redis, whichever is longer (its rate on
+// this gateway, measured over windows of rateWindow or more; the round trip as this
+// gateway sees it), at most maxLease and an eighth of the burst, and a lease is only taken while the
 // principal had more than half its burst left at the last answer: a principal calling
 // rarely, or near its limit, takes none and costs one script per call (or per batch,
 // below), as without leases. So:
@@ -75,6 +76,7 @@ type RedisLimiter struct {
 	mu         sync.Mutex
 	principals map[string]*principalState // by principal; idle ones are forgotten
 	sweepAt    int                        // size of principals at which idle ones are swept
+	rtt        time.Duration              // a check's round trip to Redis, smoothed
 }
 
 // principalState is what this gateway knows of one principal. Guarded by RedisLimiter.mu.
@@ -111,6 +113,13 @@ const (
 	// round trips to Redis (~0.15 ms each on a quiet machine), so that a hot principal
 	// needs a script every few milliseconds instead of one per call or per small batch.
 	leaseHorizon = 5 * time.Millisecond
+	// leaseRTTs: a lease also covers at least this many of the principal's round trips
+	// to Redis. Calls that arrive while a check is on its way wait for it and are served
+	// together, so with a lease shorter than a round trip's worth of calls a hot principal
+	// would still need a script per round trip, as with batching alone; where Redis
+	// answers slowly (a loaded machine: milliseconds), the lease grows with the round
+	// trip, up to a quarter of its life (leaseLifetime/4).
+	leaseRTTs = 4
 	// leaseLifetime: leased calls not used by then are lost. Twenty horizons, so that a
 	// lease sized to the principal's rate is spent long before it expires even when the
 	// machine stalls the gateway, and short, because the allowance in a lease is held from
@@ -233,16 +242,17 @@ func (r *RedisLimiter) leaseExtra(ps *principalState, now time.Time, n int) int 
 	if ps.leased > 0 && now.Before(ps.expires) {
 		return 0
 	}
-	return leaseSize(r.limit.Burst, ps.rate, ps.remaining, n)
+	return leaseSize(r.limit.Burst, ps.rate, r.rtt, ps.remaining, n)
 }
 
 // leaseSize is how many calls to lease beyond the n being checked, for a principal
 // calling rate times a second here, whose allowance had remaining calls left at Redis's
-// last answer: what it spends in leaseHorizon, at most maxLease and burst/leaseBurstShare,
-// and only out of what it has left above half its burst (so near its limit, or with no
-// answer yet, none).
-func leaseSize(burst int, rate float64, remaining, n int) int {
-	k := int(math.Min(rate*leaseHorizon.Seconds(), maxLease))
+// last answer, when a check takes rtt: what it spends in leaseHorizon or leaseRTTs × rtt
+// (at most leaseLifetime/4), at most maxLease and burst/leaseBurstShare, and only out of
+// what it has left above half its burst (so near its limit, or with no answer yet, none).
+func leaseSize(burst int, rate float64, rtt time.Duration, remaining, n int) int {
+	span := min(max(leaseHorizon, leaseRTTs*rtt), leaseLifetime/4)
+	k := int(math.Min(rate*span.Seconds(), maxLease))
 	k = min(k, burst/leaseBurstShare, remaining-burst/2-n)
 	return max(k, 0)
 }
@@ -257,7 +267,9 @@ func (r *RedisLimiter) check(ctx context.Context, ps *principalState, n, extra i
 		return false, 0, fmt.Errorf("rate limit in Redis: %w", err)
 	}
 	allowed := res.Allowed == n+extra
+	took := r.now().Sub(sent)
 	r.mu.Lock()
+	r.rtt += (took - r.rtt) / 8
 	r.noteAnswer(ps, allowed, res.Remaining)
 	if allowed && extra > 0 {
 		// No lease is in hand: extra is 0 when one was at sending, and only a check

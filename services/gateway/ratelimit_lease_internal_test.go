@@ -15,36 +15,42 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// TestLeaseSize: a lease is what the principal spends here in leaseHorizon, capped by
+// TestLeaseSize: a lease is what the principal spends here in leaseHorizon or in
+// leaseRTTs round trips to Redis (at most a quarter of the lease's life), capped by
 // maxLease and an eighth of the burst, and taken only out of what is left above half the
 // burst; a principal calling rarely, or near its limit, or not yet answered, takes none.
 func TestLeaseSize(t *testing.T) {
+	const ms = time.Millisecond
 	for _, tc := range []struct {
 		name      string
 		burst     int
 		rate      float64
+		rtt       time.Duration
 		remaining int
 		n         int
 		want      int
 	}{
-		{name: "no rate measured yet", burst: 1_000_000, rate: 0, remaining: 999_999, n: 1, want: 0},
-		{name: "one call a second", burst: 1_000_000, rate: 1, remaining: 999_999, n: 1, want: 0},
-		{name: "199 calls a second: less than one call per horizon", burst: 1_000_000, rate: 199, remaining: 999_999, n: 1, want: 0},
-		{name: "200 calls a second: one call per horizon", burst: 1_000_000, rate: 200, remaining: 999_999, n: 1, want: 1},
-		{name: "3,300 calls a second", burst: 1_000_000, rate: 3300, remaining: 999_999, n: 1, want: 16},
-		{name: "capped by maxLease", burst: 1_000_000, rate: 1_000_000, remaining: 999_999, n: 1, want: maxLease},
-		{name: "an absurd rate does not overflow", burst: 1_000_000, rate: 1e300, remaining: 999_999, n: 1, want: maxLease},
-		{name: "capped by an eighth of the burst", burst: 80, rate: 100_000, remaining: 79, n: 1, want: 10},
-		{name: "a burst under 8 never leases", burst: 7, rate: 100_000, remaining: 6, n: 1, want: 0},
-		{name: "only out of what is above half the burst", burst: 1000, rate: 100_000, remaining: 510, n: 4, want: 6},
-		{name: "exactly half the burst left: none", burst: 1000, rate: 100_000, remaining: 501, n: 1, want: 0},
-		{name: "near the limit: none", burst: 1000, rate: 100_000, remaining: 3, n: 1, want: 0},
-		{name: "after a refusal: none", burst: 1000, rate: 100_000, remaining: 0, n: 1, want: 0},
-		{name: "a batch bigger than the room: none", burst: 1000, rate: 100_000, remaining: 600, n: 200, want: 0},
+		{name: "no rate measured yet", burst: 1_000_000, rate: 0, rtt: ms / 10, remaining: 999_999, n: 1, want: 0},
+		{name: "one call a second", burst: 1_000_000, rate: 1, rtt: ms / 10, remaining: 999_999, n: 1, want: 0},
+		{name: "199 calls a second: less than one call per horizon", burst: 1_000_000, rate: 199, rtt: ms / 10, remaining: 999_999, n: 1, want: 0},
+		{name: "200 calls a second: one call per horizon", burst: 1_000_000, rate: 200, rtt: ms / 10, remaining: 999_999, n: 1, want: 1},
+		{name: "3,300 calls a second, a quick Redis", burst: 1_000_000, rate: 3300, rtt: ms / 7, remaining: 999_999, n: 1, want: 16},
+		{name: "no round trip measured yet", burst: 1_000_000, rate: 3300, rtt: 0, remaining: 999_999, n: 1, want: 16},
+		{name: "1,500 calls a second, 4 ms round trips: 4 of them", burst: 1_000_000, rate: 1500, rtt: 4 * ms, remaining: 999_999, n: 6, want: 24},
+		{name: "round trips of a second: a quarter of the lease's life", burst: 1_000_000, rate: 1000, rtt: 1000 * ms, remaining: 999_999, n: 1, want: int(1000 * leaseLifetime.Seconds() / 4)},
+		{name: "capped by maxLease", burst: 1_000_000, rate: 1_000_000, rtt: ms / 10, remaining: 999_999, n: 1, want: maxLease},
+		{name: "an absurd rate does not overflow", burst: 1_000_000, rate: 1e300, rtt: ms, remaining: 999_999, n: 1, want: maxLease},
+		{name: "capped by an eighth of the burst", burst: 80, rate: 100_000, rtt: ms / 10, remaining: 79, n: 1, want: 10},
+		{name: "a burst under 8 never leases", burst: 7, rate: 100_000, rtt: ms / 10, remaining: 6, n: 1, want: 0},
+		{name: "only out of what is above half the burst", burst: 1000, rate: 100_000, rtt: ms / 10, remaining: 510, n: 4, want: 6},
+		{name: "exactly half the burst left: none", burst: 1000, rate: 100_000, rtt: ms / 10, remaining: 501, n: 1, want: 0},
+		{name: "near the limit: none", burst: 1000, rate: 100_000, rtt: ms / 10, remaining: 3, n: 1, want: 0},
+		{name: "after a refusal: none", burst: 1000, rate: 100_000, rtt: ms / 10, remaining: 0, n: 1, want: 0},
+		{name: "a batch bigger than the room: none", burst: 1000, rate: 100_000, rtt: ms / 10, remaining: 600, n: 200, want: 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := leaseSize(tc.burst, tc.rate, tc.remaining, tc.n); got != tc.want {
-				t.Errorf("leaseSize(burst %d, rate %g/s, remaining %d, n %d) = %d, want %d", tc.burst, tc.rate, tc.remaining, tc.n, got, tc.want)
+			if got := leaseSize(tc.burst, tc.rate, tc.rtt, tc.remaining, tc.n); got != tc.want {
+				t.Errorf("leaseSize(burst %d, rate %g/s, rtt %v, remaining %d, n %d) = %d, want %d", tc.burst, tc.rate, tc.rtt, tc.remaining, tc.n, got, tc.want)
 			}
 		})
 	}
