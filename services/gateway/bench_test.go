@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"slices"
 	"strconv"
@@ -179,10 +178,7 @@ func BenchmarkForward(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	hs := httptest.NewUnstartedServer(gw.Handler())
-	hs.EnableHTTP2 = true
-	hs.StartTLS()
-	b.Cleanup(hs.Close)
+	hs := serveH2(b, gw.Handler())
 	client := apiAt(hs.Client(), hs.URL, is.token(b, "bench-customer", []string{"customer"}, "acc-a", "acc-b")).payments
 	ctx := context.Background()
 	req := &ledgerv1.TransferRequest{PaymentId: "pay-warm", SourceAccountId: "acc-a", DestinationAccountId: "acc-b", Amount: usd("0.01")}

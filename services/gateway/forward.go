@@ -185,28 +185,43 @@ func (g *Gateway) stamp(ctx context.Context, from http.Header, to http.Header) {
 // writeResponse is a write's answer, whose position the gateway remembers.
 type writeResponse interface{ GetResult() *ledgerv1.WriteResult }
 
-// forward sends an authorised unary request upstream and relays the answer.
-func forward[Req, Res any](ctx context.Context, g *Gateway, req *connect.Request[Req],
-	call func(context.Context, *connect.Request[Req]) (*connect.Response[Res], error),
-) (*connect.Response[Res], error) {
+// forward sends an authorised unary request upstream (as the bytes the client sent, when
+// it sent binary protobuf) and relays the answer (as the bytes the component sent).
+func forward[Req, Res any](ctx context.Context, g *Gateway, req *connect.Request[frame[Req]], h *hop[Req, Res]) (*connect.Response[frame[Res]], error) {
 	out := connect.NewRequest(req.Msg)
 	g.stamp(ctx, req.Header(), out.Header())
-	res, err := call(ctx, out)
+	res, err := h.client.CallUnary(ctx, out)
 	if err != nil {
 		return nil, concealCounterparty(ctx, g.upstreamError(ctx, req.Spec().Procedure, err))
 	}
-	if w, ok := any(res.Msg).(writeResponse); ok {
-		pos := w.GetResult().GetPosition()
-		for {
-			cur := g.lastWrite.Load()
-			if pos <= cur || g.lastWrite.CompareAndSwap(cur, pos) {
-				break
-			}
-		}
+	if h.writes {
+		noteWrite(ctx, g, req.Spec().Procedure, res.Msg, h)
 	}
 	relayed := connect.NewResponse(res.Msg)
 	copyHeaders(relayed.Header(), res.Header(), returnedHeaders)
 	return relayed, nil
+}
+
+// noteWrite remembers the log position a write committed at (lastWrite), read from the
+// answer's bytes without decoding the rest.
+func noteWrite[Req, Res any](ctx context.Context, g *Gateway, procedure string, answer *frame[Res], h *hop[Req, Res]) {
+	var pos uint64
+	if wire, ok := answer.wireBytes(); ok {
+		if pos, ok = writePosition(wire, h.result, h.position); !ok {
+			// The client gets the bytes as they are and finds out; the gateway only loses
+			// one read-your-writes hint.
+			g.cfg.Logger.WarnContext(ctx, "gateway: a write's answer is not protobuf", "procedure", procedure)
+			return
+		}
+	} else if w, ok := any(answer.decoded).(writeResponse); ok {
+		pos = w.GetResult().GetPosition()
+	}
+	for {
+		cur := g.lastWrite.Load()
+		if pos <= cur || g.lastWrite.CompareAndSwap(cur, pos) {
+			return
+		}
+	}
 }
 
 func copyHeaders(to, from http.Header, names []string) {
@@ -256,13 +271,12 @@ func addRetryInfo(cerr *connect.Error, wait time.Duration) {
 	}
 }
 
-// relayStream forwards an authorised server stream message by message.
-func relayStream[Req, Res any](ctx context.Context, g *Gateway, req *connect.Request[Req], stream *connect.ServerStream[Res],
-	open func(context.Context, *connect.Request[Req]) (*connect.ServerStreamForClient[Res], error),
-) error {
+// relayStream forwards an authorised server stream message by message, each as the
+// bytes the component sent when the client reads binary protobuf.
+func relayStream[Req, Res any](ctx context.Context, g *Gateway, req *connect.Request[frame[Req]], stream *connect.ServerStream[frame[Res]], h *hop[Req, Res]) error {
 	out := connect.NewRequest(req.Msg)
 	g.stamp(ctx, req.Header(), out.Header())
-	up, err := open(ctx, out)
+	up, err := h.client.CallServerStream(ctx, out)
 	if err != nil {
 		return g.upstreamError(ctx, req.Spec().Procedure, err)
 	}

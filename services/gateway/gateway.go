@@ -5,9 +5,10 @@
 // streams (leases, shared in Redis), and forwards what it allows to the component that owns the procedure: writes
 // to payments, reads to queries, the log to audit. It holds no ledger state.
 //
-// What reaches a component: the request message as the client sent it, its
-// Idempotency-Key and trace context, and the principal and correlation id in the headers
-// of package edge, which the components believe only from the gateway's SPIFFE ID.
+// What reaches a component: the request message as the client sent it (its very bytes,
+// when it came as binary protobuf: relay.go), its Idempotency-Key and trace context, and
+// the principal and correlation id in the headers of package edge, which the components
+// believe only from the gateway's SPIFFE ID.
 package gateway
 
 import (
@@ -20,6 +21,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -156,7 +158,8 @@ type Gateway struct {
 	handler   http.Handler
 }
 
-// clients are the four service clients of one component.
+// clients are the service clients of one component, for the gateway's own calls (the
+// ownership look-ups); what it forwards goes through the routes' hops (routes.go).
 type clients struct {
 	accounts ledgerv1connect.AccountServiceClient
 	payments ledgerv1connect.PaymentServiceClient
@@ -267,10 +270,12 @@ func New(cfg Config) (*Gateway, error) {
 	copts := []connect.ClientOption{connect.WithReadMaxBytes(64 << 20), connect.WithSendMaxBytes(cfg.MaxRequestBytes),
 		connect.WithInterceptors(cfg.Interceptors...)}
 	byComponent := map[services.Component]clients{}
+	components := map[services.Component]component{}
 	for c, u := range map[services.Component]Upstream{
 		services.ComponentPayments: cfg.Payments, services.ComponentQueries: cfg.Queries, services.ComponentAudit: cfg.Audit,
 	} {
 		hc := hopClient(u.Client)
+		components[c] = component{client: hc, url: strings.TrimRight(u.URL, "/")}
 		byComponent[c] = clients{
 			accounts: ledgerv1connect.NewAccountServiceClient(hc, u.URL, copts...),
 			payments: ledgerv1connect.NewPaymentServiceClient(hc, u.URL, copts...),
@@ -288,11 +293,29 @@ func New(cfg Config) (*Gateway, error) {
 		connect.WithInterceptors(append(slices.Clip(cfg.Interceptors), &authInterceptor{g: g})...),
 	}
 	mux := http.NewServeMux()
-	mux.Handle(ledgerv1connect.NewAccountServiceHandler(&accountService{g: g}, opts...))
-	mux.Handle(ledgerv1connect.NewPaymentServiceHandler(&paymentService{g: g}, opts...))
-	mux.Handle(ledgerv1connect.NewBalanceServiceHandler(&balanceService{g: g}, opts...))
-	mux.Handle(ledgerv1connect.NewAuditServiceHandler(&auditService{g: g}, opts...))
-	mux.Handle(ledgerv1connect.NewWebhookServiceHandler(&webhookService{g: g}, opts...))
+	r := &router{
+		g: g, mux: mux, components: components, mounted: map[string]bool{},
+		handlerOpts: append(opts, handlerCodecs()...),
+		clientOpts:  append(slices.Clip(copts), hopCodec()),
+	}
+	g.mountAccounts(r)
+	g.mountPayments(r)
+	g.mountBalances(r)
+	g.mountAudit(r)
+	g.mountWebhooks(r)
+	if r.err != nil {
+		return nil, r.err
+	}
+	// The routes and the policy name the same procedures: one without the other is a
+	// procedure nobody may call, or one the policy allows that answers 404.
+	for p := range g.policy {
+		if !r.mounted[p] {
+			return nil, fmt.Errorf("gateway: %s is in the policy but has no route", p)
+		}
+	}
+	if len(r.mounted) != len(g.policy) {
+		return nil, fmt.Errorf("gateway: %d routes, %d procedures in the policy", len(r.mounted), len(g.policy))
+	}
 	mux.Handle("/healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		// Liveness of the gateway itself; each component reports its own readiness.
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
