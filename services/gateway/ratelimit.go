@@ -38,10 +38,10 @@ type Limiter interface {
 // from that lease without a round trip. k is about what the principal spends here in
 // leaseHorizon or in leaseRTTs round trips to Redis, whichever is longer (its rate on
 // this gateway, measured over windows of rateWindow or more; the round trip as this
-// gateway sees it), at most maxLease and an eighth of the burst, and a lease is only taken while the
-// principal had more than half its burst left at the last answer: a principal calling
-// rarely, or near its limit, takes none and costs one script per call (or per batch,
-// below), as without leases. So:
+// gateway sees it), at most maxLease and an eighth of the burst; and a lease is only
+// taken while the principal had more than half its burst left at the last answer: a
+// principal calling rarely, or near its limit, takes none and costs one script per call
+// (or per batch, below), as without leases. So:
 //
 //   - Never more than the shared GCRA allows: every admitted call was counted in Redis
 //     before it was admitted, so over any run the calls admitted by all gateways together
@@ -64,10 +64,11 @@ type Limiter interface {
 // Redis wait for it and are then served from the lease it brought, or checked together
 // (AllowN of all of them, plus a lease), which admits all only if that many calls in a
 // row would all be admitted; a batch refused as a whole is decided call by call. One
-// check per principal is in flight at a time on this gateway; the lock that guards the
-// principals' state is never held across a round trip, and calls of other principals
-// are not held by it. Redis unreachable: calls fail (the gateway refuses them as
-// limiter_unavailable) once the lease in hand, if any, is spent or has expired.
+// check per principal is in flight at a time on this gateway, and calls of other
+// principals do not wait for it; the lock that guards the principals' state is held only
+// to read and update it, never across a round trip. Redis unreachable: calls fail (the
+// gateway refuses them as limiter_unavailable) once the lease in hand, if any, is spent
+// or has expired.
 type RedisLimiter struct {
 	limiter *redis_rate.Limiter
 	limit   redis_rate.Limit
