@@ -439,3 +439,34 @@ func TestNoGoroutineLeak(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestSetDeadline sets both deadlines: a past one fails a Read and a Write at once with a
+// timeout, and lifting it makes the connection usable again in both directions.
+func TestSetDeadline(t *testing.T) {
+	c, srv := pair(t, coalesce.Options{}, nil)
+	if err := c.SetDeadline(time.Now().Add(-time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past the deadline returned %v; want a timeout", err)
+	}
+	if _, err := c.Write([]byte("x")); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Write past the deadline returned %v; want a timeout", err)
+	}
+	if err := c.SetDeadline(time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatalf("Write after the deadline was lifted: %v", err)
+	}
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(srv, got); err != nil || string(got) != "ping" {
+		t.Fatalf("the peer read %q, %v; want \"ping\"", got, err)
+	}
+	if _, err := srv.Write([]byte("pong")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "pong" {
+		t.Fatalf("Read after the deadline was lifted: %q, %v; want \"pong\"", got, err)
+	}
+}
