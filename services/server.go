@@ -351,7 +351,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.LoopbackHostsOnly {
 		h = loopbackHostsOnly(h, errs)
 	}
-	h = GrowStackFirst(h, RequestStackBytes)
+	h = GrowStackFirst(h)
 	s.handler = h
 	return s, nil
 }

@@ -340,18 +340,13 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.LoopbackHostsOnly {
 		h = services.LoopbackHostsOnly(h)
 	}
-	g.handler = services.GrowStackFirst(h, handlerStackBytes)
+	// The HTTP/2 transport's round trip, at the bottom of Connect's handler, the
+	// interceptors and the hop's client, grew the request goroutine's stack there, with
+	// all the frames above it to copy: 9 % of the gateway's CPU in a profile of
+	// infra/local/gateway-cost.sh, half of it inside the round trip's select.
+	g.handler = services.GrowStackFirst(h)
 	return g, nil
 }
-
-// handlerStackBytes is the stack a request's goroutine grows to before the gateway's
-// chain runs. The chain goes deeper than a component's (services.RequestStackBytes): the
-// handler makes a client call of its own, and the HTTP/2 transport's round trip, at the
-// bottom of Connect's handler, interceptors and client, grew the stack there, with all
-// the frames above it to copy: 9 % of the gateway's CPU in a profile of
-// infra/local/gateway-cost.sh, half of it inside the round trip's select. 24 KiB takes
-// the stack to 32 KiB up front, with room for the Redis limiter's client below admit.
-const handlerStackBytes = 24 << 10
 
 // compressMinBytes: answers smaller than this go to the client uncompressed.
 const compressMinBytes = 4 << 10
