@@ -32,6 +32,11 @@ const (
 	DefaultCloseTimeout = 2 * time.Second
 )
 
+// maxRetained bounds the capacity of the buffers an idle connection keeps for reuse: one
+// that once carried a burst does not hold its large buffers while idle (a public
+// listener may hold many idle connections). A TLS record is at most ~16 KiB.
+const maxRetained = 32 << 10
+
 // Options tune a [Conn]. The zero value takes the defaults.
 type Options struct {
 	// MaxPending bounds the bytes accepted by Write and not yet handed to the kernel; a
@@ -205,6 +210,9 @@ func (c *Conn) writeLoop() {
 	c.mu.Lock()
 	for {
 		for len(c.pending) == 0 && !c.closing {
+			if cap(c.pending) > maxRetained || cap(c.spare) > maxRetained {
+				c.pending, c.spare = nil, nil // a burst's buffers, not kept while idle
+			}
 			c.mu.Unlock()
 			<-c.wake
 			c.mu.Lock()
