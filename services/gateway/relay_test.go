@@ -248,3 +248,100 @@ func TestRelayAnswersEveryProtocol(t *testing.T) {
 		})
 	}
 }
+
+// TestRelayStreamsEveryProtocol: a server stream's messages are relayed as the
+// component's bytes (a field the schema does not know included) to a binary client, and
+// decoded and written as JSON to a JSON client; a watch of another's account is refused
+// before any stream is opened upstream.
+func TestRelayStreamsEveryProtocol(t *testing.T) {
+	is := newIssuer(t)
+	first := cat(protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), stringField(1, "alice")), stringField(99, "from a newer component"))
+	second := cat(protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), stringField(1, "alice")), stringField(2, "ledger.payment.captured.v1"), stringField(3, "p-1"))
+	var mu sync.Mutex
+	var opened [][]byte
+	mux := http.NewServeMux()
+	mux.Handle(ledgerv1connect.BalanceServiceWatchAccountProcedure, connect.NewServerStreamHandler(ledgerv1connect.BalanceServiceWatchAccountProcedure,
+		func(_ context.Context, req *connect.Request[rawMessage], stream *connect.ServerStream[rawMessage]) error {
+			mu.Lock()
+			opened = append(opened, req.Msg.b)
+			mu.Unlock()
+			for _, m := range [][]byte{first, second} {
+				if err := stream.Send(&rawMessage{b: m}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, connect.WithCodec(rawCodec{})))
+	url, httpClient := startRelayGateway(t, is, mux)
+	tok := is.token(t, "alice", []string{"customer"}, "alice")
+	watch := cat(stringField(1, "alice"))
+	for name, opts := range map[string][]connect.ClientOption{
+		"connect": nil, "grpc": {connect.WithGRPC()}, "grpc-web": {connect.WithGRPCWeb()},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := connect.NewClient[rawMessage, rawMessage](httpClient, url+ledgerv1connect.BalanceServiceWatchAccountProcedure,
+				append([]connect.ClientOption{connect.WithCodec(rawCodec{}), connect.WithInterceptors(bearerInterceptor(tok))}, opts...)...)
+			s, err := c.CallServerStream(context.Background(), connect.NewRequest(&rawMessage{b: watch}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			var got [][]byte
+			for s.Receive() {
+				got = append(got, s.Msg().b)
+			}
+			if err := s.Err(); err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != 2 || !bytes.Equal(got[0], first) || !bytes.Equal(got[1], second) {
+				t.Errorf("received %x, want the component's bytes %x and %x", got, first, second)
+			}
+			mu.Lock()
+			last := opened[len(opened)-1]
+			mu.Unlock()
+			if !bytes.Equal(last, watch) {
+				t.Errorf("the component was asked %x, want the client's bytes %x", last, watch)
+			}
+		})
+	}
+	for name, opts := range map[string][]connect.ClientOption{
+		"connect-json": {connect.WithProtoJSON()}, "grpc-web-json": {connect.WithGRPCWeb(), connect.WithProtoJSON()},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := ledgerv1connect.NewBalanceServiceClient(httpClient, url, append(opts, connect.WithInterceptors(bearerInterceptor(tok)))...)
+			s, err := c.WatchAccount(context.Background(), connect.NewRequest(&ledgerv1.WatchAccountRequest{AccountId: "alice"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			var got []*ledgerv1.WatchAccountResponse
+			for s.Receive() {
+				got = append(got, s.Msg())
+			}
+			if err := s.Err(); err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != 2 || got[0].GetBalance().GetAccountId() != "alice" || got[1].GetPaymentId() != "p-1" {
+				t.Errorf("received %v, want alice's balance, then payment p-1", got)
+			}
+		})
+	}
+	mu.Lock()
+	before := len(opened)
+	mu.Unlock()
+	c := ledgerv1connect.NewBalanceServiceClient(httpClient, url, connect.WithInterceptors(bearerInterceptor(tok)))
+	s, err := c.WatchAccount(context.Background(), connect.NewRequest(&ledgerv1.WatchAccountRequest{AccountId: "bob"}))
+	if err == nil {
+		for s.Receive() {
+			t.Errorf("a watch of bob's account got %v", s.Msg())
+		}
+		err = s.Err()
+		s.Close()
+	}
+	mu.Lock()
+	after := len(opened)
+	mu.Unlock()
+	if connect.CodeOf(err) != connect.CodeNotFound || after != before {
+		t.Errorf("alice watching bob: %v with %d streams opened upstream, want NOT_FOUND and none", err, after-before)
+	}
+}
