@@ -39,9 +39,9 @@ type frame[M any] struct {
 // frameOf is a frame the gateway builds itself.
 func frameOf[M any](m *M) *frame[M] { return &frame[M]{decoded: m} }
 
-// msg is a request's message. The handlers' codecs decode every request before any
-// handler runs, so msg never decodes: it only covers a frame that arrived with no
-// body at all (Connect decodes nothing then), as an empty message.
+// msg is a request's message, which the handlers' codecs decoded before any handler
+// ran (an empty body is an empty message). It never returns nil: a frame nothing was
+// decoded into reads as an empty message, never as a panic in a handler.
 func (f *frame[M]) msg() *M {
 	if f.decoded == nil {
 		f.decoded = new(M)
