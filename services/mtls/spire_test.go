@@ -37,6 +37,7 @@ import (
 	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
 	"github.com/securepay/securepay/services/mtls"
 	"github.com/securepay/securepay/services/mtls/mtlstest"
+	"github.com/securepay/securepay/services/mtls/spiretest"
 )
 
 func serialsSeen(r *serialRecorder) int {
@@ -155,23 +156,12 @@ type spire struct {
 
 func testSPIRE(t *testing.T) *spire {
 	t.Helper()
-	dir := os.Getenv("SECUREPAY_TEST_SPIRE_DIR")
-	if dir == "" {
-		msg := "SECUREPAY_TEST_SPIRE_DIR is not set: run the tests with infra/local/test.sh (or infra/local/spire.sh start DIR and export it)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	addr, err := os.ReadFile(filepath.Join(dir, "workload-api"))
-	if err != nil {
-		t.Fatalf("no SPIRE agent recorded in %s (%v): start it with infra/local/spire.sh start DIR", dir, err)
-	}
+	found := spiretest.FromEnv(t) // fails under CI=true when SPIRE is not running
 	script, err := filepath.Abs("../../infra/local/spire.sh")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &spire{dir: dir, addr: strings.TrimSpace(string(addr)), script: script}
+	return &spire{dir: found.Dir, addr: found.Addr, script: script}
 }
 
 // register creates a registration entry for id selecting the executable path.
