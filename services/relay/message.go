@@ -292,3 +292,12 @@ func appendString(b []byte, s string) []byte {
 	}
 	return append(b, '"')
 }
+
+// messageKey names a message's topic and key, for the relay's per-key bookkeeping.
+func messageKey(m *sarama.ProducerMessage) string {
+	if m.Key == nil {
+		return m.Topic
+	}
+	k, _ := m.Key.Encode()
+	return m.Topic + "/" + string(k)
+}

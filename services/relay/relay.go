@@ -14,7 +14,8 @@
 //     event id header.
 //   - Per-key order: all events of one account or payment go to one partition, in log
 //     order; the idempotent producer with one request in flight keeps that order across
-//     its retries.
+//     its retries, and a session's connections are fenced at its first failed publish
+//     (fence.go), so a message the producer gave up on is not overtaken by the next one.
 //   - Bounded memory: at most Window events are in flight, whatever the broker does; while
 //     it is down the relay waits and retries, and the ledger, which never waits for the
 //     relay, keeps taking payments.
@@ -25,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"regexp"
 	"sync"
 	"time"
@@ -326,7 +328,9 @@ func (r *Relay) session(ctx context.Context) error {
 		return fmt.Errorf("load checkpoint: %w", err)
 	}
 	r.setStatus(func(s *Status) { s.Checkpoint, s.Acked = cp, cp })
-	client, err := sarama.NewClient(r.cfg.Brokers, r.cfg.Producer)
+	fence, producerConfig := r.fencedProducerConfig()
+	defer fence.close()
+	client, err := sarama.NewClient(r.cfg.Brokers, producerConfig)
 	if err != nil {
 		return fmt.Errorf("connect to Kafka at %v: %w", r.cfg.Brokers, err)
 	}
@@ -357,7 +361,10 @@ func (r *Relay) session(ctx context.Context) error {
 	acksDone := make(chan struct{})
 	go func() {
 		defer close(acksDone)
-		r.acks(producer, w, stopSending)
+		r.acks(producer, w, func(err error) {
+			fence.close() // before anything else: see fence.go
+			stopSending(err)
+		})
 	}()
 	saverDone := make(chan struct{})
 	go func() {
@@ -515,6 +522,19 @@ func (r *Relay) reportProgress(ctx context.Context) {
 	}
 }
 
+// fencedProducerConfig returns a copy of the producer's settings whose connections go
+// through a new fence (fence.go), over the dialer the settings would have used.
+func (r *Relay) fencedProducerConfig() (*fence, *sarama.Config) {
+	c := *r.cfg.Producer
+	var next dialer = &net.Dialer{Timeout: c.Net.DialTimeout, KeepAlive: c.Net.KeepAlive, LocalAddr: c.Net.LocalAddr}
+	if c.Net.Proxy.Enable && c.Net.Proxy.Dialer != nil {
+		next = c.Net.Proxy.Dialer
+	}
+	f := newFence(next)
+	c.Net.Proxy.Enable, c.Net.Proxy.Dialer = true, f
+	return f, &c
+}
+
 // producerRetryBudget is about the longest the producer retries one message.
 func (r *Relay) producerRetryBudget() time.Duration {
 	p := r.cfg.Producer.Producer
@@ -525,6 +545,11 @@ func (r *Relay) producerRetryBudget() time.Duration {
 // failure, until the producer closes its channels.
 func (r *Relay) acks(producer sarama.AsyncProducer, w *window, fail context.CancelCauseFunc) {
 	successes, errs := producer.Successes(), producer.Errors()
+	// After a failed publish: the first failed position of each topic and key. A later
+	// position of the same key acknowledged afterwards was written before the fence closed
+	// (fence.go), so Kafka holds that key's events out of log order; the relay cannot undo
+	// a write, but an operator must hear of it.
+	var failed map[string]uint64
 	for successes != nil || errs != nil {
 		select {
 		case m, ok := <-successes:
@@ -536,6 +561,10 @@ func (r *Relay) acks(producer sarama.AsyncProducer, w *window, fail context.Canc
 			if !ok {
 				fail(permanent(fmt.Errorf("relay: an acknowledgement for %s without the position the relay sent", m.Topic)))
 				continue
+			}
+			if first, ok := failed[messageKey(m)]; ok && pos > first {
+				r.log.Error("relay: per-key order broken in Kafka: an event was acknowledged after an earlier event of its key failed; consumers see them out of log order",
+					"topic", m.Topic, "key", messageKey(m), "acknowledged_position", pos, "failed_position", first)
 			}
 			if err := w.ack(pos); err != nil {
 				fail(permanent(err))
@@ -557,6 +586,12 @@ func (r *Relay) acks(producer sarama.AsyncProducer, w *window, fail context.Canc
 				continue
 			}
 			pos, _ := positionOf(pe.Msg)
+			if failed == nil {
+				failed = make(map[string]uint64)
+			}
+			if _, ok := failed[messageKey(pe.Msg)]; !ok {
+				failed[messageKey(pe.Msg)] = pos
+			}
 			if r.cfg.Metrics != nil {
 				r.cfg.Metrics.PublishFailed(pe.Msg.Topic)
 			}
