@@ -6,6 +6,7 @@ import (
 	"connectrpc.com/grpchealth"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/securepay/securepay/api/gen/securepay/hop/v1/hopv1connect"
 	"github.com/securepay/securepay/services/mtls"
 )
 
@@ -15,6 +16,7 @@ import (
 //
 //	component  procedures                              callers
 //	payments   every write, GetAccount                   gateway
+//	           HopService.Forward (the gateway's hop)    gateway
 //	queries    GetPayment, GetBalance, ListHistory,      gateway
 //	           WatchAccount
 //	audit      AuditService (the whole log)              gateway, audit (auditors' tooling
@@ -54,6 +56,10 @@ func ComponentPolicy(td spiffeid.TrustDomain, set []Component) (mtls.Policy, err
 		for _, p := range Procedures(c) {
 			rules[p] = componentCallers(c, ids)
 		}
+	}
+	if componentSet(set).has(ComponentPayments) {
+		// HopService is internal (services/hop.go): not in Procedures, the gateway's alone.
+		rules[hopv1connect.HopServiceForwardProcedure] = []spiffeid.ID{ids.Gateway}
 	}
 	for _, p := range healthProcedures {
 		rules[p] = ids.All()

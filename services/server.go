@@ -336,6 +336,12 @@ func NewServer(cfg Config) (*Server, error) {
 	var h http.Handler = mux
 	h = admitStreams(h, streamingPaths(), s.streams, errs)
 	h = requestLimits(h, cfg.MaxRequestBytes, errs)
+	if s.set.has(ComponentPayments) {
+		// HopService.Forward (services/hop.go) serves its calls through s.handler, the
+		// whole of this chain, so each is authorised and served as if it came alone.
+		hopInterceptors := append(slices.Clip(cfg.Interceptors), timeoutInterceptor{timeout: cfg.RequestTimeout})
+		h = hopRouter(h, newHopHandler(func() http.Handler { return s.handler }, hopInterceptors, cfg.Logger))
+	}
 	if cfg.Authorize != nil {
 		h = cfg.Authorize(h)
 	}

@@ -1,0 +1,257 @@
+package services_test
+
+import (
+	"bytes"
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	hopv1 "github.com/securepay/securepay/api/gen/securepay/hop/v1"
+	"github.com/securepay/securepay/api/gen/securepay/hop/v1/hopv1connect"
+	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
+	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
+	"github.com/securepay/securepay/eventstore"
+	"github.com/securepay/securepay/services"
+	"github.com/securepay/securepay/services/edge"
+	"github.com/securepay/securepay/services/mtls/mtlstest"
+)
+
+// asHopError is a lone call's error as Forward reports it, to compare the two.
+func asHopError(t testing.TB, err error) *hopv1.Error {
+	t.Helper()
+	var cerr *connect.Error
+	if !errors.As(err, &cerr) {
+		t.Fatalf("want a Connect error, got %v", err)
+	}
+	out := &hopv1.Error{Code: cerr.Code().String(), Message: cerr.Message()}
+	for _, d := range cerr.Details() {
+		out.Details = append(out.Details, &anypb.Any{TypeUrl: "type.googleapis.com/" + d.Type(), Value: d.Bytes()})
+	}
+	return out
+}
+
+func headerOf(res *hopv1.Result, name string) string {
+	for _, h := range res.GetHeaders() {
+		if http.CanonicalHeaderKey(h.GetName()) == http.CanonicalHeaderKey(name) {
+			return h.GetValue()
+		}
+	}
+	return ""
+}
+
+// TestForwardServesEachCallAsIfAlone sends one Forward from the gateway's SVID that mixes
+// every kind of outcome, and compares each call's answer with the same call sent alone
+// on the same kind of connection: same code, message and details, same message bytes for
+// a replay; then reads the log to see that each committed call was recorded for its own
+// principal and correlation id, and that nothing else was.
+func TestForwardServesEachCallAsIfAlone(t *testing.T) {
+	n := startPaymentsNode(t)
+	ctx := testContext(t)
+	gw := n.client(t, n.ids.Gateway)
+	n.seedAccounts(t, gw, "alice", "bob", "carol")
+	payments := ledgerv1connect.NewPaymentServiceClient(gw, n.url)
+	hop := hopv1connect.NewHopServiceClient(gw, n.url)
+	transfer := ledgerv1connect.PaymentServiceTransferProcedure
+
+	// The lone calls that Forward's answers are compared with. A refused call changes
+	// nothing, so the same request can be sent again through Forward.
+	badInput := &ledgerv1.TransferRequest{PaymentId: "bad", SourceAccountId: "alice", DestinationAccountId: "bob", Amount: usd("1.0.0")}
+	_, loneBad := payments.Transfer(ctx, asGateway(badInput, "alice", "c-bad"))
+	broke := &ledgerv1.TransferRequest{PaymentId: "broke", SourceAccountId: "carol", DestinationAccountId: "bob", Amount: usd("5000.00")}
+	_, loneBroke := payments.Transfer(ctx, asGateway(broke, "carol", "c-broke"))
+	if connect.CodeOf(loneBroke) != connect.CodeFailedPrecondition || connect.CodeOf(loneBad) != connect.CodeInvalidArgument {
+		t.Fatalf("lone calls: want failed_precondition and invalid_argument, got %v and %v", loneBroke, loneBad)
+	}
+	replayed := &ledgerv1.TransferRequest{PaymentId: "once", SourceAccountId: "alice", DestinationAccountId: "carol", Amount: usd("2.00")}
+	first := asGateway(replayed, "alice", "c-once")
+	first.Header().Set(services.IdempotencyKeyHeader, "key-once")
+	loneOnce, err := payments.Transfer(ctx, first)
+	if err != nil {
+		t.Fatalf("lone idempotent transfer: %v", err)
+	}
+	loneOnceBytes, err := proto.MarshalOptions{Deterministic: true}.Marshal(loneOnce.Msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head0, err := n.store.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	good := func(id, from, to string) *ledgerv1.TransferRequest {
+		return &ledgerv1.TransferRequest{PaymentId: id, SourceAccountId: from, DestinationAccountId: to, Amount: usd("1.00")}
+	}
+	ident := func(principal, correlation string) []string {
+		return []string{edge.PrincipalHeader, principal, edge.CorrelationHeader, correlation}
+	}
+	expired := hopCall(t, transfer, good("late", "alice", "bob"), ident("alice", "c-late")...)
+	expired.Timeout = durationpb.New(0)
+	type want struct {
+		err       *hopv1.Error // nil: a message
+		code      string       // when err is nil and the call is refused: the code alone
+		committed string       // the payment id recorded, for a transfer that commits
+		principal string
+		replay    bool
+	}
+	cases := []struct {
+		name string
+		call *hopv1.Call
+		want want
+	}{
+		{"good transfer", hopCall(t, transfer, good("g1", "alice", "bob"), ident("alice", "c-g1")...), want{committed: "g1", principal: "alice"}},
+		{"bad input", hopCall(t, transfer, badInput, ident("alice", "c-bad")...), want{err: asHopError(t, loneBad)}},
+		{"another principal's good transfer", hopCall(t, transfer, good("g2", "bob", "alice"), ident("bob", "c-g2")...), want{committed: "g2", principal: "bob"}},
+		{"insufficient funds", hopCall(t, transfer, broke, ident("carol", "c-broke")...), want{err: asHopError(t, loneBroke)}},
+		{"idempotent replay", hopCall(t, transfer, replayed, append(ident("alice", "c-once"), services.IdempotencyKeyHeader, "key-once")...), want{replay: true}},
+		{"another component's procedure", hopCall(t, ledgerv1connect.BalanceServiceGetBalanceProcedure, &ledgerv1.GetBalanceRequest{AccountId: "alice"}, ident("alice", "c-q")...), want{code: "unimplemented"}},
+		{"a stream", hopCall(t, ledgerv1connect.BalanceServiceWatchAccountProcedure, &ledgerv1.WatchAccountRequest{AccountId: "alice"}, ident("alice", "c-w")...), want{code: "unimplemented"}},
+		{"HopService's own", hopCall(t, hopv1connect.HopServiceForwardProcedure, &hopv1.ForwardRequest{}, ident("alice", "c-h")...), want{code: "invalid_argument"}},
+		{"unknown procedure", hopCall(t, "/securepay.ledger.v1.PaymentService/Steal", good("s", "bob", "alice"), ident("alice", "c-s")...), want{code: "unimplemented"}},
+		{"Authorization header", hopCall(t, transfer, good("h1", "bob", "alice"), append(ident("bob", "c-h1"), "Authorization", "Bearer x")...), want{code: "invalid_argument"}},
+		{"Content-Type header", hopCall(t, transfer, good("h2", "bob", "alice"), append(ident("bob", "c-h2"), "content-type", "application/json")...), want{code: "invalid_argument"}},
+		{"principal twice", hopCall(t, transfer, good("h3", "bob", "alice"), append(ident("bob", "c-h3"), edge.PrincipalHeader, "alice")...), want{code: "invalid_argument"}},
+		{"expired deadline", expired, want{code: "deadline_exceeded"}},
+		{"good transfer after the refusals", hopCall(t, transfer, good("g3", "carol", "alice"), append(ident("carol", "c-g3"), "traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")...), want{committed: "g3", principal: "carol"}},
+	}
+	req := &hopv1.ForwardRequest{}
+	for _, tc := range cases {
+		req.Calls = append(req.Calls, tc.call)
+	}
+	res, err := hop.Forward(ctx, connect.NewRequest(req))
+	if err != nil {
+		t.Fatalf("Forward: %v", err)
+	}
+	if len(res.Msg.GetResults()) != len(cases) {
+		t.Fatalf("Forward answered %d results for %d calls", len(res.Msg.GetResults()), len(cases))
+	}
+	for i, tc := range cases {
+		got := res.Msg.GetResults()[i]
+		switch {
+		case tc.want.err != nil:
+			if !proto.Equal(got.GetError(), tc.want.err) {
+				t.Errorf("%s: Forward answered %v, the lone call %v", tc.name, got.GetError(), tc.want.err)
+			}
+		case tc.want.code != "":
+			if got.GetError().GetCode() != tc.want.code || got.GetError().GetMessage() == "" {
+				t.Errorf("%s: want %s with a message, got %v", tc.name, tc.want.code, got.GetOutcome())
+			}
+		case tc.want.replay:
+			if !bytes.Equal(got.GetMessage(), loneOnceBytes) || headerOf(got, services.ReplayedHeader) != "true" {
+				t.Errorf("%s: want the first answer's bytes with %s: true, got %v, headers %v", tc.name, services.ReplayedHeader, got.GetOutcome(), got.GetHeaders())
+			}
+		default:
+			var tr ledgerv1.TransferResponse
+			if err := proto.Unmarshal(got.GetMessage(), &tr); err != nil || got.GetError() != nil || tr.GetResult().GetPosition() == 0 {
+				t.Errorf("%s: want a committed transfer, got %v (%v)", tc.name, got.GetOutcome(), err)
+			}
+		}
+		for _, h := range got.GetHeaders() {
+			if name := http.CanonicalHeaderKey(h.GetName()); strings.HasPrefix(name, "Content-") || strings.HasPrefix(name, "Connect-") {
+				t.Errorf("%s: transport header %s forwarded", tc.name, name)
+			}
+		}
+	}
+
+	// The log holds the three good transfers, each for its own principal and correlation
+	// id, and nothing from the refused or failed calls.
+	events, err := n.store.ReadAll(ctx, head0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recorded := map[string]eventstore.Metadata{}
+	for _, e := range events {
+		recorded[e.Metadata.CorrelationID] = e.Metadata
+	}
+	var correlations []string
+	for c := range recorded {
+		correlations = append(correlations, c)
+	}
+	slices.Sort(correlations)
+	if want := []string{"c-g1", "c-g2", "c-g3"}; !slices.Equal(correlations, want) {
+		t.Fatalf("the Forward recorded events of correlation ids %v, want %v", correlations, want)
+	}
+	for _, tc := range cases {
+		if tc.want.committed == "" {
+			continue
+		}
+		corr := "c-" + tc.want.committed
+		if got := recorded[corr].Actor; got != tc.want.principal {
+			t.Errorf("%s: events of %s recorded actor %q, want the call's own principal %q", tc.name, corr, got, tc.want.principal)
+		}
+	}
+	if tp := recorded["c-g3"].TraceParent; tp != "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" {
+		t.Errorf("the traceparent of its call: want it recorded, got %q", tp)
+	}
+}
+
+// TestForwardLimits: the whole Forward is refused when it is too large; an empty one
+// answers nothing.
+func TestForwardLimits(t *testing.T) {
+	n := startPaymentsNode(t)
+	ctx := testContext(t)
+	hop := n.hop(t, n.ids.Gateway)
+	empty, err := hop.Forward(ctx, connect.NewRequest(&hopv1.ForwardRequest{}))
+	if err != nil || len(empty.Msg.GetResults()) != 0 {
+		t.Fatalf("empty Forward: want an empty answer, got %v %v", empty, err)
+	}
+	call := &hopv1.Call{Procedure: ledgerv1connect.AccountServiceGetAccountProcedure}
+	tooMany := &hopv1.ForwardRequest{Calls: slices.Repeat([]*hopv1.Call{call}, 1025)}
+	if _, err := hop.Forward(ctx, connect.NewRequest(tooMany)); connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "at most 1024") {
+		t.Errorf("1,025 calls: want invalid_argument saying at most 1024, got %v", err)
+	}
+	big := &hopv1.ForwardRequest{Calls: []*hopv1.Call{{Procedure: ledgerv1connect.PaymentServiceTransferProcedure, Message: make([]byte, 4<<20)}}}
+	if _, err := hop.Forward(ctx, connect.NewRequest(big)); connect.CodeOf(err) != connect.CodeResourceExhausted {
+		t.Errorf("a Forward over 4 MiB: want resource_exhausted, got %v", err)
+	}
+}
+
+// TestForwardOnlyFromTheGateway: any other caller is refused the whole Forward, and
+// nothing it carried is appended.
+func TestForwardOnlyFromTheGateway(t *testing.T) {
+	n := startPaymentsNode(t)
+	ctx := testContext(t)
+	n.seedAccounts(t, n.client(t, n.ids.Gateway), "alice", "bob")
+	head0, err := n.store.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &hopv1.ForwardRequest{Calls: []*hopv1.Call{hopCall(t, ledgerv1connect.PaymentServiceTransferProcedure,
+		&ledgerv1.TransferRequest{PaymentId: "stolen", SourceAccountId: "alice", DestinationAccountId: "bob", Amount: usd("1.00")},
+		edge.PrincipalHeader, "alice")}}
+	for _, id := range n.ids.All() {
+		if id == n.ids.Gateway {
+			continue
+		}
+		_, err := n.hop(t, id).Forward(ctx, connect.NewRequest(req))
+		if connect.CodeOf(err) != connect.CodePermissionDenied {
+			t.Errorf("Forward as %s: want permission_denied, got %v", id, err)
+		}
+	}
+	if head, err := n.store.Head(ctx); err != nil || head != head0 {
+		t.Errorf("after refused Forwards the log moved from %d to %d (%v)", head0, head, err)
+	}
+}
+
+// TestForwardAuthorisationMatrix runs the authorisation matrix against the payments
+// component with Forward in its table: the gateway passes, every other ID is refused,
+// and so are a foreign trust domain, an impostor CA, no client certificate and plaintext.
+func TestForwardAuthorisationMatrix(t *testing.T) {
+	n := startPaymentsNode(t)
+	if got := n.policy.Callers(hopv1connect.HopServiceForwardProcedure); len(got) != 1 || got[0] != n.ids.Gateway {
+		t.Fatalf("Forward callable by %v, want the gateway alone", got)
+	}
+	var served []string
+	for _, c := range services.Components() {
+		served = append(served, services.Procedures(c)...)
+	}
+	served = append(served, hopv1connect.HopServiceForwardProcedure)
+	mtlstest.Matrix{URL: n.url, Server: n.ids.Payments, CA: n.ca, Policy: n.policy, Served: served, CallTimeout: 5 * time.Second}.Run(t)
+}
