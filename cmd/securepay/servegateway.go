@@ -35,6 +35,11 @@ type gatewayServeConfig struct {
 	CORS                         string
 	Reflection                   bool
 	Shutdown                     time.Duration
+	// HopBatch gathers the calls to payments that arrive together into one
+	// HopService.Forward (gateway.HopBatched); false sends each alone, to compare.
+	HopBatch bool
+	// HopInFlight bounds the Forwards in flight at once (gateway.Config.HopInFlight).
+	HopInFlight int
 	// HealthListen is the probe port (cleartext, health only), as the components have.
 	HealthListen string
 	// MetricsListen serves /metrics (Prometheus), loopback by default as the probe port.
@@ -99,6 +104,8 @@ func newGatewayServeCommand(e env) (*Command, *gatewayServeConfig) {
 	ef.String(&c.CORS, "cors-origins", "SECUREPAY_CORS_ORIGINS", "", "comma-separated browser `origins` allowed to call")
 	fs.BoolVar(&c.Reflection, "reflection", false, "serve gRPC reflection (it lists every procedure to any caller)")
 	fs.DurationVar(&c.Shutdown, "shutdown-timeout", 30*time.Second, "how long in-flight requests get at shutdown")
+	fs.BoolVar(&c.HopBatch, "hop-batch", false, "send the calls to payments that arrive while others are in flight together, in one HopService.Forward (the payments component must serve it); false: each call on its own")
+	fs.IntVar(&c.HopInFlight, "hop-in-flight", gateway.DefaultHopInFlight, "with --hop-batch, the Forwards to payments in flight at once (1..64); a call waits only while all are busy")
 	telemetryFlags(ef, &c.Telemetry, "SECUREPAY_", false)
 	return cmd, c
 }
@@ -142,6 +149,9 @@ func (c *gatewayServeConfig) validate() (*redis.Options, *certReloader, spiffeid
 	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--trust-domain %q: %v", c.TrustDomain, err))
+	}
+	if c.HopInFlight < 1 || c.HopInFlight > 64 {
+		errs = append(errs, fmt.Errorf("--hop-in-flight %d must be between 1 and 64", c.HopInFlight))
 	}
 	if c.Rate <= 0 || c.Burst <= 0 || c.StreamsPerPrinc <= 0 || c.Shutdown <= 0 {
 		errs = append(errs, errors.New("--rate-limit, --rate-burst, --streams-per-principal and --shutdown-timeout must be positive"))
@@ -245,6 +255,8 @@ func serveGateway(ctx context.Context, e env, c gatewayServeConfig) error {
 		Logger:       log,
 		Interceptors: ics,
 		Refusals:     refusals,
+		Hop:          map[bool]gateway.HopMode{true: gateway.HopBatched, false: gateway.HopAlone}[c.HopBatch],
+		HopInFlight:  c.HopInFlight,
 	})
 	if err != nil {
 		return fmt.Errorf("serve gateway: %w", err)
@@ -301,6 +313,6 @@ func serveGateway(ctx context.Context, e env, c gatewayServeConfig) error {
 	if err != nil {
 		return fmt.Errorf("serve gateway: listen on %s: %w", c.Listen, err)
 	}
-	log.Info("gateway serving", "listen", ln.Addr().String(), "health_addr", healthAddr, "metrics_addr", metricsAddr, "issuer", c.Issuer, "payments", c.PaymentsURL, "queries", c.QueriesURL, "audit", c.AuditURL)
+	log.Info("gateway serving", "listen", ln.Addr().String(), "health_addr", healthAddr, "metrics_addr", metricsAddr, "issuer", c.Issuer, "payments", c.PaymentsURL, "queries", c.QueriesURL, "audit", c.AuditURL, "hop_batch", c.HopBatch)
 	return gw.Serve(ctx, ln, c.Shutdown)
 }

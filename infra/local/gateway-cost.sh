@@ -29,7 +29,10 @@
 # its own, as gateways on machines of their own do, instead of the ledger's; the
 # throughput ratio then says what the hop and the checks cost the ledger. Without PIN
 # every process shares every core, and the gateway's CPU is taken from the ledger.),
-# SYSCALLS (1: also the system calls per transfer of each process, see sample_syscalls).
+# SYSCALLS (1: also the system calls per transfer of each process, see sample_syscalls),
+# HOP_BATCH (true or false: the gateway's --hop-batch, whether its calls to payments that
+# arrive together travel in one HopService.Forward; unset: the binary's default, and no
+# flag, so that a binary from before the flag runs too).
 # Needs what the test command needs (PostgreSQL, Redis, the cached SPIRE binaries), plus
 # openssl, curl, jq and python3 (the issuer's key set over HTTPS).
 set -euo pipefail
@@ -171,7 +174,8 @@ start_gateway() {
 		--payments-url "https://127.0.0.1:$pay_port" --queries-url "https://127.0.0.1:$pay_port" --audit-url "https://127.0.0.1:$pay_port" \
 		--oidc-issuer urn:securepay:dev-issuer --oidc-audience securepay-dev --oidc-algorithms ES256 \
 		--oidc-jwks-url "https://127.0.0.1:$jwks_port/jwks.json" --redis-addr "$redis_addr" \
-		--rate-limit 1000000 --rate-burst 1000000 ${profile:+--pprof-listen "127.0.0.1:$gw_pprof"} >>"$out/gateway.log" 2>&1 &
+		--rate-limit 1000000 --rate-burst 1000000 ${profile:+--pprof-listen "127.0.0.1:$gw_pprof"} \
+		${HOP_BATCH:+--hop-batch="$HOP_BATCH"} >>"$out/gateway.log" 2>&1 &
 	gw_pid=$!
 	pids+=("$gw_pid")
 	wait_ready "https://127.0.0.1:$gw_port/healthz" gateway "$gw_pid"
@@ -221,7 +225,7 @@ run() { # direct|gateway ROUND
 		procs=(--process "$gw_pid" --process "$pay_pid")
 		target=(--server "https://127.0.0.1:$gw_port" --token-file "$out/$id.token")
 	fi
-	log "$id: load average $(cut -d' ' -f1-3 /proc/loadavg)${PIN:+, pinned: ledger on CPU 0, callers on CPU 1}"
+	log "$id: load average $(cut -d' ' -f1-3 /proc/loadavg)${PIN:+, pinned: ledger on CPU 0, callers on CPU 1}${HOP_BATCH:+, --hop-batch=$HOP_BATCH}"
 	if [[ -n $profile ]]; then
 		local ports=("payments:$pay_pprof")
 		[[ $path == direct ]] || ports+=("gateway:$gw_pprof")

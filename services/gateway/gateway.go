@@ -79,6 +79,12 @@ type Config struct {
 	// Refusals counts the calls the gateway refuses itself (before forwarding), by reason;
 	// nil counts nothing. The RPC histogram of Interceptors has their codes, not why.
 	Refusals *telemetry.GatewayMetrics
+	// Hop is how unary calls to the payments component travel: HopBatched gathers those
+	// that arrive while others are in flight into one HopService.Forward (batch.go),
+	// HopAlone sends each on its own; HopDefault is the default of the two. HopInFlight
+	// bounds the Forwards in flight at once; default DefaultHopInFlight.
+	Hop         HopMode
+	HopInFlight int
 }
 
 // Upstream is one component the gateway forwards to.
@@ -136,6 +142,10 @@ func (c Config) Validate() error {
 		return errors.New("gateway config: Auth.Leeway must be between 0 and 5 minutes")
 	case c.TLS == nil && !c.AllowH2C:
 		return errors.New("gateway config: TLS is required (cleartext h2c only with AllowH2C, for local development)")
+	case c.Hop < HopDefault || c.Hop > HopAlone:
+		return fmt.Errorf("gateway config: Hop %d is none of HopDefault, HopBatched and HopAlone", c.Hop)
+	case c.HopInFlight < 0 || c.HopInFlight > 64:
+		return errors.New("gateway config: HopInFlight must be between 0 (the default, 4) and 64")
 	case c.StreamsPerPrincipal < 0 || c.MaxRequestBytes < 0 || c.Auth.MaxTokenBytes < 0 ||
 		c.Auth.JWKSRefresh < 0 || c.Auth.JWKSMinInterval < 0:
 		return errors.New("gateway config: sizes and intervals must not be negative")
@@ -232,6 +242,12 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.MaxRequestBytes == 0 {
 		cfg.MaxRequestBytes = 1 << 20
 	}
+	if cfg.Hop == HopDefault {
+		cfg.Hop = HopAlone
+	}
+	if cfg.HopInFlight == 0 {
+		cfg.HopInFlight = DefaultHopInFlight
+	}
 	if cfg.Limiter == nil {
 		if cfg.Limiter, err = NewMemoryLimiter(DefaultLimit); err != nil {
 			return nil, err
@@ -297,6 +313,10 @@ func New(cfg Config) (*Gateway, error) {
 		g: g, mux: mux, components: components, mounted: map[string]bool{},
 		handlerOpts: append(opts, handlerCodecs()...),
 		clientOpts:  append(slices.Clip(copts), hopCodec()),
+	}
+	if cfg.Hop.batched() {
+		pay := components[services.ComponentPayments]
+		r.batcher = newHopBatcher(newForwarder(pay.client, pay.url), cfg.HopInFlight)
 	}
 	g.mountAccounts(r)
 	g.mountPayments(r)

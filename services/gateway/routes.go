@@ -26,7 +26,10 @@ type router struct {
 	handlerOpts []connect.HandlerOption
 	clientOpts  []connect.ClientOption
 	mounted     map[string]bool
-	err         error // the first mistake; New fails with it
+	// batcher, when set, carries the unary calls to the payments component
+	// (Config.Hop); streams and the other components' calls go alone.
+	batcher *hopBatcher
+	err     error // the first mistake; New fails with it
 }
 
 // component is where the gateway calls one component.
@@ -79,8 +82,13 @@ func newHop[Req, Res any](r *router, procedure string, streaming bool) (h *hop[R
 		return fail("no component serves it")
 	}
 	r.mounted[procedure] = true
-	h = &hop[Req, Res]{client: connect.NewClient[frame[Req], frame[Res]](c.client, c.url+procedure,
-		connect.WithSchema(md), connect.WithClientOptions(r.clientOpts...))}
+	opts := []connect.ClientOption{connect.WithSchema(md), connect.WithClientOptions(r.clientOpts...)}
+	if r.batcher != nil && name == services.ComponentPayments && !streaming {
+		// Innermost, after Config.Interceptors: the call's client span is made as for a
+		// call of its own, and only the HTTP call is replaced.
+		opts = append(opts, connect.WithInterceptors(hopBatching[Req, Res]{batcher: r.batcher}))
+	}
+	h = &hop[Req, Res]{client: connect.NewClient[frame[Req], frame[Res]](c.client, c.url+procedure, opts...)}
 	h.result, h.position, h.writes = resultField[Res]()
 	return h, md, true
 }
