@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,8 +36,37 @@ type paymentsNode struct {
 	store  *postgres.Store
 }
 
-func startPaymentsNode(t testing.TB) *paymentsNode {
+// paymentsOptions vary a paymentsNode: interceptors run first on every RPC (telemetry's),
+// and every command waits for delay (nanoseconds, changed while the node runs) or its
+// context, to hold calls past a deadline on purpose.
+type paymentsOptions struct {
+	interceptors []connect.Interceptor
+	delay        *atomic.Int64
+}
+
+// delayedCommands holds each command for delay, or until its context ends.
+type delayedCommands struct {
+	services.Commands
+	delay *atomic.Int64
+}
+
+func (c delayedCommands) Execute(ctx context.Context, r ledger.Request) (ledger.Result, error) {
+	if d := time.Duration(c.delay.Load()); d > 0 {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return ledger.Result{}, ctx.Err()
+		}
+	}
+	return c.Commands.Execute(ctx, r)
+}
+
+func startPaymentsNode(t testing.TB, opts ...paymentsOptions) *paymentsNode {
 	t.Helper()
+	var o paymentsOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
 	ctx := testContext(t)
 	store, err := postgres.Open(ctx, postgres.Config{DSN: pgtest.DSN(t), Schema: pgtest.Schema(t, "sp_hop"), Migrate: true, MaxConns: 16})
 	if err != nil {
@@ -62,9 +92,14 @@ func startPaymentsNode(t testing.TB) *paymentsNode {
 		t.Fatal(err)
 	}
 	caller, correlation := edge.ForComponent(ids.Gateway)
+	var cmds services.Commands = proc
+	if o.delay != nil {
+		cmds = delayedCommands{Commands: proc, delay: o.delay}
+	}
 	srv, err := services.NewServer(services.Config{
 		Components:    payments,
-		Commands:      proc,
+		Commands:      cmds,
+		Interceptors:  o.interceptors,
 		Store:         store,
 		Idempotency:   services.NewRedisIdempotencyStore(redisClient(t), "hop-test-"+time.Now().Format("150405.000000000")),
 		Caller:        caller,

@@ -2,14 +2,17 @@ package services_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -21,7 +24,9 @@ import (
 	"github.com/securepay/securepay/eventstore"
 	"github.com/securepay/securepay/services"
 	"github.com/securepay/securepay/services/edge"
+	"github.com/securepay/securepay/services/mtls"
 	"github.com/securepay/securepay/services/mtls/mtlstest"
+	"github.com/securepay/securepay/services/telemetry"
 )
 
 // asHopError is a lone call's error as Forward reports it, to compare the two.
@@ -254,4 +259,119 @@ func TestForwardAuthorisationMatrix(t *testing.T) {
 	}
 	served = append(served, hopv1connect.HopServiceForwardProcedure)
 	mtlstest.Matrix{URL: n.url, Server: n.ids.Payments, CA: n.ca, Policy: n.policy, Served: served, CallTimeout: 5 * time.Second}.Run(t)
+}
+
+// rpcCount is how many calls of procedure ended with code ("ok" or a Connect code), as the
+// RPC metrics counted them.
+func rpcCount(t testing.TB, tel *telemetry.Telemetry, procedure, code string) uint64 {
+	t.Helper()
+	families, err := tel.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, f := range families {
+		if f.GetName() != telemetry.MetricRPCDuration {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["procedure"] == procedure && labels["code"] == code {
+				n += m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	return n
+}
+
+// TestForwardPerCallDeadlinesAndMetrics: each call keeps its own deadline (one that ends
+// while the command waits is DEADLINE_EXCEEDED, as it is for a lone call, and commits
+// nothing; its neighbour without one commits), and the RPC metrics count each call under
+// its own procedure and outcome, besides the Forward itself.
+func TestForwardPerCallDeadlinesAndMetrics(t *testing.T) {
+	tel, err := telemetry.New(context.Background(), telemetry.Config{ServiceName: "securepay-hop-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tel.Shutdown(context.Background()) })
+	var delay atomic.Int64
+	td := spiffeid.RequireTrustDomainFromString(mtls.DefaultTrustDomain)
+	interceptors, err := tel.RPCInterceptors(edge.TrustGateway(mtls.WellKnownIDs(td).Gateway))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := startPaymentsNode(t, paymentsOptions{interceptors: interceptors, delay: &delay})
+	ctx := testContext(t)
+	gw := n.client(t, n.ids.Gateway)
+	n.seedAccounts(t, gw, "alice", "bob")
+	transfer := ledgerv1connect.PaymentServiceTransferProcedure
+	okBefore := rpcCount(t, tel, transfer, "ok")
+
+	// Every command now waits a second: a call given 100 ms ends first.
+	delay.Store(int64(time.Second))
+	lateBefore := rpcCount(t, tel, transfer, "deadline_exceeded")
+	late := hopCall(t, transfer, &ledgerv1.TransferRequest{PaymentId: "late", SourceAccountId: "alice", DestinationAccountId: "bob", Amount: usd("1.00")},
+		edge.PrincipalHeader, "alice", edge.CorrelationHeader, "c-late")
+	late.Timeout = durationpb.New(100 * time.Millisecond)
+	patient := hopCall(t, transfer, &ledgerv1.TransferRequest{PaymentId: "patient", SourceAccountId: "bob", DestinationAccountId: "alice", Amount: usd("1.00")},
+		edge.PrincipalHeader, "bob", edge.CorrelationHeader, "c-patient")
+	res, err := n.hop(t, n.ids.Gateway).Forward(ctx, connect.NewRequest(&hopv1.ForwardRequest{Calls: []*hopv1.Call{late, patient}}))
+	if err != nil {
+		t.Fatalf("Forward: %v", err)
+	}
+	results := res.Msg.GetResults()
+	if got := results[0].GetError(); got.GetCode() != "deadline_exceeded" {
+		t.Errorf("the call with 100 ms: want deadline_exceeded, got %v", results[0].GetOutcome())
+	}
+	if results[1].GetError() != nil {
+		t.Errorf("the call without a timeout: want it committed, got %v", results[1].GetError())
+	}
+	if got := rpcCount(t, tel, transfer, "ok") - okBefore; got != 1 {
+		t.Errorf("Transfer ok: counted %d more, want 1 (the patient call)", got)
+	}
+	if got := rpcCount(t, tel, transfer, "deadline_exceeded") - lateBefore; got != 1 {
+		t.Errorf("Transfer deadline_exceeded: counted %d more, want 1 (the late call)", got)
+	}
+	if got := rpcCount(t, tel, hopv1connect.HopServiceForwardProcedure, "ok"); got != 1 {
+		t.Errorf("Forward ok: counted %d, want 1", got)
+	}
+	// The same call alone, once the counts were read: its client gives up at the moment
+	// the handler does, so the server may count it as canceled, or after the check.
+	lone := ledgerv1connect.NewPaymentServiceClient(gw, n.url, connect.WithInterceptors(fixedTimeout(100*time.Millisecond)))
+	_, loneErr := lone.Transfer(ctx, asGateway(&ledgerv1.TransferRequest{PaymentId: "lone-late", SourceAccountId: "alice", DestinationAccountId: "bob", Amount: usd("1.00")}, "alice", "c-lone-late"))
+	if connect.CodeOf(loneErr) != connect.CodeDeadlineExceeded {
+		t.Errorf("the same call alone with 100 ms left: want deadline_exceeded, got %v", loneErr)
+	}
+	delay.Store(0)
+	events, err := n.store.ReadAll(ctx, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range events {
+		if c := e.Metadata.CorrelationID; c == "c-late" || c == "c-lone-late" {
+			t.Errorf("a call past its deadline recorded %s at %d", e.Type, e.Position)
+		}
+	}
+}
+
+// fixedTimeout gives each call of a client its own deadline, as a caller's would be.
+type fixedTimeout time.Duration
+
+func (d fixedTimeout) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		ctx, cancel := context.WithTimeout(ctx, time.Duration(d))
+		defer cancel()
+		return next(ctx, req)
+	}
+}
+
+func (d fixedTimeout) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (d fixedTimeout) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
 }
