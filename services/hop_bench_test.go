@@ -21,9 +21,9 @@ import (
 // BenchmarkHop compares the two ways the gateway can send transfers to the payments
 // component over the real hop (HTTP/2, mTLS with development-CA SVIDs, the component's
 // policy and edge identity, the PostgreSQL store, the Redis idempotency store): each
-// transfer as a lone Transfer call, 64 callers at once, or 64 transfers per
-// HopService.Forward, 4 Forwards at once (the same 256 transfers in flight would be too
-// many for lone calls to compare; 64 lone callers keep the batcher as busy). b.N counts
+// transfer as a lone Transfer call, 64 callers at once, or 16 transfers per
+// HopService.Forward from 16 callers, or 64 per Forward from 4 (64 lone callers already
+// keep the batcher busy; 256 in flight behind Forwards keep it as busy). b.N counts
 // transfers. cpu-µs/op is this process's CPU (the gateway's client side and the
 // component's server side together, PostgreSQL and Redis excluded) per transfer, and
 // allocs/op the allocations per transfer, which unlike transfers/s do not depend on the
@@ -32,6 +32,7 @@ import (
 //	go test ./services -run '^$' -bench 'BenchmarkHop' -benchtime 20000x -benchmem
 func BenchmarkHop(b *testing.B) {
 	b.Run("lone", func(b *testing.B) { benchHop(b, 0, 64) })
+	b.Run("forward-16", func(b *testing.B) { benchHop(b, 16, 16) })
 	b.Run("forward-64", func(b *testing.B) { benchHop(b, 64, 4) })
 }
 
