@@ -27,7 +27,8 @@ import (
 // transfers. cpu-µs/op is this process's CPU (the gateway's client side and the
 // component's server side together, PostgreSQL and Redis excluded) per transfer, and
 // allocs/op the allocations per transfer, which unlike transfers/s do not depend on the
-// machine's load.
+// machine's load; commits/op the ledger's store transactions per transfer (its batches:
+// calls that arrive together share one).
 //
 //	go test ./services -run '^$' -bench 'BenchmarkHop' -benchtime 20000x -benchmem
 func BenchmarkHop(b *testing.B) {
@@ -39,7 +40,8 @@ func BenchmarkHop(b *testing.B) {
 // benchHop sends b.N transfers from callers goroutines, as lone calls when perForward is
 // 0, else perForward to a Forward.
 func benchHop(b *testing.B, perForward, callers int) {
-	n := startPaymentsNode(b)
+	appends := &appendCounter{}
+	n := startPaymentsNode(b, paymentsOptions{observer: appends})
 	ctx := context.Background()
 	gw := n.client(b, n.ids.Gateway)
 	const dests = 64
@@ -121,6 +123,7 @@ func benchHop(b *testing.B, perForward, callers int) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	cpu0 := processCPU(b)
+	appends0 := appends.appends.Load()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range callers {
@@ -129,10 +132,12 @@ func benchHop(b *testing.B, perForward, callers int) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	cpu := processCPU(b) - cpu0
+	commits := appends.appends.Load() - appends0
 	b.StopTimer()
 	if f := failed.Load(); f > 0 {
 		b.Fatalf("%d of %d transfers failed; first: %v", f, b.N, firstErr)
 	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "transfers/s")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
+	b.ReportMetric(float64(commits)/float64(b.N), "commits/op")
 }

@@ -16,6 +16,8 @@ import (
 	"github.com/securepay/securepay/api/gen/securepay/hop/v1/hopv1connect"
 	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
 	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
+	"github.com/securepay/securepay/domain"
+	"github.com/securepay/securepay/eventstore"
 	"github.com/securepay/securepay/eventstore/postgres"
 	"github.com/securepay/securepay/internal/pgtest"
 	"github.com/securepay/securepay/services"
@@ -42,7 +44,23 @@ type paymentsNode struct {
 type paymentsOptions struct {
 	interceptors []connect.Interceptor
 	delay        *atomic.Int64
+	observer     ledger.Observer
 }
+
+// appendCounter is a ledger.Observer that counts the processor's appends: the store
+// transactions its batches commit in.
+type appendCounter struct{ appends atomic.Int64 }
+
+func (c *appendCounter) Command(ctx context.Context, _ domain.Command) (context.Context, string, func(ledger.Result, error)) {
+	return ctx, "", func(ledger.Result, error) {}
+}
+
+func (c *appendCounter) Append(ctx context.Context, _ []context.Context, _ int) (context.Context, func(eventstore.AppendResult, error)) {
+	c.appends.Add(1)
+	return ctx, func(eventstore.AppendResult, error) {}
+}
+
+func (c *appendCounter) Retried(string) {}
 
 // delayedCommands holds each command for delay, or until its context ends.
 type delayedCommands struct {
@@ -72,7 +90,7 @@ func startPaymentsNode(t testing.TB, opts ...paymentsOptions) *paymentsNode {
 	if err != nil {
 		t.Fatalf("open the PostgreSQL store: %v", err)
 	}
-	proc, err := ledger.New(store, ledger.Config{})
+	proc, err := ledger.New(store, ledger.Config{Observer: o.observer})
 	if err != nil {
 		t.Fatalf("start processor: %v", err)
 	}
