@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"go.opentelemetry.io/otel/trace"
 
 	hopv1 "github.com/securepay/securepay/api/gen/securepay/hop/v1"
 	"github.com/securepay/securepay/api/gen/securepay/hop/v1/hopv1connect"
@@ -200,6 +201,11 @@ func (s *hopService) request(ctx context.Context, outer *http.Request, call *hop
 			header["Connect-Timeout-Ms"] = []string{ms}
 		}
 	}
+	// The call's trace context is the one its headers carry (the gateway's client span of
+	// this call), as for a lone call. Forward's own server span, in ctx, would otherwise
+	// parent every call, and the tracing interceptor, which reads a traceparent only into
+	// a context without a span, would never read the call's.
+	ctx = trace.ContextWithSpanContext(ctx, trace.SpanContext{})
 	r, err := http.NewRequestWithContext(ctx, http.MethodPost, proc, bytes.NewReader(call.GetMessage()))
 	if err != nil {
 		return nil, newFieldError(connect.CodeInvalidArgument, ReasonInvalidInput, fmt.Sprintf("procedure %q: %v", clipEcho(proc), err), "procedure")
