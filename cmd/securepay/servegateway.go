@@ -104,7 +104,7 @@ func newGatewayServeCommand(e env) (*Command, *gatewayServeConfig) {
 	ef.String(&c.CORS, "cors-origins", "SECUREPAY_CORS_ORIGINS", "", "comma-separated browser `origins` allowed to call")
 	fs.BoolVar(&c.Reflection, "reflection", false, "serve gRPC reflection (it lists every procedure to any caller)")
 	fs.DurationVar(&c.Shutdown, "shutdown-timeout", 30*time.Second, "how long in-flight requests get at shutdown")
-	fs.BoolVar(&c.HopBatch, "hop-batch", false, "send the calls to payments that arrive while others are in flight together, in one HopService.Forward (the payments component must serve it); false: each call on its own")
+	fs.BoolVar(&c.HopBatch, "hop-batch", true, "send the calls to payments that arrive while others are in flight together, in one HopService.Forward; false: each call on its own, as before (to compare)")
 	fs.IntVar(&c.HopInFlight, "hop-in-flight", gateway.DefaultHopInFlight, "with --hop-batch, the Forwards to payments in flight at once (1..64); a call waits only while all are busy")
 	telemetryFlags(ef, &c.Telemetry, "SECUREPAY_", false)
 	return cmd, c

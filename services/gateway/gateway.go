@@ -243,7 +243,7 @@ func New(cfg Config) (*Gateway, error) {
 		cfg.MaxRequestBytes = 1 << 20
 	}
 	if cfg.Hop == HopDefault {
-		cfg.Hop = HopAlone
+		cfg.Hop = HopBatched
 	}
 	if cfg.HopInFlight == 0 {
 		cfg.HopInFlight = DefaultHopInFlight

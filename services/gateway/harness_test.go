@@ -28,6 +28,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/securepay/securepay/api/gen/securepay/hop/v1/hopv1connect"
 	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
 	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
 	"github.com/securepay/securepay/eventstore/embedded"
@@ -187,6 +188,39 @@ type ledgerNode struct {
 	gwClient map[services.Component]*http.Client // the gateway's mTLS client of each
 	store    *embedded.Store
 	webhooks *webhook.Registry // in memory, served by payments
+
+	mu      sync.Mutex
+	servers map[services.Component]*http.Server // nil while stopped
+	addr    map[services.Component]string
+	serve   map[services.Component]func(net.Listener) *http.Server
+}
+
+// stop takes comp down as a crashed process would go: its listener and every connection
+// closed at once, calls in flight cut off (their handlers may still commit).
+func (l *ledgerNode) stop(t testing.TB, comp services.Component) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if hs := l.servers[comp]; hs != nil {
+		_ = hs.Close()
+		l.servers[comp] = nil
+	}
+}
+
+// start serves comp again at its address, with the same store and idempotency keys, as
+// a restarted process would.
+func (l *ledgerNode) start(t testing.TB, comp services.Component) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.servers[comp] != nil {
+		return
+	}
+	ln, err := net.Listen("tcp", l.addr[comp])
+	if err != nil {
+		t.Fatalf("restart %s on %s: %v", comp, l.addr[comp], err)
+	}
+	l.servers[comp] = l.serve[comp](ln)
 }
 
 func startLedger(t testing.TB) *ledgerNode {
@@ -226,8 +260,8 @@ func startLedger(t testing.TB) *ledgerNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	led := &ledgerNode{ca: ca, ids: ids, url: map[services.Component]string{}, gwClient: map[services.Component]*http.Client{}, store: store, webhooks: hooks}
-	var servers []*http.Server
+	led := &ledgerNode{ca: ca, ids: ids, url: map[services.Component]string{}, gwClient: map[services.Component]*http.Client{}, store: store, webhooks: hooks,
+		servers: map[services.Component]*http.Server{}, addr: map[services.Component]string{}, serve: map[services.Component]func(net.Listener) *http.Server{}}
 	for comp, id := range map[services.Component]spiffeid.ID{
 		services.ComponentPayments: ids.Payments, services.ComponentQueries: ids.Queries, services.ComponentAudit: ids.Audit,
 	} {
@@ -240,6 +274,10 @@ func startLedger(t testing.TB) *ledgerNode {
 			// The gateway calls everything; the projector is allowed here only so that
 			// TestEdgeHeadersTrustedOnlyFromTheGateway can try to forge them.
 			rules[proc] = []spiffeid.ID{ids.Gateway, ids.Projector}
+		}
+		if comp == services.ComponentPayments {
+			// The gateway's hop (Config.Hop, batched by default), as ComponentPolicy has it.
+			rules[hopv1connect.HopServiceForwardProcedure] = []spiffeid.ID{ids.Gateway}
 		}
 		policy, err := mtls.NewPolicy(td, rules)
 		if err != nil {
@@ -267,17 +305,21 @@ func startLedger(t testing.TB) *ledgerNode {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var p http.Protocols
-		p.SetHTTP2(true)
-		hs := &http.Server{Handler: srv.Handler(), TLSConfig: mtls.ServerTLS(src), Protocols: &p}
-		go func() { _ = hs.ServeTLS(ln, "", "") }()
-		servers = append(servers, hs)
+		led.serve[comp] = func(ln net.Listener) *http.Server {
+			var p http.Protocols
+			p.SetHTTP2(true)
+			hs := &http.Server{Handler: srv.Handler(), TLSConfig: mtls.ServerTLS(src), Protocols: &p}
+			go func() { _ = hs.ServeTLS(ln, "", "") }()
+			return hs
+		}
+		led.servers[comp] = led.serve[comp](ln)
+		led.addr[comp] = ln.Addr().String()
 		led.url[comp] = "https://" + ln.Addr().String()
 		led.gwClient[comp] = mtls.HTTPClient(gwSrc, id)
 	}
 	t.Cleanup(func() {
-		for _, hs := range servers {
-			_ = hs.Close()
+		for comp := range led.addr {
+			led.stop(t, comp)
 		}
 		cancel()
 		<-done
@@ -309,6 +351,9 @@ type fixtureOptions struct {
 	// telemetry, when set, gets the gateway's RPC metrics and refusal counter, as serve
 	// gateway wires them.
 	telemetry *telemetry.Telemetry
+	// paymentsTransport, when set, wraps the gateway's transport to payments (to count
+	// what crosses the hop).
+	paymentsTransport func(http.RoundTripper) http.RoundTripper
 }
 
 func newFixture(t testing.TB, o fixtureOptions) *fixture {
@@ -340,8 +385,14 @@ func startGateway(t testing.TB, is *issuer, led *ledgerNode, o fixtureOptions) (
 			t.Fatal(err)
 		}
 	}
+	payments := led.upstream(services.ComponentPayments)
+	if o.paymentsTransport != nil {
+		c := *payments.Client
+		c.Transport = o.paymentsTransport(c.Transport)
+		payments.Client = &c
+	}
 	gw, err := gateway.New(gateway.Config{
-		Payments: led.upstream(services.ComponentPayments),
+		Payments: payments,
 		Queries:  led.upstream(services.ComponentQueries),
 		Audit:    led.upstream(services.ComponentAudit),
 		Auth: gateway.Auth{

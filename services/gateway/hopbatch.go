@@ -21,8 +21,7 @@ import (
 type HopMode int
 
 const (
-	// HopDefault is HopAlone until the payments component serves HopService
-	// everywhere the gateway is deployed with it.
+	// HopDefault is HopBatched.
 	HopDefault HopMode = iota
 	// HopBatched gathers the calls that arrive while others are in flight into one
 	// HopService.Forward (batch.go).
