@@ -71,14 +71,14 @@ type hopRequestKey struct{}
 // hopRouter sends Forward to forward and everything else to api. It sits inside
 // Config.Authorize, so Forward is authorised like any procedure (the gateway alone), and
 // outside requestLimits, whose per-message bound Forward replaces with maxHopBytes.
-func hopRouter(api, forward http.Handler) http.Handler {
+func hopRouter(api, forward http.Handler, errs *connect.ErrorWriter) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != hopv1connect.HopServiceForwardProcedure {
 			api.ServeHTTP(w, r)
 			return
 		}
 		if r.ContentLength > maxHopBytes {
-			refuse(w, r, connect.NewErrorWriter(), newError(connect.CodeResourceExhausted, ReasonRequestTooLarge,
+			refuse(w, r, errs, newError(connect.CodeResourceExhausted, ReasonRequestTooLarge,
 				fmt.Sprintf("the Forward is %s bytes; a Forward is at most %s: split its calls over several", thousands(r.ContentLength), byteSize(maxHopBytes))))
 			return
 		}

@@ -38,12 +38,14 @@ type paymentsNode struct {
 	store  *postgres.Store
 }
 
-// paymentsOptions vary a paymentsNode: interceptors run first on every RPC (telemetry's),
-// and every command waits for delay (nanoseconds, changed while the node runs) or its
-// context, to hold calls past a deadline on purpose.
+// paymentsOptions vary a paymentsNode: interceptors run first on every RPC (telemetry's);
+// every command waits for delay (nanoseconds, changed while the node runs) or its
+// context, to hold calls past a deadline on purpose; the next command panics when
+// panicNext is set; observer watches the processor.
 type paymentsOptions struct {
 	interceptors []connect.Interceptor
 	delay        *atomic.Int64
+	panicNext    *atomic.Bool
 	observer     ledger.Observer
 }
 
@@ -62,13 +64,21 @@ func (c *appendCounter) Append(ctx context.Context, _ []context.Context, _ int) 
 
 func (c *appendCounter) Retried(string) {}
 
-// delayedCommands holds each command for delay, or until its context ends.
-type delayedCommands struct {
+// faultyCommands holds each command for delay, or until its context ends, and panics
+// on the command after panicNext was set.
+type faultyCommands struct {
 	services.Commands
-	delay *atomic.Int64
+	delay     *atomic.Int64
+	panicNext *atomic.Bool
 }
 
-func (c delayedCommands) Execute(ctx context.Context, r ledger.Request) (ledger.Result, error) {
+func (c faultyCommands) Execute(ctx context.Context, r ledger.Request) (ledger.Result, error) {
+	if c.panicNext != nil && c.panicNext.CompareAndSwap(true, false) {
+		panic("faultyCommands: a command panics, as asked")
+	}
+	if c.delay == nil {
+		return c.Commands.Execute(ctx, r)
+	}
 	if d := time.Duration(c.delay.Load()); d > 0 {
 		select {
 		case <-time.After(d):
@@ -111,8 +121,8 @@ func startPaymentsNode(t testing.TB, opts ...paymentsOptions) *paymentsNode {
 	}
 	caller, correlation := edge.ForComponent(ids.Gateway)
 	var cmds services.Commands = proc
-	if o.delay != nil {
-		cmds = delayedCommands{Commands: proc, delay: o.delay}
+	if o.delay != nil || o.panicNext != nil {
+		cmds = faultyCommands{Commands: proc, delay: o.delay, panicNext: o.panicNext}
 	}
 	srv, err := services.NewServer(services.Config{
 		Components:    payments,

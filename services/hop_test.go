@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -392,4 +393,150 @@ func (d fixedTimeout) WrapStreamingClient(next connect.StreamingClientFunc) conn
 
 func (d fixedTimeout) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return next
+}
+
+// rawCodec sends and reads a message's bytes as they are, so that a lone call can carry
+// exactly the bytes a Forward's call carries (a message that does not decode included).
+type rawCodec struct{}
+
+func (rawCodec) Name() string { return "proto" }
+
+func (rawCodec) Marshal(v any) ([]byte, error) { return *v.(*[]byte), nil }
+
+func (rawCodec) Unmarshal(b []byte, v any) error {
+	*v.(*[]byte) = bytes.Clone(b)
+	return nil
+}
+
+// TestForwardMatchesLoneCalls sends each case alone and then all of them in one Forward,
+// and compares: the same message bytes for an answer, the same code, message and details
+// for an error. Every case changes nothing (reads and refusals), so that sending it twice
+// cannot change its answer; the answers come from every layer a lone call passes:
+// connect-go's decoding, the request limits, the idempotency and metadata checks,
+// validation, the domain, and WebhookService's own chain.
+func TestForwardMatchesLoneCalls(t *testing.T) {
+	n := startPaymentsNode(t)
+	ctx := testContext(t)
+	gw := n.client(t, n.ids.Gateway)
+	n.seedAccounts(t, gw, "alice", "bob")
+	marshal := func(m proto.Message) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	transfer := func(id, asset string) []byte {
+		return marshal(&ledgerv1.TransferRequest{PaymentId: id, SourceAccountId: "alice", DestinationAccountId: "bob", Amount: &ledgerv1.Money{Value: "1.00", Asset: asset}})
+	}
+	cases := []struct {
+		name      string
+		procedure string
+		message   []byte
+		header    []string // besides the edge identity of alice
+	}{
+		{"account read", ledgerv1connect.AccountServiceGetAccountProcedure, marshal(&ledgerv1.GetAccountRequest{AccountId: "alice"}), nil},
+		{"unknown account", ledgerv1connect.AccountServiceGetAccountProcedure, marshal(&ledgerv1.GetAccountRequest{AccountId: "nobody"}), nil},
+		{"account opened again in another asset", ledgerv1connect.AccountServiceOpenAccountProcedure, marshal(&ledgerv1.OpenAccountRequest{AccountId: "alice", Asset: "EUR", Kind: ledgerv1.AccountKind_ACCOUNT_KIND_CUSTOMER}), nil},
+		{"unknown payment captured", ledgerv1connect.PaymentServiceCaptureProcedure, marshal(&ledgerv1.CaptureRequest{PaymentId: "never", CaptureId: "cap-1", What: &ledgerv1.CaptureRequest_Amount{Amount: usd("1.00")}}), nil},
+		{"asset mismatch", ledgerv1connect.PaymentServiceTransferProcedure, transfer("eur", "EUR"), nil},
+		{"empty batch", ledgerv1connect.PaymentServiceBatchTransferProcedure, marshal(&ledgerv1.BatchTransferRequest{PaymentId: "batch"}), nil},
+		{"message that does not decode", ledgerv1connect.PaymentServiceTransferProcedure, []byte{0x0a, 0xff, 0xff}, nil},
+		{"message over the per-call limit", ledgerv1connect.PaymentServiceTransferProcedure, bytes.Repeat([]byte{0}, 1<<20+1), nil},
+		{"malformed traceparent", ledgerv1connect.PaymentServiceTransferProcedure, transfer("tp", "USD"), []string{"traceparent", "00-zz"}},
+		{"malformed idempotency key", ledgerv1connect.PaymentServiceTransferProcedure, transfer("ik", "USD"), []string{services.IdempotencyKeyHeader, "two words"}},
+		{"webhooks without a registry", ledgerv1connect.WebhookServiceRegisterEndpointProcedure, marshal(&ledgerv1.RegisterEndpointRequest{AccountId: "alice", Url: "https://example.com/hook"}), nil},
+	}
+	head0, err := n.store.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lone := make([]*hopv1.Result, len(cases))
+	req := &hopv1.ForwardRequest{}
+	for i, tc := range cases {
+		headers := append([]string{edge.PrincipalHeader, "alice", edge.CorrelationHeader, "c-" + strings.ReplaceAll(tc.name, " ", "-")}, tc.header...)
+		c := connect.NewClient[[]byte, []byte](gw, n.url+tc.procedure, connect.WithCodec(rawCodec{}))
+		r := connect.NewRequest(&tc.message)
+		for j := 0; j+1 < len(headers); j += 2 {
+			r.Header().Set(headers[j], headers[j+1])
+		}
+		res, err := c.CallUnary(ctx, r)
+		if err != nil {
+			lone[i] = &hopv1.Result{Outcome: &hopv1.Result_Error{Error: asHopError(t, err)}}
+		} else {
+			lone[i] = &hopv1.Result{Outcome: &hopv1.Result_Message{Message: *res.Msg}}
+		}
+		call := &hopv1.Call{Procedure: tc.procedure, Message: tc.message}
+		for j := 0; j+1 < len(headers); j += 2 {
+			call.Headers = append(call.Headers, &hopv1.Header{Name: headers[j], Value: headers[j+1]})
+		}
+		req.Calls = append(req.Calls, call)
+	}
+	res, err := n.hop(t, n.ids.Gateway).Forward(ctx, connect.NewRequest(req))
+	if err != nil {
+		t.Fatalf("Forward: %v", err)
+	}
+	for i, tc := range cases {
+		got, want := res.Msg.GetResults()[i], lone[i]
+		if tc.name == "account read" && want.GetError() != nil {
+			t.Fatalf("%s: the lone call failed: %v", tc.name, want.GetError())
+		}
+		if tc.name != "account read" && want.GetError() == nil {
+			t.Fatalf("%s: the lone call succeeded; the case must be a refusal", tc.name)
+		}
+		if !bytes.Equal(got.GetMessage(), want.GetMessage()) || (want.GetError() != nil) != (got.GetError() != nil) ||
+			(want.GetError() != nil && !sameError(got.GetError(), want.GetError())) {
+			t.Errorf("%s: Forward answered %v, alone %v", tc.name, clipped(got), clipped(want))
+		}
+	}
+	if head, err := n.store.Head(ctx); err != nil || head != head0 {
+		t.Errorf("reads and refusals moved the log from %d to %d (%v)", head0, head, err)
+	}
+}
+
+func clipped(r *hopv1.Result) string {
+	s := fmt.Sprint(r.GetOutcome())
+	if len(s) > 600 {
+		s = s[:600] + "…"
+	}
+	return s
+}
+
+// TestForwardSurvivesAPanickingCall: a call whose handler panics answers INTERNAL (alone,
+// net/http would have reset its stream), its neighbour commits, and the component goes
+// on serving.
+func TestForwardSurvivesAPanickingCall(t *testing.T) {
+	var panicNext atomic.Bool
+	n := startPaymentsNode(t, paymentsOptions{panicNext: &panicNext})
+	ctx := testContext(t)
+	gw := n.client(t, n.ids.Gateway)
+	n.seedAccounts(t, gw, "alice", "bob")
+	transfer := func(id string) *hopv1.Call {
+		return hopCall(t, ledgerv1connect.PaymentServiceTransferProcedure,
+			&ledgerv1.TransferRequest{PaymentId: id, SourceAccountId: "alice", DestinationAccountId: "bob", Amount: usd("1.00")},
+			edge.PrincipalHeader, "alice")
+	}
+	panicNext.Store(true)
+	res, err := n.hop(t, n.ids.Gateway).Forward(ctx, connect.NewRequest(&hopv1.ForwardRequest{Calls: []*hopv1.Call{transfer("p1"), transfer("p2")}}))
+	if err != nil {
+		t.Fatalf("Forward: %v", err)
+	}
+	var internal, committed int
+	for _, r := range res.Msg.GetResults() {
+		switch {
+		case r.GetError().GetCode() == "internal" && r.GetError().GetMessage() == "internal error":
+			internal++
+		case r.GetError() == nil:
+			committed++
+		default:
+			t.Errorf("unexpected answer %v", r.GetOutcome())
+		}
+	}
+	if internal != 1 || committed != 1 {
+		t.Errorf("want one call answered internal (it panicked) and one committed, got %d and %d", internal, committed)
+	}
+	again, err := n.hop(t, n.ids.Gateway).Forward(ctx, connect.NewRequest(&hopv1.ForwardRequest{Calls: []*hopv1.Call{transfer("p3")}}))
+	if err != nil || again.Msg.GetResults()[0].GetError() != nil {
+		t.Fatalf("after the panic: want the next Forward served, got %v %v", again, err)
+	}
 }

@@ -340,7 +340,7 @@ func NewServer(cfg Config) (*Server, error) {
 		// HopService.Forward (services/hop.go) serves its calls through s.handler, the
 		// whole of this chain, so each is authorised and served as if it came alone.
 		hopInterceptors := append(slices.Clip(cfg.Interceptors), timeoutInterceptor{timeout: cfg.RequestTimeout})
-		h = hopRouter(h, newHopHandler(func() http.Handler { return s.handler }, hopInterceptors, cfg.Logger))
+		h = hopRouter(h, newHopHandler(func() http.Handler { return s.handler }, hopInterceptors, cfg.Logger), errs)
 	}
 	if cfg.Authorize != nil {
 		h = cfg.Authorize(h)
