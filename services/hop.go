@@ -128,6 +128,11 @@ func (s *hopService) Forward(ctx context.Context, req *connect.Request[hopv1.For
 			fmt.Sprintf("the Forward carries %d calls; at most %d: split them over several", len(calls), maxHopCalls))
 	}
 	results := make([]*hopv1.Result, len(calls))
+	// Each call's trace context is the one its headers carry (the gateway's client span of
+	// that call), as for a lone call. Forward's own server span, in ctx, would otherwise
+	// parent every call, and the tracing interceptor, which reads a traceparent only into
+	// a context without a span, would never read the call's.
+	ctx = trace.ContextWithSpanContext(ctx, trace.SpanContext{})
 	var wg sync.WaitGroup
 	for i, call := range calls {
 		r, cerr := s.request(ctx, outer, call)
@@ -170,6 +175,12 @@ func (s *hopService) request(ctx context.Context, outer *http.Request, call *hop
 		return nil, cerr
 	}
 	header := make(http.Header, len(call.GetHeaders())+3)
+	// Every value in one array: a call's request is built for each of up to 1,024 calls.
+	values := make([]string, 0, len(call.GetHeaders())+3)
+	set := func(name, value string) {
+		values = append(values, value)
+		header[name] = values[len(values)-1 : len(values) : len(values)]
+	}
 	for _, h := range call.GetHeaders() {
 		name := http.CanonicalHeaderKey(h.GetName())
 		switch {
@@ -183,10 +194,10 @@ func (s *hopService) request(ctx context.Context, outer *http.Request, call *hop
 			return nil, newFieldError(connect.CodeInvalidArgument, ReasonInvalidInput,
 				fmt.Sprintf("header %s has a value no HTTP request can carry (control characters)", name), "headers")
 		}
-		header[name] = []string{h.GetValue()}
+		set(name, h.GetValue())
 	}
-	header["Content-Type"] = []string{"application/proto"}
-	header["Connect-Protocol-Version"] = []string{"1"}
+	set("Content-Type", "application/proto")
+	set("Connect-Protocol-Version", "1")
 	if t := call.GetTimeout(); t != nil {
 		if err := t.CheckValid(); err != nil {
 			return nil, newFieldError(connect.CodeInvalidArgument, ReasonInvalidInput, fmt.Sprintf("the timeout is not a valid duration: %v", err), "timeout")
@@ -198,14 +209,9 @@ func (s *hopService) request(ctx context.Context, outer *http.Request, call *hop
 			return nil, connect.NewError(connect.CodeDeadlineExceeded, fmt.Errorf("the call's deadline passed before it was forwarded (timeout %s)", d))
 		}
 		if ms := connectTimeoutMillis(d); ms != "" {
-			header["Connect-Timeout-Ms"] = []string{ms}
+			set("Connect-Timeout-Ms", ms)
 		}
 	}
-	// The call's trace context is the one its headers carry (the gateway's client span of
-	// this call), as for a lone call. Forward's own server span, in ctx, would otherwise
-	// parent every call, and the tracing interceptor, which reads a traceparent only into
-	// a context without a span, would never read the call's.
-	ctx = trace.ContextWithSpanContext(ctx, trace.SpanContext{})
 	r, err := http.NewRequestWithContext(ctx, http.MethodPost, proc, bytes.NewReader(call.GetMessage()))
 	if err != nil {
 		return nil, newFieldError(connect.CodeInvalidArgument, ReasonInvalidInput, fmt.Sprintf("procedure %q: %v", clipEcho(proc), err), "procedure")
