@@ -540,3 +540,32 @@ func TestForwardSurvivesAPanickingCall(t *testing.T) {
 		t.Fatalf("after the panic: want the next Forward served, got %v %v", again, err)
 	}
 }
+
+// TestHopServiceIsNotPartOfTheAPI: Forward is nobody's public procedure (the gateway
+// routes by ComponentOf and Procedures, and reflection lists the API's services), and a
+// server without the payments component does not serve it.
+func TestHopServiceIsNotPartOfTheAPI(t *testing.T) {
+	if c, ok := services.ComponentOf(hopv1connect.HopServiceForwardProcedure); ok {
+		t.Errorf("ComponentOf(Forward) = %s: the gateway would route clients to it", c)
+	}
+	for _, c := range services.Components() {
+		if slices.Contains(services.Procedures(c), hopv1connect.HopServiceForwardProcedure) {
+			t.Errorf("Procedures(%s) lists Forward", c)
+		}
+	}
+	td := spiffeid.RequireTrustDomainFromString(mtls.DefaultTrustDomain)
+	for _, c := range []services.Component{services.ComponentQueries, services.ComponentAudit} {
+		pol, err := services.ComponentPolicy(td, []services.Component{c})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ids := pol.Callers(hopv1connect.HopServiceForwardProcedure); len(ids) > 0 {
+			t.Errorf("%s's policy lets %v call Forward", c, ids)
+		}
+	}
+	n := startNode(t, nodeOptions{components: []services.Component{services.ComponentQueries}})
+	_, err := hopv1connect.NewHopServiceClient(h2cClient(), n.url).Forward(testContext(t), connect.NewRequest(&hopv1.ForwardRequest{}))
+	if connect.CodeOf(err) != connect.CodeUnimplemented {
+		t.Errorf("Forward on a queries server: want unimplemented, got %v", err)
+	}
+}
