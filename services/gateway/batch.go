@@ -58,6 +58,8 @@ type hopBatcher struct {
 	// noDeadline bounds a Forward one of whose calls has no deadline (the component's own
 	// request timeout applies to each call; this only frees the slot of a hung hop).
 	noDeadline time.Duration
+	// observe, if set, is told the size of each Forward sent.
+	observe func(calls int)
 
 	mu       sync.Mutex
 	queue    []*hopCall
@@ -204,6 +206,9 @@ func (b *hopBatcher) forwardBatch(batch []*hopCall) {
 		ctx, cancel = context.WithDeadline(context.Background(), latest.Add(time.Second))
 	} else {
 		ctx, cancel = context.WithTimeout(context.Background(), b.noDeadline)
+	}
+	if b.observe != nil {
+		b.observe(len(calls))
 	}
 	results, err := b.forward(ctx, calls)
 	cancel()

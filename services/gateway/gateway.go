@@ -76,8 +76,9 @@ type Config struct {
 	// only linked: the edge trusts no caller's trace context) and each forward a client
 	// span whose context the component continues over mTLS.
 	Interceptors []connect.Interceptor
-	// Refusals counts the calls the gateway refuses itself (before forwarding), by reason;
-	// nil counts nothing. The RPC histogram of Interceptors has their codes, not why.
+	// Refusals counts the calls the gateway refuses itself (before forwarding), by reason,
+	// and the calls per Forward to payments; nil counts nothing. The RPC histogram of
+	// Interceptors has the refusals' codes, not why.
 	Refusals *telemetry.GatewayMetrics
 	// Hop is how unary calls to the payments component travel: HopBatched gathers those
 	// that arrive while others are in flight into one HopService.Forward (batch.go),
@@ -317,6 +318,7 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.Hop.batched() {
 		pay := components[services.ComponentPayments]
 		r.batcher = newHopBatcher(newForwarder(pay.client, pay.url), cfg.HopInFlight)
+		r.batcher.observe = cfg.Refusals.Forwarded
 	}
 	g.mountAccounts(r)
 	g.mountPayments(r)

@@ -101,6 +101,9 @@ func TestMetricsCountEdgeRefusals(t *testing.T) {
 		rpc + `{code="resource_exhausted",procedure="/securepay.ledger.v1.BalanceService/WatchAccount"} 1`,
 		rpc + `{code="unauthenticated",procedure="/securepay.ledger.v1.BalanceService/GetBalance"} 2`,
 		rpc + `{code="permission_denied",procedure="/securepay.ledger.v1.AuditService/StreamLog"} 1`,
+		// The six calls to payments, one after another: each Forward carried one.
+		`securepay_gateway_hop_forward_calls_count 6`,
+		`securepay_gateway_hop_forward_calls_sum 6`,
 	} {
 		if !strings.Contains(body, want+"\n") {
 			t.Errorf("/metrics: want the line %q; the gateway's lines are:\n%s", want, gatewayLines(body))

@@ -17,6 +17,10 @@ const (
 	// limiter_unavailable).
 	MetricGatewayRefusals = "securepay_gateway_refusals_total"
 
+	// Calls per HopService.Forward the gateway sent payments (services/gateway/batch.go):
+	// 1 while the hop keeps up, more as calls queue behind the Forwards in flight.
+	MetricGatewayHopForwardCalls = "securepay_gateway_hop_forward_calls"
+
 	// The ledger's write path (services/ledger), one batch = one atomic append.
 	MetricAppendDuration      = "securepay_ledger_append_duration_seconds"   // {outcome: ok|conflict|error}
 	MetricAppendBatchCommands = "securepay_ledger_append_batch_commands"     // commands per appended batch
