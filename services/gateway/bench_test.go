@@ -16,7 +16,10 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/proto"
 
+	hopv1 "github.com/securepay/securepay/api/gen/securepay/hop/v1"
+	"github.com/securepay/securepay/api/gen/securepay/hop/v1/hopv1connect"
 	ledgerv1 "github.com/securepay/securepay/api/gen/securepay/ledger/v1"
 	"github.com/securepay/securepay/api/gen/securepay/ledger/v1/ledgerv1connect"
 	"github.com/securepay/securepay/services"
@@ -130,13 +133,25 @@ func benchCallers() int {
 // BenchmarkForward measures the gateway alone: Transfer calls by 64 concurrent callers
 // through the gateway (RPC metrics, JWT, policy, in-memory rate limit, the mTLS hop) to a stub
 // payments component that answers at once, so that what changes between two builds is
-// the gateway's own work. Everything runs in this process, so cpu-µs/op (getrusage,
-// user + system, per call) counts the callers and the stub too; compare it between builds
-// of this benchmark, interleaved (go test -c), not with the gateway's share of a real
-// run.
+// the gateway's own work; "alone" sends each call on its own stream (Config.Hop
+// HopAlone, the measure of builds before HopService), "batched" in Forwards (the
+// default). Everything runs in this process, so cpu-µs/op (getrusage, user + system, per
+// call) counts the callers and the stub too; compare it between builds of this
+// benchmark, interleaved (go test -c), not with the gateway's share of a real run. The
+// stub answers at once, so fewer calls queue behind the Forwards in flight than behind a
+// real component's.
 //
 //	go test -run XXX -bench BenchmarkForward -benchmem -benchtime 20000x ./services/gateway
 func BenchmarkForward(b *testing.B) {
+	for _, mode := range []struct {
+		name string
+		hop  gateway.HopMode
+	}{{"alone", gateway.HopAlone}, {"batched", gateway.HopBatched}} {
+		b.Run(mode.name, func(b *testing.B) { benchmarkForward(b, mode.hop) })
+	}
+}
+
+func benchmarkForward(b *testing.B, hop gateway.HopMode) {
 	td := spiffeid.RequireTrustDomainFromString(mtls.DefaultTrustDomain)
 	ca, err := mtls.NewDevCA(td, time.Hour, time.Now)
 	if err != nil {
@@ -174,6 +189,7 @@ func BenchmarkForward(b *testing.B) {
 		AllowH2C:     true,
 		Interceptors: ics,
 		Refusals:     refusals,
+		Hop:          hop,
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -234,6 +250,26 @@ func (s *stubPayments) Transfer(_ context.Context, req *connect.Request[ledgerv1
 	}), nil
 }
 
+// stubHop serves Forward of Transfers with stubPayments' answers.
+type stubHop struct{ payments *stubPayments }
+
+func (s stubHop) Forward(ctx context.Context, req *connect.Request[hopv1.ForwardRequest]) (*connect.Response[hopv1.ForwardResponse], error) {
+	out := &hopv1.ForwardResponse{Results: make([]*hopv1.Result, len(req.Msg.GetCalls()))}
+	for i, c := range req.Msg.GetCalls() {
+		var m ledgerv1.TransferRequest
+		if c.GetProcedure() != ledgerv1connect.PaymentServiceTransferProcedure || proto.Unmarshal(c.GetMessage(), &m) != nil {
+			return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("the stub forwards Transfers only, not %s", c.GetProcedure()))
+		}
+		res, _ := s.payments.Transfer(ctx, connect.NewRequest(&m))
+		b, err := proto.Marshal(res.Msg)
+		if err != nil {
+			return nil, err
+		}
+		out.Results[i] = &hopv1.Result{Outcome: &hopv1.Result_Message{Message: b}}
+	}
+	return connect.NewResponse(out), nil
+}
+
 // startStubPayments serves stubPayments over mTLS with id's SVID and returns its URL.
 func startStubPayments(b *testing.B, ca *mtls.DevCA, id spiffeid.ID) string {
 	src, err := ca.Source(id)
@@ -241,7 +277,9 @@ func startStubPayments(b *testing.B, ca *mtls.DevCA, id spiffeid.ID) string {
 		b.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle(ledgerv1connect.NewPaymentServiceHandler(&stubPayments{}))
+	stub := &stubPayments{}
+	mux.Handle(ledgerv1connect.NewPaymentServiceHandler(stub))
+	mux.Handle(hopv1connect.NewHopServiceHandler(stubHop{stub}))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
