@@ -101,6 +101,9 @@ func newHopCall(call *hopv1.Call, deadline time.Time) *hopCall {
 // CANCELED or DEADLINE_EXCEEDED at once; its call, if already sent, still runs at the
 // component, as a lone call whose client hung up may.
 func (b *hopBatcher) do(ctx context.Context, c *hopCall) (*hopv1.Result, error) {
+	if ctx.Err() != nil {
+		return nil, contextError(ctx) // gone already: a lone call would not be sent either
+	}
 	if err := b.enqueue(c); err != nil {
 		return nil, err
 	}

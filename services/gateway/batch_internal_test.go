@@ -223,6 +223,19 @@ func TestHopBatcherCallerThatLeaves(t *testing.T) {
 	waitFor(t, "the slot to be let go", func() bool { return b.slots() == 0 && b.queued() == 0 })
 }
 
+func TestHopBatcherCallerAlreadyGone(t *testing.T) {
+	f := newFakeHop(false)
+	b := newHopBatcher(f.forward, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := b.do(ctx, msgCall("gone")); connect.CodeOf(err) != connect.CodeCanceled {
+		t.Errorf("a caller gone before it called got %v, want CANCELED", err)
+	}
+	if batches, _ := f.snapshot(); len(batches) != 0 {
+		t.Errorf("Forwards %v; a call whose caller is gone is never sent", batches)
+	}
+}
+
 func TestHopBatcherFailedForwardFailsItsCallsOnly(t *testing.T) {
 	down := connect.NewError(connect.CodeUnavailable, errors.New("connection refused"))
 	f := newFakeHop(true)
