@@ -13,6 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/securepay/securepay/api/gen/securepay/hop/v1/hopv1connect"
 )
 
 // RPCInterceptors returns the interceptors a Connect server or client of this process
@@ -85,6 +87,13 @@ type trustSwitch struct {
 func (s trustSwitch) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	t, u := s.trusted.WrapUnary(next), s.untrusted.WrapUnary(next)
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if req.Spec().Procedure == hopv1connect.HopServiceForwardProcedure {
+			// A Forward carries calls of many traces, each traced on its own: a client span
+			// per call at the gateway, whose server span at payments is its child
+			// (services/hop.go). A span of the Forward itself would be the root of a trace
+			// holding nothing else.
+			return next(ctx, req)
+		}
 		if req.Spec().IsClient {
 			return t(ctx, req) // a client span always continues our own trace
 		}

@@ -13,6 +13,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/securepay/securepay/api/gen/securepay/hop/v1/hopv1connect"
 )
 
 // The server decides whether a request is recorded before otelconnect runs, and a request
@@ -96,6 +98,58 @@ func TestRPCSamplingBeforeTheSpan(t *testing.T) {
 			}
 			if c.wantSpans == 1 && got[0].SpanContext.SpanID() != seen.SpanID() {
 				t.Errorf("exported span %s, the handler ran under %s", got[0].SpanContext.SpanID(), seen.SpanID())
+			}
+		})
+	}
+}
+
+// A Forward (services/hop.go) gets no span of its own, on the server or the client, at any
+// sampling ratio: each call it carries is traced under its own caller's span, and the
+// Forward's would be a trace of nothing. Another procedure, same settings, is recorded.
+func TestRPCForwardIsNotTraced(t *testing.T) {
+	body, err := proto.Marshal(wrapperspb.String("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		procedure string
+		wantSpans int
+	}{
+		{hopv1connect.HopServiceForwardProcedure, 0},
+		{"/test.v1.T/Call", 1},
+	} {
+		t.Run(c.procedure, func(t *testing.T) {
+			spans := tracetest.NewInMemoryExporter()
+			tel, err := New(context.Background(), Config{ServiceName: "test", Exporter: spans, SampleRatio: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tel.Shutdown(context.Background())
+			ics, err := tel.RPCInterceptors(TrustAll)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := connect.NewUnaryHandler(c.procedure, func(ctx context.Context, req *connect.Request[wrapperspb.StringValue]) (*connect.Response[wrapperspb.StringValue], error) {
+				return connect.NewResponse(req.Msg), nil
+			}, connect.WithInterceptors(ics...))
+			srv := httptest.NewServer(h)
+			defer srv.Close()
+			client := connect.NewClient[wrapperspb.StringValue, wrapperspb.StringValue](srv.Client(), srv.URL+c.procedure,
+				connect.WithProtoJSON(), connect.WithInterceptors(ics...))
+			if _, err := client.CallUnary(context.Background(), connect.NewRequest(wrapperspb.String("x"))); err != nil {
+				t.Fatalf("call: %v", err)
+			}
+			// The server, once more without a client in front.
+			req := httptest.NewRequest(http.MethodPost, c.procedure, bytes.NewReader(body))
+			req.Header.Set("Content-Type", "application/proto")
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != http.StatusOK {
+				t.Fatalf("handler answered %d: %s", rec.Code, rec.Body)
+			}
+			// Client and server spans of the call, and the lone server span.
+			if got, want := len(spans.GetSpans()), 3*c.wantSpans; got != want {
+				t.Errorf("%d spans exported for %s, want %d: %v", got, c.procedure, want, spans.GetSpans().Snapshots())
 			}
 		})
 	}
