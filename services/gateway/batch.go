@@ -61,9 +61,26 @@ type hopBatcher struct {
 	// observe, if set, is told the size of each Forward sent.
 	observe func(calls int)
 
+	// aloneUntil (Unix nanoseconds) is when to try Forward again after payments answered
+	// one with UNIMPLEMENTED (a component older than the gateway, during a rolling
+	// upgrade): until then calls go alone, instead of each paying a refused Forward first.
+	aloneUntil atomic.Int64
+
 	mu       sync.Mutex
 	queue    []*hopCall
 	inFlight int
+}
+
+// forwardRetryAfter is how long the gateway sends calls alone after payments refused a
+// Forward as unimplemented: an upgraded component is found within it.
+const forwardRetryAfter = time.Minute
+
+// alone reports whether calls go alone for now (aloneUntil).
+func (b *hopBatcher) alone(now time.Time) bool { return now.UnixNano() < b.aloneUntil.Load() }
+
+// unsupported records that payments does not serve Forward, as of now.
+func (b *hopBatcher) unsupported(now time.Time) {
+	b.aloneUntil.Store(now.Add(forwardRetryAfter).UnixNano())
 }
 
 // hopCall is one caller's call and, once done is closed, its answer.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
@@ -236,5 +237,61 @@ func TestHopBatchedFallsBackToLoneCalls(t *testing.T) {
 	res, err := alice.payments.Transfer(context.Background(), connect.NewRequest(&ledgerv1.TransferRequest{PaymentId: "p-1", SourceAccountId: "alice", DestinationAccountId: "bob", Amount: usd("1.00")}))
 	if err != nil || res.Msg.GetPayment().GetPaymentId() != "p-1" || len(comp.calls()) != 1 {
 		t.Errorf("transfer through a payments without Forward: %v, %v, %d lone calls; want p-1 from one lone call", res, err, len(comp.calls()))
+	}
+}
+
+// olderPayments is a payments component from before HopService: it serves Transfer
+// alone and answers Forward as any server answers a procedure it does not know (404,
+// UNIMPLEMENTED). It counts both.
+type olderPayments struct {
+	ledgerv1connect.UnimplementedPaymentServiceHandler
+	mu                 sync.Mutex
+	forwards, transfer int
+}
+
+func (o *olderPayments) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle(ledgerv1connect.NewPaymentServiceHandler(o))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == hopv1connect.HopServiceForwardProcedure {
+			o.mu.Lock()
+			o.forwards++
+			o.mu.Unlock()
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func (o *olderPayments) Transfer(_ context.Context, req *connect.Request[ledgerv1.TransferRequest]) (*connect.Response[ledgerv1.TransferResponse], error) {
+	o.mu.Lock()
+	o.transfer++
+	o.mu.Unlock()
+	return connect.NewResponse(&ledgerv1.TransferResponse{Payment: &ledgerv1.Payment{PaymentId: req.Msg.GetPaymentId()}, Result: &ledgerv1.WriteResult{Position: 3}}), nil
+}
+
+// TestHopOlderPaymentsGetsCallsAlone: during a rolling upgrade (the gateway first), a
+// payments component without HopService gets every call alone, and only the first call
+// pays a refused Forward: the gateway does not try Forward again for a while.
+func TestHopOlderPaymentsGetsCallsAlone(t *testing.T) {
+	is := newIssuer(t)
+	comp := &olderPayments{}
+	url, httpClient := startHopGateway(t, is, comp.handler(), gateway.HopBatched)
+	alice := apiAt(httpClient, url, is.token(t, "alice", []string{"customer"}, "alice"))
+	const calls = 5
+	for i := range calls {
+		id := fmt.Sprintf("p-%d", i)
+		res, err := alice.payments.Transfer(context.Background(), connect.NewRequest(&ledgerv1.TransferRequest{
+			PaymentId: id, SourceAccountId: "alice", DestinationAccountId: "bob", Amount: usd("1.00")}))
+		if err != nil {
+			t.Fatalf("transfer %s through a gateway in front of an older payments: %v", id, err)
+		}
+		if res.Msg.GetPayment().GetPaymentId() != id {
+			t.Fatalf("transfer %s answered for payment %q", id, res.Msg.GetPayment().GetPaymentId())
+		}
+	}
+	comp.mu.Lock()
+	defer comp.mu.Unlock()
+	if comp.transfer != calls || comp.forwards != 1 {
+		t.Errorf("payments got %d lone transfers and %d Forwards; want %d and 1 (the first call finds Forward missing, the rest go alone)", comp.transfer, comp.forwards, calls)
 	}
 }

@@ -64,7 +64,7 @@ func newForwarder(hc connect.HTTPClient, baseURL string) forwardFunc {
 
 func (h hopBatching[Req, Res]) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if !req.Spec().IsClient {
+		if !req.Spec().IsClient || h.batcher.alone(time.Now()) {
 			return next(ctx, req)
 		}
 		call, err := hopCallOf(ctx, req)
@@ -79,7 +79,9 @@ func (h hopBatching[Req, Res]) WrapUnary(next connect.UnaryFunc) connect.UnaryFu
 		if err != nil {
 			if connect.CodeOf(err) == connect.CodeUnimplemented {
 				// A payments component that does not serve HopService yet (a gateway
-				// upgraded first): the call goes alone, as before.
+				// upgraded first): the call goes alone, as before, and so do the next
+				// ones for a while.
+				h.batcher.unsupported(time.Now())
 				return next(ctx, req)
 			}
 			return nil, err
