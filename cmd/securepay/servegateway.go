@@ -255,7 +255,7 @@ func serveGateway(ctx context.Context, e env, c gatewayServeConfig) error {
 		Logger:       log,
 		Interceptors: ics,
 		Refusals:     refusals,
-		Hop:          map[bool]gateway.HopMode{true: gateway.HopBatched, false: gateway.HopAlone}[c.HopBatch],
+		Hop:          c.hopMode(),
 		HopInFlight:  c.HopInFlight,
 	})
 	if err != nil {
@@ -315,4 +315,12 @@ func serveGateway(ctx context.Context, e env, c gatewayServeConfig) error {
 	}
 	log.Info("gateway serving", "listen", ln.Addr().String(), "health_addr", healthAddr, "metrics_addr", metricsAddr, "issuer", c.Issuer, "payments", c.PaymentsURL, "queries", c.QueriesURL, "audit", c.AuditURL, "hop_batch", c.HopBatch)
 	return gw.Serve(ctx, ln, c.Shutdown)
+}
+
+// hopMode is --hop-batch as the gateway's HopMode.
+func (c *gatewayServeConfig) hopMode() gateway.HopMode {
+	if c.HopBatch {
+		return gateway.HopBatched
+	}
+	return gateway.HopAlone
 }
